@@ -1,0 +1,22 @@
+"""dmcpfx: Differentiable Markov Channel Pruning for any traceable PyTorch model.
+
+Pipeline (DESIGN.md section 1): ``analyze`` -> ``instrument`` -> ``search`` ->
+``derive`` -> ``materialize`` (+ ``export_onnx``) -> ``retrain``.
+"""
+from .analysis import analyze
+from .arch import Arch, load_arch, save_arch, validate_widths
+from .counting import count_flops, count_params
+from .errors import AnalysisError, ArchError, ConfigError, DmcpfxError, TraceError
+from .gates import MarkovGate, split_channels
+from .graph import ChannelGraph, Group
+from .instrument import GroupInfo, SearchSpace, instrument
+from .materialize import MaterializeError, materialize
+from .onnx_export import OnnxExportError, export_onnx
+
+__all__ = [
+    "analyze", "instrument", "materialize", "export_onnx", "count_flops", "count_params",
+    "load_arch", "save_arch", "validate_widths", "Arch", "ChannelGraph", "Group", "GroupInfo",
+    "SearchSpace", "MarkovGate", "split_channels",
+    "DmcpfxError", "TraceError", "AnalysisError", "ArchError", "ConfigError", "MaterializeError", "OnnxExportError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,168 @@
+"""The arch YAML: learned widths per group (DESIGN.md section 6).
+
+```yaml
+format: dmcpfx-arch/1
+model: torchvision.models.resnet50
+input_shape: [1, 3, 224, 224]
+flops: {full: 4089184256, pruned: 2011111111, target: 2.0e9}
+params: {full: 25557032, pruned: 14000000}
+groups:
+  conv1: {channels: 52, of: 64}
+```
+Groups not listed keep their full width. Loading validates the file's structure;
+:func:`validate_widths` checks widths against a model's :class:`ChannelGraph`.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import yaml
+
+from .errors import ArchError
+from .fileio import write_text_atomic
+
+FORMAT = "dmcpfx-arch/1"
+
+
+@dataclass
+class Arch:
+    """Widths per group id, plus the metadata of the file they came from."""
+
+    widths: dict[str, int]
+    full_widths: dict[str, int] = field(default_factory=dict)
+    model: str | None = None
+    input_shape: list | None = None
+    flops: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    source: str | None = None
+
+
+def save_arch(
+    path: str | os.PathLike,
+    widths: Mapping[str, int],
+    space_or_graph,
+    *,
+    model: str | None = None,
+    target_flops: float | None = None,
+) -> Path:
+    """Write ``widths`` as an arch YAML (atomically) with exact full/pruned FLOPs and params.
+
+    ``space_or_graph``: a :class:`~dmcpfx.instrument.SearchSpace` or a
+    :class:`~dmcpfx.graph.ChannelGraph` of the model the widths belong to.
+    """
+    graph = getattr(space_or_graph, "graph", space_or_graph)
+    clean = validate_widths(widths, graph)
+    shapes = [list(s) for s in graph.input_shapes]
+    doc = {
+        "format": FORMAT,
+        "model": model or graph.model_name,
+        "input_shape": shapes[0] if len(shapes) == 1 else shapes,
+        "flops": {
+            "full": int(graph.full_flops),
+            "pruned": int(graph.flops(clean)),
+            "target": None if target_flops is None else float(target_flops),
+        },
+        "params": {"full": int(graph.full_params), "pruned": int(graph.params(clean))},
+        "groups": {gid: {"channels": int(clean[gid]), "of": graph.groups[gid].width} for gid in graph.prunable},
+    }
+    text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
+    write_text_atomic(path, text)
+    return Path(path)
+
+
+def load_arch(path: str | os.PathLike) -> Arch:
+    """Read and structurally validate an arch YAML; errors name the file and key."""
+    p = Path(path)
+    if not p.is_file():
+        raise ArchError(f"arch file not found: {p}")
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ArchError(f"{p} is not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ArchError(f"{p}: expected a mapping with keys format/groups, got {type(doc).__name__}")
+    fmt = doc.get("format")
+    if fmt != FORMAT:
+        raise ArchError(f"{p}: unsupported format {fmt!r} (expected {FORMAT!r})")
+    groups = doc.get("groups")
+    if not isinstance(groups, dict):
+        raise ArchError(f"{p}: key 'groups' must be a mapping of group id -> {{channels, of}}")
+    widths, full = {}, {}
+    for gid, entry in groups.items():
+        if isinstance(entry, dict):
+            unknown = set(entry) - {"channels", "of"}
+            if unknown:
+                raise ArchError(f"{p}: group '{gid}' has unknown keys {sorted(unknown)} (expected channels, of)")
+            channels, of = entry.get("channels"), entry.get("of")
+        else:
+            channels, of = entry, None
+        if not _is_int(channels):
+            raise ArchError(f"{p}: group '{gid}': 'channels' must be an integer, got {channels!r}")
+        if of is not None and not _is_int(of):
+            raise ArchError(f"{p}: group '{gid}': 'of' must be an integer, got {of!r}")
+        widths[str(gid)] = int(channels)
+        if of is not None:
+            full[str(gid)] = int(of)
+    return Arch(
+        widths=widths,
+        full_widths=full,
+        model=doc.get("model"),
+        input_shape=doc.get("input_shape"),
+        flops=doc.get("flops") or {},
+        params=doc.get("params") or {},
+        source=str(p),
+    )
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def resolve_arch(arch, graph) -> dict[str, int]:
+    """Widths for every prunable group of ``graph`` from a dict, an :class:`Arch` or a path."""
+    if isinstance(arch, (str, os.PathLike)):
+        arch = load_arch(arch)
+    if isinstance(arch, Arch):
+        for gid, of in arch.full_widths.items():
+            group = graph.groups.get(gid)
+            if group is not None and group.width != of:
+                raise ArchError(
+                    f"group '{gid}': the arch was made for {of} channels but the model has {group.width} "
+                    f"(is {arch.source} for another model?)"
+                )
+        return validate_widths(arch.widths, graph)
+    if isinstance(arch, Mapping):
+        return validate_widths(arch, graph)
+    raise ArchError(f"arch must be a dict of widths, an Arch or a YAML path, got {type(arch).__name__}")
+
+
+def validate_widths(widths: Mapping[str, int], graph) -> dict[str, int]:
+    """Check widths against ``graph``; return a width for every prunable group.
+
+    Errors name the group: unknown id (with the closest known ids), frozen group
+    asked to shrink, non-integer width, width outside ``[1, full]``, width breaking
+    the group's divisor (grouped convolutions).
+    """
+    out = {gid: g.width for gid, g in graph.prunable.items()}
+    for gid, width in widths.items():
+        group = graph.groups.get(gid)
+        if group is None:
+            close = difflib.get_close_matches(str(gid), list(graph.groups), n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ArchError(f"unknown group '{gid}'{hint}")
+        if not _is_int(width):
+            raise ArchError(f"group '{gid}': width must be an integer, got {width!r}")
+        if group.frozen:
+            if width != group.width:
+                raise ArchError(f"group '{gid}' is frozen ({group.frozen_reasons[0]}); it must keep {group.width} channels")
+            continue
+        if not 1 <= width <= group.width:
+            raise ArchError(f"group '{gid}': width {width} is outside [1, {group.width}]")
+        if width % group.divisor:
+            raise ArchError(f"group '{gid}': width {width} is not a multiple of its divisor {group.divisor}")
+        out[gid] = int(width)
+    return out

@@ -1,0 +1,21 @@
+"""The exceptions dmcpfx raises; each message names the culprit (node, module, group, key)."""
+
+
+class DmcpfxError(Exception):
+    """Base class of every error dmcpfx raises on bad input."""
+
+
+class TraceError(DmcpfxError):
+    """The model could not be traced with torch.fx (e.g. data-dependent control flow)."""
+
+
+class AnalysisError(DmcpfxError):
+    """Channel analysis could not run on the traced graph."""
+
+
+class ArchError(DmcpfxError):
+    """An architecture (widths dict or arch YAML) does not fit the model."""
+
+
+class ConfigError(DmcpfxError):
+    """A configuration file or value is invalid."""

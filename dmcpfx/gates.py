@@ -1,0 +1,165 @@
+"""The Markov channel gate: one per prunable channel group (DESIGN.md section 3).
+
+A group of ``C`` channels is split into ``min_ch`` always-kept channels followed by
+``n`` blocks of ``g`` channels. Block ``k`` is kept only if block ``k-1`` is kept,
+with transition probability ``p_k = sigmoid(alpha_k)``; its marginal keep
+probability is ``P_k = prod_{i<=k} p_i`` and the expected width is
+``E[c] = min_ch + g * sum_k P_k``.
+
+Channels are addressed in *Markov order*: logical channel ``l`` is physical channel
+``order[l]``. For plain groups ``order`` is the identity (the LEADING channels are
+kept); for groups coupled to a grouped convolution with ``G`` groups the order
+interleaves the groups so that keeping the first ``w`` logical channels keeps the
+first ``w / G`` channels of each convolution group.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+MODES = ("max", "min", "width", "expected", "off")
+
+
+@dataclass(frozen=True)
+class GateSplit:
+    """How a group of ``width`` channels splits into Markov blocks.
+
+    ``candidates`` are the widths a Markov sample can take: ``min_ch + k * g`` for
+    ``k = 0..n``; the last one is ``width``.
+    """
+
+    width: int
+    min_ch: int
+    g: int
+    n: int
+    divisor: int
+
+    @property
+    def candidates(self) -> list[int]:
+        return [self.min_ch + k * self.g for k in range(self.n + 1)]
+
+
+def split_channels(width: int, *, min_ratio: float = 0.1, step: float = 0.1, divisor: int = 1) -> GateSplit:
+    """Split ``width`` channels into ``min_ch + n * g`` (official defaults: ratio 0.1, step 0.1).
+
+    ``g = floor(step * C)`` rounded down to a multiple of ``divisor`` (at least
+    ``divisor``), ``n = round((1 - min_ratio) / step)`` blocks at most, fewer when the
+    group is too narrow for ``min_ch`` to stay at or above
+    ``max(divisor, ceil(min_ratio * C))``. ``n == 0`` means the group cannot be pruned.
+    """
+    if width < 1:
+        raise ValueError(f"a channel group needs at least one channel, got {width}")
+    if not (0.0 < min_ratio <= 1.0) or not (0.0 < step <= 1.0):
+        raise ValueError(f"min_ratio and step must be in (0, 1], got {min_ratio}, {step}")
+    divisor = max(1, int(divisor))
+    g = max(divisor, (int(math.floor(step * width + 1e-9)) // divisor) * divisor)
+    n_max = int(round((1.0 - min_ratio) / step))
+    floor_ch = max(divisor, int(math.ceil(min_ratio * width - 1e-9)))
+    n = max(0, min(n_max, (width - floor_ch) // g))
+    return GateSplit(width=width, min_ch=width - n * g, g=g, n=n, divisor=divisor)
+
+
+class MarkovGate(nn.Module):
+    """Markov gate of one channel group; ``forward()`` returns the channel mask.
+
+    The mask is a float tensor of shape ``(C,)`` in PHYSICAL channel order, or
+    ``None`` when every channel is fully kept (mode ``max`` / ``off``), which callers
+    treat as all ones.
+    """
+
+    def __init__(self, split: GateSplit, order: torch.Tensor | None = None):
+        super().__init__()
+        self.split = split
+        self.alpha = nn.Parameter(torch.zeros(split.n))
+        if order is None:
+            order = torch.arange(split.width)
+        if sorted(order.tolist()) != list(range(split.width)):
+            raise ValueError("gate order must be a permutation of the group's channels")
+        self.register_buffer("order", order.clone().long(), persistent=False)
+        self.mode = "max"
+        self.hard_width = split.width
+
+    # --- the chain (DESIGN.md section 3) -------------------------------------------
+    @property
+    def width(self) -> int:
+        return self.split.width
+
+    @property
+    def candidates(self) -> list[int]:
+        return self.split.candidates
+
+    def transitions(self) -> torch.Tensor:
+        """``p_k = sigmoid(alpha_k)``, shape ``(n,)``."""
+        return torch.sigmoid(self.alpha)
+
+    def marginals(self) -> torch.Tensor:
+        """``P_k = prod_{i<=k} p_i``, shape ``(n,)``: probability that block k is kept."""
+        return torch.cumprod(self.transitions(), dim=0)
+
+    def expected_width(self) -> torch.Tensor:
+        """``E[c] = min_ch + g * sum_k P_k`` (channels), a differentiable scalar."""
+        return self.split.min_ch + self.split.g * self.marginals().sum()
+
+    @torch.no_grad()
+    def sample(self, generator: torch.Generator | None = None) -> int:
+        """Walk the chain: keep blocks until the first failed Bernoulli; returns a width."""
+        p = self.transitions().detach().float().cpu()
+        u = torch.rand(p.shape, generator=generator)
+        kept = 0
+        for k in range(p.numel()):
+            if u[k] >= p[k]:
+                break
+            kept += 1
+        return self.split.min_ch + kept * self.split.g
+
+    # --- modes ------------------------------------------------------------------------
+    def set_mode(self, mode: str, width: int | None = None) -> None:
+        """``max`` | ``min`` | ``width`` (hard prefix of ``width`` channels) | ``expected`` | ``off``."""
+        if mode not in MODES:
+            raise ValueError(f"unknown gate mode {mode!r}; expected one of {MODES}")
+        if mode == "width":
+            if width is None or not (1 <= int(width) <= self.split.width):
+                raise ValueError(f"gate width must be in [1, {self.split.width}], got {width}")
+            self.hard_width = int(width)
+        self.mode = mode
+
+    def current_width(self) -> int:
+        """Width kept by the hard modes (``max``/``off``: full, ``min``: ``min_ch``)."""
+        if self.mode == "min":
+            return self.split.min_ch
+        if self.mode == "width":
+            return self.hard_width
+        return self.split.width
+
+    def logical_mask(self) -> torch.Tensor | None:
+        """Mask in Markov (logical) order, shape ``(C,)``, or None for all ones."""
+        if self.mode in ("max", "off"):
+            return None
+        device = self.alpha.device
+        if self.mode == "expected":
+            marg = self.marginals()
+            head = torch.ones(self.split.min_ch, device=device, dtype=marg.dtype)
+            return torch.cat([head, marg.repeat_interleave(self.split.g)])
+        keep = self.current_width()
+        mask = torch.zeros(self.split.width, device=device)
+        mask[:keep] = 1.0
+        return mask
+
+    def forward(self) -> torch.Tensor | None:
+        mask = self.logical_mask()
+        if mask is None:
+            return None
+        physical = torch.empty_like(mask)
+        physical = physical.index_copy(0, self.order.to(mask.device), mask)
+        return physical
+
+    def kept_indices(self, width: int) -> torch.Tensor:
+        """Physical indices kept at ``width``, sorted ascending, shape ``(width,)``."""
+        return torch.sort(self.order[:width]).values
+
+    def extra_repr(self) -> str:
+        s = self.split
+        return f"C={s.width}, min_ch={s.min_ch}, g={s.g}, n={s.n}, mode={self.mode}"

@@ -1,0 +1,129 @@
+"""Materialize: a physically smaller model for given widths (DESIGN.md section 7).
+
+The returned model is the same class with the same state_dict keys wherever its
+forward code reads channel counts from tensors; when the forward holds a channel
+count as a literal (``x.view(-1, 512 * 7 * 7)``) a GraphModule with the literal
+rewritten is returned instead. Every result is checked on the example input
+against the gated model with hard masks at the same widths: a mismatch raises
+:class:`MaterializeError` rather than returning a wrong model.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx, nn
+
+from .analysis import analyze
+from .arch import resolve_arch
+from .errors import DmcpfxError
+from .gates import MarkovGate, split_channels
+from .passes.gate_insertion import gate_key, insert_gates
+from .passes.weight_slicing import patch_constants, slice_model
+from .tracing import as_tuple
+
+
+class MaterializeError(DmcpfxError):
+    """The sliced model does not reproduce the masked model (a bug or an unsupported op)."""
+
+
+def materialize(model, arch, example_inputs, *, verify: bool = True, rtol: float = 1e-3) -> nn.Module:
+    """Return a compact copy of ``model`` keeping ``arch``'s widths (LEADING channels).
+
+    ``model``: an ``nn.Module`` or a :class:`~dmcpfx.instrument.SearchSpace` (its
+    current weights are used); ``arch``: ``{group_id: width}``, an
+    :class:`~dmcpfx.arch.Arch` or the path of an arch YAML. ``model`` is untouched.
+    """
+    inputs = as_tuple(example_inputs)
+    if hasattr(model, "to_model") and hasattr(model, "gates"):
+        model = model.to_model()
+    compact = copy.deepcopy(model)
+    device = _device_of(compact)
+    inputs = tuple(t.to(device) for t in inputs)
+    graph = analyze(compact, inputs)
+    widths = resolve_arch(arch, graph)
+    reference = _masked_output(graph, widths, inputs) if verify else None
+    slice_model(compact, graph, widths)
+    result = compact
+    if verify and not _matches(compact, inputs, reference, rtol):
+        result = _graph_module_fallback(compact, graph, widths)
+        if not _matches(result, inputs, reference, rtol):
+            raise MaterializeError(
+                f"the sliced {type(model).__name__} does not reproduce the masked model at these widths; "
+                "please report this model (the analysis missed a channel coupling)"
+            )
+    result.train(model.training)
+    return result
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _masked_output(graph, widths: dict[str, int], inputs):
+    """Output of the gated model (hard masks at ``widths``), eval mode."""
+    gates, keys, taken = {}, {}, set()
+    for gid, width in widths.items():
+        group = graph.groups[gid]
+        if width == group.width:
+            continue
+        order = torch.tensor(group.order) if group.order is not None else None
+        gate = MarkovGate(split_channels(group.width), order)
+        gate.set_mode("width", width)
+        keys[gid] = gate_key(gid, taken)
+        gates[keys[gid]] = gate
+    gate_dict = nn.ModuleDict(gates).to(inputs[0].device if inputs else "cpu")
+    gm = insert_gates(graph, gate_dict, keys)["eval"]
+    return _run_eval(gm, inputs)
+
+
+def _run_eval(module: nn.Module, inputs):
+    modes = {m: m.training for m in module.modules()}
+    try:
+        module.eval()
+        with torch.no_grad():
+            return module(*inputs)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _flatten(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _flatten(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _flatten(v)]
+    return []
+
+
+def _matches(module: nn.Module, inputs, reference, rtol: float) -> bool:
+    try:
+        out = _run_eval(module, inputs)
+    except Exception:  # noqa: BLE001 - a crash is a mismatch; the caller falls back or raises
+        return False
+    got, want = _flatten(out), _flatten(reference)
+    if len(got) != len(want):
+        return False
+    for a, b in zip(got, want):
+        if a.shape != b.shape:
+            return False
+        scale = b.abs().max().item() if b.numel() else 0.0
+        if b.numel() and (a - b).abs().max().item() > rtol * max(scale, 1e-6):
+            return False
+    return True
+
+
+def _graph_module_fallback(compact: nn.Module, graph, widths) -> nn.Module:
+    modules = graph.graph_modules
+    if modules["train"] is not modules["eval"]:
+        raise MaterializeError(
+            "the model's forward holds channel counts as constants and differs between train and eval mode; "
+            "cannot build a GraphModule replacement"
+        )
+    gm = fx.GraphModule(compact, copy.deepcopy(modules["eval"].graph), type(compact).__name__)
+    patch_constants(gm, graph, widths, "eval")
+    return gm

@@ -1,0 +1,87 @@
+"""FX pass: cut pruned channels out of a model's weights (DESIGN.md section 7).
+
+:func:`slice_model` edits a model in place: every parameter / buffer the analysis
+recorded is index-selected along its channel dim to the kept indices of the given
+widths (the LEADING channels in Markov order), and every module's attributes
+(``in_channels``, ``num_features``, ``normalized_shape``, ...) follow. The model
+keeps its class and its state_dict keys.
+
+:func:`patch_constants` rewrites literal channel counts held in a traced graph's
+arguments (``x.view(-1, 512 * 7 * 7)``) for the GraphModule fallback.
+"""
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    prefix, _, attr = name.rpartition(".")
+    return (model.get_submodule(prefix) if prefix else model), attr
+
+
+def _set_tensor(owner: nn.Module, attr: str, new: torch.Tensor) -> None:
+    old = getattr(owner, attr)
+    if isinstance(old, nn.Parameter):
+        setattr(owner, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+    elif attr in owner._buffers:
+        owner._buffers[attr] = new
+    else:
+        setattr(owner, attr, new)
+
+
+def slice_model(model: nn.Module, channel_graph, widths: dict[str, int]) -> None:
+    """Slice ``model`` (whose analysis is ``channel_graph``) in place to ``widths``."""
+    for spec in channel_graph.slices:
+        owner, attr = _owner(model, spec.tensor)
+        tensor = getattr(owner, attr)
+        idx = channel_graph.kept_indices(spec.layout, widths)
+        if spec.grouped > 1:
+            per_group = spec.layout.extent // spec.grouped
+            idx = idx[idx < per_group]
+        if idx.numel() == tensor.shape[spec.dim]:
+            continue
+        with torch.no_grad():
+            new = tensor.detach().index_select(spec.dim, idx.to(tensor.device)).clone()
+        _set_tensor(owner, attr, new)
+    for edit in channel_graph.edits.values():
+        _update_attributes(model.get_submodule(edit.module), edit, channel_graph, widths)
+
+
+def _update_attributes(m: nn.Module, edit, channel_graph, widths) -> None:
+    if edit.kind == "conv":
+        m.out_channels = m.weight.shape[0]
+        m.in_channels = m.weight.shape[1] * m.groups
+    elif edit.kind == "dwconv":
+        c = m.weight.shape[0]
+        m.in_channels = m.out_channels = m.groups = c
+    elif edit.kind == "linear":
+        m.out_features, m.in_features = m.weight.shape
+    elif edit.kind in ("batchnorm", "instancenorm"):
+        m.num_features = int(channel_graph.kept_extent(edit.layout, widths))
+    elif edit.kind == "layernorm":
+        m.normalized_shape = (int(channel_graph.kept_extent(edit.layout, widths)),)
+    elif edit.kind == "prelu":
+        m.num_parameters = m.weight.shape[0]
+
+
+def patch_constants(gm: fx.GraphModule, channel_graph, widths: dict[str, int], tag: str) -> None:
+    """Replace literal channel counts in ``gm``'s reshape / layer_norm arguments."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for site in channel_graph.constant_sites:
+        if site.graph != tag or site.node not in nodes:
+            continue
+        node = nodes[site.node]
+        for position, layout in site.positions:
+            value = int(channel_graph.kept_extent(layout, widths))
+            if site.kind == "layer_norm":
+                node.update_arg(1, (value,))
+                continue
+            args = list(node.args)
+            if len(args) == 2 and isinstance(args[1], (tuple, list)):
+                shape = list(args[1])
+                shape[position] = value
+                node.update_arg(1, type(args[1])(shape))
+            else:
+                node.update_arg(1 + position, value)
+    gm.recompile()

@@ -1,0 +1,76 @@
+"""DESIGN.md section 8 properties 1-4 over the whole torchvision classification zoo.
+
+Every model of ``torchvision.models.list_models(module=torchvision.models)`` is
+analyzed, instrumented and materialized at three random width assignments (fixed
+seeds, randomized norm statistics). Models whose run takes long on 2 CPU cores
+(hundreds of millions of parameters, or 224-299 px inputs) are marked ``slow``;
+the reason is recorded in SLOW below.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import dmcpfx
+from equivalence import TOL, check_properties, first_tensor, randomize_norms, random_widths
+
+MODELS = torchvision.models.list_models(module=torchvision.models)
+
+# Input sizes the architecture requires (others run at 64x64).
+INPUT_SIZE = {
+    "inception_v3": 299,  # the train-mode aux head needs a 17x17 map at Mixed_6e
+    "vit_b_16": 224, "vit_b_32": 224, "vit_l_16": 224, "vit_l_32": 224, "vit_h_14": 224,  # fixed position embedding
+    "maxvit_t": 224,  # partition sizes are fixed at construction
+}
+# Slow on 2 CPU cores: big parameter counts (copies of 0.5-2.5 GB) or large inputs.
+SLOW = {
+    "vit_h_14": "632M params at 224 px", "vit_l_16": "304M params at 224 px", "vit_l_32": "306M params",
+    "regnet_y_128gf": "645M params", "regnet_y_32gf": "145M params", "regnet_x_32gf": "108M params",
+    "convnext_large": "198M params", "efficientnet_v2_l": "118M params", "wide_resnet101_2": "127M params",
+    "vgg11": "133M params", "vgg11_bn": "133M params", "vgg13": "133M params", "vgg13_bn": "133M params",
+    "vgg16": "138M params", "vgg16_bn": "138M params", "vgg19": "144M params", "vgg19_bn": "144M params",
+    "inception_v3": "299 px input", "vit_b_16": "224 px input", "vit_b_32": "224 px input",
+    "maxvit_t": "224 px input", "convnext_base": "89M params", "resnext101_32x8d": "89M params",
+    "swin_b": "88M params", "swin_v2_b": "88M params", "regnet_y_16gf": "84M params",
+    "resnext101_64x4d": "84M params", "efficientnet_b7": "66M params", "resnet152": "60M params",
+    "regnet_x_16gf": "54M params", "efficientnet_v2_m": "54M params", "alexnet": "61M params",
+    "densenet201": "20M params, 200 groups", "densenet169": "169 groups", "densenet161": "160 groups",
+    "efficientnet_b6": "43M params", "efficientnet_b5": "30M params",
+}
+ONNX_MODELS = ["resnet50", "mobilenet_v2", "efficientnet_b0", "densenet121", "convnext_tiny", "regnet_y_400mf"]
+
+
+def build(name: str):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    randomize_norms(model)
+    size = INPUT_SIZE.get(name, 64)
+    return model, torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def _param(name):
+    marks = [pytest.mark.slow] if name in SLOW else []
+    return pytest.param(name, marks=marks, id=name)
+
+
+def test_zoo_has_80_models():
+    assert len(MODELS) == 80
+
+
+@pytest.mark.parametrize("name", [_param(n) for n in MODELS])
+def test_properties_hold(name):
+    model, x = build(name)
+    figures = check_properties(model, x)
+    assert figures["groups"] >= 1
+
+
+@pytest.mark.parametrize("name", ONNX_MODELS)
+def test_onnx_matches_pytorch(name, tmp_path):
+    model, x = build(name)
+    space = dmcpfx.instrument(model, x)
+    widths = random_widths(space, 7)
+    compact = dmcpfx.materialize(model, widths, x)
+    path = tmp_path / f"{name}.onnx"
+    diff = dmcpfx.export_onnx(compact, x, path)  # raises above 1e-4 x output scale
+    assert path.is_file() and diff <= TOL * max(1.0, first_tensor(compact(x)).abs().max().item())
