@@ -113,3 +113,34 @@ def iter_paramrefs(info):
     elif isinstance(info, dict):
         for item in info.values():
             yield from iter_paramrefs(item)
+
+
+@dataclass(frozen=True)
+class SizeRef:
+    """An int computed from the channel count of tracked tensors (``x.size(1)``, ``C // 2``).
+
+    If the count changes after pruning, so does this value: it may only shape the
+    very tensors it was read from.
+    """
+
+    layouts: tuple[Layout, ...]
+
+
+@dataclass(frozen=True)
+class ShapeRef:
+    """``x.shape`` / ``x.size()`` of a tensor whose channel dim is tracked."""
+
+    layout: Layout
+    ndim: int
+
+
+def iter_sizerefs(info):
+    """Yield every :class:`SizeRef` / :class:`ShapeRef` inside a nested info value."""
+    if isinstance(info, (SizeRef, ShapeRef)):
+        yield info
+    elif isinstance(info, (tuple, list)):
+        for item in info:
+            yield from iter_sizerefs(item)
+    elif isinstance(info, dict):
+        for item in info.values():
+            yield from iter_sizerefs(item)

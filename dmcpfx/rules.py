@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .graph import ConstantSite, GraphBuilder, MacRecord, MaskSite, ModuleEdit, SliceSpec
-from .layout import OPAQUE, Layout, ParamRef, Seg, iter_layouts, iter_paramrefs
+from .layout import OPAQUE, Layout, ParamRef, Seg, ShapeRef, SizeRef, iter_layouts, iter_paramrefs, iter_sizerefs
 
 # --- op tables ---------------------------------------------------------------------------
 _ACTIVATION_MODULES = (
@@ -82,6 +82,9 @@ _PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "
 _SPLIT_METHODS = {"chunk", "split", "tensor_split", "unbind"}
 _REDUCE_METHODS = {"mean", "sum", "amax", "amin", "std", "var", "logsumexp"}
 _SOFTMAX_METHODS = {"softmax", "log_softmax"}
+_INT_ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.mod,
+                   operator.neg, operator.pow, int, math.floor, math.ceil, max, min}
+_SHAPE_CONSUMERS = {"view", "reshape", "expand", "unflatten", torch.reshape, torch.unflatten}
 
 
 def has_tensor(value) -> bool:
@@ -197,6 +200,63 @@ class Rules:
 
     # --- dispatch -----------------------------------------------------------------------
     def apply(self, n: fx.Node, args, kwargs, ainfo, kinfo, result) -> Any:
+        refs = list(iter_sizerefs((ainfo, kinfo)))
+        if refs:
+            derived = self.size_rule(n, args, ainfo, refs)
+            if derived is not None:
+                return derived or None
+        shape_read = self.shape_read(n, args, kwargs, ainfo)
+        if shape_read is not None:
+            return shape_read or None
+        return self._apply(n, args, kwargs, ainfo, kinfo, result)
+
+    # --- channel counts read from shapes -----------------------------------------------
+    def shape_read(self, n, args, kwargs, ainfo):
+        """``x.shape`` / ``x.size()`` / ``x.size(c)`` / ``x.numel()`` of a tracked tensor."""
+        if not args or not isinstance(ainfo[0], Layout) or not isinstance(args[0], torch.Tensor):
+            return None
+        layout, x = ainfo[0], args[0]
+        if n.op == "call_function" and n.target is getattr and args[1] == "shape":
+            return ShapeRef(layout, x.ndim)
+        if n.op == "call_method" and n.target == "size":
+            dim = _arg(args, kwargs, 1, "dim")
+            if dim is None:
+                return ShapeRef(layout, x.ndim)
+            return SizeRef((layout,)) if _norm_dim(dim, x.ndim) == layout.dim else False
+        if n.op == "call_method" and n.target == "numel":
+            return SizeRef((layout,))
+        return None
+
+    def size_rule(self, n, args, ainfo, refs):
+        """Propagate channel counts through int arithmetic; freeze other uses.
+
+        A count may only shape the tensor it was read from (``x.view(n, c, -1)``);
+        used anywhere else (``other.reshape(b, c)``, ``torch.zeros(c)``) it would keep
+        its old value after pruning, so the channels it counts are frozen.
+        """
+        if n.op == "call_function" and n.target is operator.getitem and isinstance(ainfo[0], ShapeRef):
+            shape, index = ainfo[0], args[1]
+            if isinstance(index, int):
+                return SizeRef((shape.layout,)) if _norm_dim(index, shape.ndim) == shape.layout.dim else False
+            if isinstance(index, slice) and shape.layout.dim not in range(shape.ndim)[index]:
+                return False  # e.g. x.shape[-2:] for the spatial size
+            self.b.freeze(shape.layout, f"shape slice '{n.name}' reads the channel count")
+            return False
+        layouts = [lay for r in refs for lay in ((r.layout,) if isinstance(r, ShapeRef) else r.layouts)]
+        target = n.target
+        if n.op == "call_function" and target in _INT_ARITHMETIC and not has_tensor(args):
+            return SizeRef(tuple(layouts))
+        if n.op in ("call_method", "call_function") and target in _SHAPE_CONSUMERS and args and isinstance(ainfo[0], Layout):
+            own = ainfo[0].spaces
+            for lay in layouts:
+                if lay.spaces != own:
+                    self.b.freeze(lay, f"its channel count shapes another tensor at node '{n.name}'")
+            return None
+        for lay in layouts:
+            self.b.freeze(lay, f"its channel count is read by node '{n.name}' ({_name(target)})")
+        return None
+
+    def _apply(self, n: fx.Node, args, kwargs, ainfo, kinfo, result) -> Any:
         if n.op == "placeholder":
             return opaque_like(result)
         if n.op == "get_attr":

@@ -13,12 +13,17 @@ class _NamingTracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.dmcpfx_stack: list[str] = []
+        self.failed_in: str | None = None
 
     def call_module(self, m, forward, args, kwargs):
         name = self.path_of_module(m)
         self.dmcpfx_stack.append(name)
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = name  # the innermost module whose forward failed
+            raise
         finally:
             self.dmcpfx_stack.pop()
 
@@ -33,8 +38,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # noqa: BLE001 - re-raised with context
-        where = tracer.dmcpfx_stack[-1] if tracer.dmcpfx_stack else "<top-level forward>"
-        where = where or "<top-level forward>"
+        where = tracer.failed_in or "<top-level forward>"
         cls = type(model).__name__
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TraceError(

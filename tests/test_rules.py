@@ -212,6 +212,39 @@ class AddOfConcat(nn.Module):
         return self.d(torch.cat([self.a(x), self.b(x)], 1) + self.c(x))
 
 
+class SizeReadElsewhere(nn.Module):
+    """Reads x's channel count and uses it to shape another tensor (as MaxViT attention does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 16, 1), nn.Conv2d(3, 16, 1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        a = self.c1(x)
+        b, c, h, w = a.shape
+        other = self.c2(x).permute(0, 2, 3, 1).reshape(b, h, w, c).permute(0, 3, 1, 2)
+        return self.c3(torch.relu(a) * 2 + 0 * other.mean())
+
+
+class SizeReadSelf(nn.Module):
+    """Reads x's channel count to reshape x itself: stays prunable."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.fc = nn.Conv2d(3, 16, 1), nn.Linear(16, 4)
+
+    def forward(self, x):
+        a = self.c1(x)
+        n, c = a.size(0), a.size(1)
+        return self.fc(a.reshape(n, c, -1).mean(-1))
+
+
+def test_channel_count_read_for_itself_stays_prunable():
+    graph = dmcpfx.analyze(SizeReadSelf(), X)
+    assert graph.groups["c1"].prunable
+    check_properties(SizeReadSelf().eval(), X)
+
+
 @pytest.mark.parametrize(
     "factory,group,reason",
     [
@@ -220,6 +253,7 @@ class AddOfConcat(nn.Module):
         (WrappedFunction, "c1", "unsupported function opaque_fn"),
         (TwoOutputs, "c1", "model output"),
         (AddOfConcat, "a", "do not line up"),
+        (SizeReadElsewhere, "c1", "channel count shapes another tensor"),
     ],
     ids=lambda v: getattr(v, "__name__", str(v)),
 )
