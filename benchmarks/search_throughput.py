@@ -1,0 +1,138 @@
+"""Throughput of the DMCP search loop vs plain training of the same model and batch.
+
+Prints one table (images per second, seconds per step, cost relative to plain training):
+
+- ``plain``: the original model, one forward/backward (cross-entropy) and an SGD step;
+- ``search warm-up``: one DMCP weight step (max, min and 2 random sub-nets, one SGD step);
+- ``search arch``: weight step with Markov sub-nets + the architecture step
+  (gates in expected mode, CE + budget loss, alpha SGD step).
+
+Data are synthetic (one random batch kept on the device), so the numbers measure
+compute only. Examples::
+
+    python benchmarks/search_throughput.py                      # CPU, small ResNet, 32x32
+    python benchmarks/search_throughput.py --model resnet50 --size 224 --batch 64 \\
+        --amp bf16 --device cuda --steps 300 --channels-last
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import dmcpfx  # noqa: E402
+from dmcpfx.budget import parse_target  # noqa: E402
+from dmcpfx.search import SearchStep, _amp_dtype, _autocast  # noqa: E402
+from dmcpfx.training import param_groups  # noqa: E402
+
+
+def build_model(name: str, num_classes: int) -> torch.nn.Module:
+    if name == "small_resnet":
+        from examples.models import small_resnet
+
+        return small_resnet(num_classes=num_classes)
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step_fn, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per call of ``step_fn`` (mean over ``steps`` after ``warmup`` untimed calls)."""
+    for _ in range(warmup):
+        step_fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step_fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="small_resnet", help="small_resnet or a torchvision model name")
+    ap.add_argument("--size", type=int, default=32, help="input height = width")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--num-classes", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per mode")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per mode")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", choices=["bf16", "fp16"], default=None)
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--target", default="0.5", help="budget for the arch step (ratio or MACs)")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build_model(args.model, args.num_classes).eval()
+    example = (torch.randn(1, 3, args.size, args.size),)
+    space = dmcpfx.instrument(copy.deepcopy(model), example)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=fmt).train()
+    space = space.to(device, memory_format=fmt).train()
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(args.num_classes, (args.batch,), device=device)
+    dtype = _amp_dtype(args.amp)
+
+    # plain training of the original model
+    opt = torch.optim.SGD(param_groups(model, 4e-5), lr=0.01, momentum=0.9, nesterov=True)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+    def plain_step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with _autocast(device, dtype):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+
+    # the search steps
+    target = parse_target(args.target, space.full_flops)
+    stepper = SearchStep(
+        space,
+        weight_optimizer=torch.optim.SGD(param_groups(space.weight_parameters(), 4e-5), lr=0.01, momentum=0.9,
+                                         nesterov=True),
+        arch_optimizer=torch.optim.SGD(space.arch_parameters(), lr=0.5, momentum=0.9, nesterov=True),
+        target=target, device=device, amp=args.amp,
+    )
+
+    def warm_step() -> None:
+        stepper.weight_step(x, y, markov_prob=0.0)
+
+    def arch_step() -> None:
+        stepper.weight_step(x, y, markov_prob=0.5)
+        stepper.arch_step(x, y)
+
+    rows = []
+    for name, fn in (("plain", plain_step), ("search warm-up", warm_step), ("search arch", arch_step)):
+        sec = time_steps(fn, args.steps, args.warmup, device)
+        rows.append((name, sec))
+
+    base = rows[0][1]
+    print(f"model={args.model} input={args.batch}x3x{args.size}x{args.size} device={device} amp={args.amp} "
+          f"channels_last={args.channels_last} full={space.full_flops / 1e6:.1f} MMACs groups={len(space.groups)} "
+          f"torch={torch.__version__} threads={torch.get_num_threads()}")
+    print(f"{'mode':<16} {'s/step':>10} {'images/s':>10} {'x plain':>8}")
+    for name, sec in rows:
+        print(f"{name:<16} {sec:>10.4f} {args.batch / sec:>10.1f} {sec / base:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

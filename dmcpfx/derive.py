@@ -1,0 +1,229 @@
+"""Derive a concrete architecture from a searched space (DESIGN.md section 5, "derive").
+
+Two modes, both returning ``{group id: width}`` for every prunable group and meeting the
+budget (exact count ``<= target * (1 + tolerance)``):
+
+- ``"expected"``: round each gate's ``E[c]`` to the nearest candidate width of its group
+  (candidates are multiples of the gate step / divisor), then adjust greedily -- one
+  candidate up or down in one group per move -- until the exact count is within
+  ``tolerance`` of the target;
+- ``"direct"``: draw Markov samples from the gates (official rejection sampling) until
+  ``samples`` distinct architectures lie within ``tolerance`` of the target, then pick the
+  best one on ``val_loader`` (lowest loss) or, without a loader, the one closest to the
+  target.
+
+With ``path`` the arch YAML (DESIGN.md section 6) is written by ``dmcpfx.save_arch``; with
+``plot_path`` a kept-vs-full width bar chart (:func:`dmcpfx.plots.plot_widths`).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from .budget import exact_flops, exact_params, parse_target
+from .errors import ArchError, ConfigError
+
+__all__ = ["derive"]
+
+
+def _nearest(value: float, candidates: list[int]) -> int:
+    return min(candidates, key=lambda c: (abs(c - value), c))
+
+
+class _Adjuster:
+    """Greedy one-candidate moves towards ``[lo, hi]`` (DESIGN.md section 5, derive)."""
+
+    def __init__(self, space: Any, count: Callable[[Any, Mapping[str, int]], int], target: float, tolerance: float,
+                 preferred: Mapping[str, float]):
+        self.space = space
+        self.count = count
+        self.target = target
+        self.lo, self.hi = target * (1.0 - tolerance), target * (1.0 + tolerance)
+        self.cands = {gid: list(info.candidates) for gid, info in space.groups.items()}
+        self.preferred = preferred
+
+    def _deviation(self, gid: str, width: int) -> float:
+        cands = self.cands[gid]
+        step = max(1, (cands[-1] - cands[0]) / max(1, len(cands) - 1))
+        return abs(width - self.preferred.get(gid, width)) / step
+
+    def _moves(self, widths: dict[str, int], direction: int) -> list[tuple[float, float, dict[str, int], int]]:
+        moves = []
+        for gid, cands in self.cands.items():
+            i = cands.index(widths[gid]) + direction
+            if not 0 <= i < len(cands):
+                continue
+            new = dict(widths)
+            new[gid] = cands[i]
+            f = self.count(self.space, new)
+            moves.append((f, self._deviation(gid, cands[i]), new, i))
+        return moves
+
+    def _pick(self, moves: list, current: float) -> tuple[float, dict[str, int]]:
+        """Choose a move: landing in the band beats improving the distance to the target,
+        which beats anything else; ties go to the widths closest to the searched ``E[c]``."""
+        inside = [m for m in moves if self.lo <= m[0] <= self.hi]
+        improving = [m for m in moves if abs(m[0] - self.target) < abs(current - self.target)]
+        if inside or improving:
+            f, _, new, _ = min(inside or improving, key=lambda m: (m[1], abs(m[0] - self.target)))
+        else:
+            f, _, new, _ = min(moves, key=lambda m: (abs(m[0] - self.target), m[1]))
+        return f, new
+
+    def run(self, widths: dict[str, int]) -> tuple[dict[str, int], int]:
+        f = self.count(self.space, widths)
+        while f > self.hi:  # must meet the budget: step down
+            moves = self._moves(widths, -1)
+            if not moves:
+                raise ArchError(
+                    f"cannot meet the target {self.target:.4g}: every group is at its minimum width "
+                    f"and the count is still {f}"
+                )
+            f, widths = self._pick(moves, f)
+        while f < self.lo:  # step up without leaving the budget
+            moves = [m for m in self._moves(widths, +1) if m[0] <= self.hi]
+            if not moves:
+                warnings.warn(
+                    f"derive: no single-candidate move brings {f} into [{self.lo:.4g}, {self.hi:.4g}] "
+                    f"without exceeding the budget; keeping {f} ({f / self.target:.2%} of the target)",
+                    stacklevel=3,
+                )
+                break
+            f, widths = self._pick(moves, f)
+        return widths, f
+
+
+def _expected_widths(space: Any) -> dict[str, float]:
+    with torch.no_grad():
+        return {gid: float(g.expected_width()) for gid, g in space.gates().items()}
+
+
+def derive(
+    space: Any,
+    mode: str = "expected",
+    *,
+    target_flops: int | float | str,
+    tolerance: float = 0.01,
+    samples: int = 5,
+    max_draws: int = 20000,
+    val_loader: Iterable | None = None,
+    val_batches: int | None = None,
+    calib_loader: Iterable | None = None,
+    calib_batches: int = 0,
+    budget_metric: str = "flops",
+    seed: int = 0,
+    path: str | os.PathLike | None = None,
+    plot_path: str | os.PathLike | None = None,
+    model_name: str | None = None,
+) -> dict[str, int]:
+    """Concrete widths ``{group id: channels}`` for every prunable group of ``space``.
+
+    Args:
+        space: a searched SearchSpace.
+        mode: ``"expected"`` (rounded ``E[c]`` + greedy adjustment) or ``"direct"``
+            (Markov samples within tolerance, best on validation).
+        target_flops: the budget, absolute or a ratio (:func:`dmcpfx.budget.parse_target`);
+            MACs of one forward on the example input (a parameter count when
+            ``budget_metric="params"``).
+        tolerance: relative band around the target; the result never exceeds
+            ``target * (1 + tolerance)``. Official: 0.01.
+        samples: ``direct`` only -- distinct in-band samples to collect (official: 5).
+        max_draws: ``direct`` only -- give up drawing after that many samples; then the
+            sample closest to the target is adjusted greedily (with a warning).
+        val_loader, val_batches: ``direct`` only -- rank the in-band samples by mean loss
+            on (the first ``val_batches`` batches of) this loader.
+        calib_loader, calib_batches: re-estimate BatchNorm statistics for each sample
+            before validating it (the supernet's statistics are restored afterwards).
+        seed: seed of the sampling generator.
+        path: write the arch YAML there (``dmcpfx.save_arch``, exact full/pruned/target).
+        plot_path: write a PNG bar chart of kept vs full width per group.
+        model_name: passed to ``save_arch`` as ``model`` (e.g. ``"torchvision.models.resnet50"``).
+    """
+    if budget_metric not in ("flops", "params"):
+        raise ConfigError(f"budget_metric must be 'flops' or 'params', got {budget_metric!r}")
+    if not 0.0 < tolerance < 1.0:
+        raise ConfigError(f"tolerance must be in (0, 1), got {tolerance}")
+    count = exact_flops if budget_metric == "flops" else exact_params
+    full = int(space.full_flops) if budget_metric == "flops" else int(space.params())
+    target = parse_target(target_flops, full, unit="MACs" if budget_metric == "flops" else "params")
+    preferred = _expected_widths(space)
+    adjuster = _Adjuster(space, count, target, tolerance, preferred)
+
+    if mode == "expected":
+        widths = {gid: _nearest(preferred[gid], list(info.candidates)) for gid, info in space.groups.items()}
+        widths, _ = adjuster.run(widths)
+    elif mode == "direct":
+        widths = _direct(space, count, adjuster, samples=samples, max_draws=max_draws, seed=seed,
+                         val_loader=val_loader, val_batches=val_batches, calib_loader=calib_loader,
+                         calib_batches=calib_batches)
+    else:
+        raise ConfigError(f"derive mode must be 'expected' or 'direct', got {mode!r}")
+
+    if path is not None:
+        from .arch import save_arch
+
+        save_arch(path, widths, space, model=model_name, target_flops=target if budget_metric == "flops" else None)
+    if plot_path is not None:
+        from .plots import plot_widths
+
+        plot_widths(space, widths, plot_path)
+    return widths
+
+
+def _draw(gates: Mapping[str, Any], generator: torch.Generator, count: int) -> list[dict[str, int]]:
+    """``count`` Markov samples of every gate at once (same law as ``MarkovGate.sample``)."""
+    columns = {}
+    for gid, gate in gates.items():
+        p = gate.transitions().detach().float().cpu()
+        u = torch.rand((count, p.numel()), generator=generator)
+        kept = (u < p).to(torch.int64).cumprod(dim=1).sum(dim=1)  # blocks kept before the first failure
+        columns[gid] = (gate.split.min_ch + kept * gate.split.g).tolist()
+    return [{gid: int(col[i]) for gid, col in columns.items()} for i in range(count)]
+
+
+def _direct(space: Any, count, adjuster: _Adjuster, *, samples: int, max_draws: int, seed: int,
+            val_loader, val_batches, calib_loader, calib_batches, patience: int = 2000) -> dict[str, int]:
+    """Official rejection sampling; stops early once ``patience`` draws brought nothing new."""
+    if samples < 1:
+        raise ConfigError(f"samples must be >= 1, got {samples}")
+    gen = torch.Generator().manual_seed(seed)
+    gates = space.gates()
+    seen: dict[tuple[int, ...], int] = {}
+    found: list[tuple[dict[str, int], int]] = []
+    drawn, since_new, batch = 0, 0, 256
+    while drawn < max_draws and len(found) < samples and since_new < patience:
+        for widths in _draw(gates, gen, min(batch, max_draws - drawn)):
+            drawn += 1
+            key = tuple(widths.values())
+            if key in seen:
+                since_new += 1
+                continue
+            since_new = 0
+            f = count(space, widths)
+            seen[key] = f
+            if adjuster.lo <= f <= adjuster.hi:
+                found.append((widths, f))
+                if len(found) >= samples:
+                    break
+    if not found:
+        best = min(seen, key=lambda k: abs(seen[k] - adjuster.target))
+        warnings.warn(
+            f"derive(direct): none of {len(seen)} distinct Markov samples is within the tolerance of the "
+            f"target; adjusting the closest one ({seen[best]}) greedily",
+            stacklevel=3,
+        )
+        widths, _ = adjuster.run(dict(zip(gates, best)))
+        return widths
+    if val_loader is None or len(found) == 1:
+        return min(found, key=lambda wf: abs(wf[1] - adjuster.target))[0]
+    from .search import evaluate
+
+    scored = []
+    for widths, f in found:
+        res = evaluate(space, val_loader, widths=widths, max_batches=val_batches,
+                       calib_loader=calib_loader, calib_batches=calib_batches)
+        scored.append((res["loss"], abs(f - adjuster.target), widths))
+    return min(scored, key=lambda s: (s[0], s[1]))[2]
