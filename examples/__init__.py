@@ -1,0 +1,1 @@
+"""Runnable dmcpfx recipes; ``examples.models`` holds the small demo models."""
