@@ -9,7 +9,7 @@ count; :meth:`GraphBuilder.finalize` turns the coupled spaces into
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Mapping, Union
 
 import networkx as nx
@@ -160,6 +160,7 @@ class GraphBuilder:
         self.constant_sites: list[ConstantSite] = []
         self.pinned: dict[str, str] = {}
         self.producer_space: dict[str, int] = {}
+        self.children: dict[int, list[int]] = {}  # refined space -> its sub-spaces
 
     # spaces
     def new_space(self, width: int, producer: str | None, label: str, frozen: str | None = None) -> int:
@@ -178,33 +179,120 @@ class GraphBuilder:
             self.producer_space.setdefault(module, sid)
         return Layout(dim=dim, segs=(Seg(sid, 0, width),))
 
+    def leaves(self, sid: int) -> list[int]:
+        """The leaf spaces a (possibly refined) space is made of, in channel order."""
+        kids = self.children.get(sid)
+        if not kids:
+            return [sid]
+        return [leaf for k in kids for leaf in self.leaves(k)]
+
+    def expand(self, layout: Layout) -> Layout:
+        """``layout`` with every segment rewritten over leaf spaces."""
+        segs: list[Seg] = []
+        for seg in layout.segs:
+            segs.extend(self._leaf_segs(seg))
+        return replace(layout, segs=tuple(segs))
+
+    def _leaf_segs(self, seg: Seg) -> list[Seg]:
+        kids = self.children.get(seg.space)
+        if not kids:
+            return [seg]
+        out, offset = [], 0
+        for k in kids:
+            width = self.spaces[k].width
+            lo, hi = max(seg.start, offset), min(seg.stop, offset + width)
+            if lo < hi:
+                out.extend(self._leaf_segs(Seg(k, lo - offset, hi - offset)))
+            offset += width
+        return out
+
     def freeze(self, layout_or_spaces, reason: str) -> None:
         spaces = layout_or_spaces.spaces if isinstance(layout_or_spaces, Layout) else layout_or_spaces
-        for sid in spaces:
-            if reason not in self.spaces[sid].frozen:
-                self.spaces[sid].frozen.append(reason)
+        for parent in spaces:
+            for sid in self.leaves(parent):
+                if reason not in self.spaces[sid].frozen:
+                    self.spaces[sid].frozen.append(reason)
 
     def is_full(self, seg: Seg) -> bool:
         return seg.start == 0 and seg.stop == self.spaces[seg.space].width
 
+    def add_conv_groups(self, layout: Layout, groups: int) -> bool:
+        """Record a grouped-conv constraint; False (and frozen) unless the layout is one whole space."""
+        lay = self.expand(layout)
+        if len(lay.segs) == 1 and self.is_full(lay.segs[0]):
+            self.spaces[lay.segs[0].space].conv_groups.add(groups)
+            return True
+        self.freeze(lay, f"a grouped conv ({groups} groups) reads several spaces")
+        return False
+
+    def _refine(self, sid: int, cuts: list[int]) -> bool:
+        """Split leaf ``sid`` (and every space coupled to it) at the interior ``cuts``."""
+        component = nx.node_connected_component(self.coupling, sid)
+        if any(self.spaces[m].conv_groups for m in component):
+            return False
+        bounds = [0, *cuts, self.spaces[sid].width]
+        pieces = list(zip(bounds[:-1], bounds[1:]))
+        first: list[int] | None = None
+        for member in sorted(component):
+            parent = self.spaces[member]
+            kids = []
+            for lo, hi in pieces:
+                kid = self.new_space(hi - lo, parent.producer, f"{parent.label}[{lo}:{hi}]")
+                self.spaces[kid].frozen.extend(parent.frozen)
+                kids.append(kid)
+            self.children[member] = kids
+            self.coupling.remove_node(member)
+            if first is None:
+                first = kids
+            else:
+                for a, b in zip(first, kids):
+                    self.coupling.add_edge(a, b)
+        return True
+
     def unify(self, a: Layout, b: Layout, why: str) -> None:
-        """Couple two layouts that must keep the same channels (e.g. both sides of an add)."""
-        if a == b.at(a.dim):
+        """Couple two layouts that must keep the same channels (e.g. both sides of an add).
+
+        When the two sides are cut into segments at different places (``cat([a, b])``
+        times an SE gate of one space), whole spaces are refined into sub-spaces at
+        the union of the cuts, so that each piece couples with its counterpart.
+        """
+        for _ in range(8):
+            ea, eb = self.expand(a), self.expand(b)
+            if ea.block != eb.block or ea.channels != eb.channels:
+                self.freeze(ea, f"{why}: channel layouts do not line up")
+                self.freeze(eb, f"{why}: channel layouts do not line up")
+                return
+            cuts_a, cuts_b = _boundaries(ea), _boundaries(eb)
+            if cuts_a == cuts_b:
+                break
+            union = sorted(cuts_a | cuts_b)
+            refined = False
+            for lay in (ea, eb):
+                offset = 0
+                for seg in lay.segs:
+                    inner = [c - offset for c in union if offset < c < offset + seg.length]
+                    if inner:
+                        if not self.is_full(seg) or not self._refine(seg.space, inner):
+                            reason = f"{why}: channel layouts do not line up"
+                            self.freeze(ea, reason)
+                            self.freeze(eb, reason)
+                            return
+                        refined = True
+                        break
+                    offset += seg.length
+                if refined:
+                    break
+        else:
+            self.freeze(self.expand(a), f"{why}: channel layouts do not line up")
+            self.freeze(self.expand(b), f"{why}: channel layouts do not line up")
             return
-        lengths_a = [s.length for s in a.segs]
-        lengths_b = [s.length for s in b.segs]
-        if a.block != b.block or lengths_a != lengths_b:
-            self.freeze(a, f"{why}: channel layouts do not line up")
-            self.freeze(b, f"{why}: channel layouts do not line up")
-            return
-        for sa, sb in zip(a.segs, b.segs):
+        for sa, sb in zip(ea.segs, eb.segs):
             if sa == sb:
                 continue
             if self.is_full(sa) and self.is_full(sb):
                 self.coupling.add_edge(sa.space, sb.space)
             else:
-                reason = f"{why}: couples partial channel ranges"
-                self.freeze([sa.space, sb.space], reason)
+                self.freeze([sa.space, sb.space], f"{why}: couples partial channel ranges")
 
     # records
     def add_slice(self, spec: SliceSpec) -> None:
@@ -226,13 +314,28 @@ class GraphBuilder:
         self.pinned.setdefault(tensor, reason)
 
     # finalize
+    def _expand_record(self, rec):
+        changes = {}
+        for f in fields(rec):
+            value = getattr(rec, f.name)
+            if isinstance(value, Layout):
+                changes[f.name] = self.expand(value)
+            elif f.name == "positions":
+                changes[f.name] = tuple((pos, self.expand(lay)) for pos, lay in value)
+        return replace(rec, **changes) if changes else rec
+
     def finalize(self, **graph_kwargs) -> "ChannelGraph":
+        self.slices = {k: self._expand_record(v) for k, v in self.slices.items()}
+        self.edits = {k: self._expand_record(v) for k, v in self.edits.items()}
+        self.macs = [self._expand_record(r) for r in self.macs]
+        self.mask_sites = [self._expand_record(r) for r in self.mask_sites]
+        self.constant_sites = [self._expand_record(r) for r in self.constant_sites]
         for (tensor, _dim), spec in self.slices.items():
             if tensor in self.pinned:
                 self.freeze(spec.layout, f"tensor '{tensor}' is {self.pinned[tensor]}")
         groups: list[Group] = []
         space_group: dict[int, Group] = {}
-        for comp in sorted(nx.connected_components(self.coupling), key=min):
+        for comp in sorted(nx.connected_components(self.coupling), key=min):  # leaf spaces only
             sids = sorted(comp)
             widths = {self.spaces[s].width for s in sids}
             named = [s for s in sids if self.spaces[s].producer is not None]
@@ -424,6 +527,15 @@ class ChannelGraph:
                 if self._space_group[seg.space].prunable:
                     pruned += seg.length
         return pruned / total if total else 0.0
+
+
+def _boundaries(layout: Layout) -> set[int]:
+    """Interior channel offsets where one segment ends and the next begins."""
+    cuts, offset = set(), 0
+    for seg in layout.segs[:-1]:
+        offset += seg.length
+        cuts.add(offset)
+    return cuts
 
 
 def _div(value: Width, by: int) -> Width:

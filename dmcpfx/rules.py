@@ -362,14 +362,9 @@ class Rules:
                 if lin is not None:
                     self.b.freeze(lin, f"conv '{name}' has a depthwise channel multiplier")
                 lin = None
-            for seg in out.segs:
-                self.b.spaces[seg.space].conv_groups.add(groups)
-            if lin is not None:
-                if len(lin.segs) == 1 and self.b.is_full(lin.segs[0]):
-                    self.b.spaces[lin.segs[0].space].conv_groups.add(groups)
-                else:
-                    self.b.freeze(lin, f"grouped conv '{name}' reads several concatenated spaces")
-                    lin = None
+            self.b.add_conv_groups(out, groups)
+            if lin is not None and not self.b.add_conv_groups(lin, groups):
+                lin = None
         if lin is not None:
             self.b.add_slice(SliceSpec(f"{name}.weight", 1, lin, "in", grouped=groups if groups > 1 else 1))
             self.b.mask_sites.append(MaskSite(self.tag, n.name, 0, lin, "consumer"))

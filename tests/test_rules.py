@@ -33,6 +33,33 @@ class ConcatSEDepthwise(nn.Module):
         return self.head((y * s).mean((2, 3)))
 
 
+class ConcatThenSE(nn.Module):
+    """An SE gate (one 40-channel space) multiplies a concat of 16 + 24 channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbr(3, 16), cbr(3, 24)
+        self.se1, self.se2 = nn.Conv2d(40, 10, 1), nn.Conv2d(10, 40, 1)
+        self.proj = nn.Conv2d(40, 6, 1)
+
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], dim=1)
+        s = torch.sigmoid(self.se2(F.relu(self.se1(F.adaptive_avg_pool2d(y, 1)))))
+        return self.proj(y * s)
+
+
+class AddOfConcat(nn.Module):
+    """cat([a, b]) + c: c's channels split into the two pieces they are added to."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(3, 16, 1)
+        self.d = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.d(torch.cat([self.a(x), self.b(x)], 1) + self.c(x))
+
+
 class SharedConv(nn.Module):
     """One conv module called twice (weight sharing)."""
 
@@ -111,6 +138,8 @@ class Conv1dNet(nn.Module):
     "factory,x",
     [
         (ConcatSEDepthwise, X),
+        (ConcatThenSE, X),
+        (AddOfConcat, X),
         (SharedConv, X),
         (LiteralFlatten, X),
         (ChannelParamAndSpatialAttention, X),
@@ -132,6 +161,14 @@ def test_concat_groups_and_se_coupling():
     assert any(m.module == "dw.0" for m in graph.groups["a.0"].members)
     assert "dw.0" not in graph.groups  # depthwise output is its input space
     assert "se2" not in graph.groups and any(m.module == "se2" for m in graph.groups["proj.0"].members)
+
+
+def test_concat_refines_the_space_it_meets():
+    graph = dmcpfx.analyze(ConcatThenSE(), X)
+    assert graph.groups["a.0"].prunable and graph.groups["b.0"].prunable
+    assert "se2" not in graph.groups  # its 40 channels split into 16 (with a.0) and 24 (with b.0)
+    assert any(m.module == "se2" for m in graph.groups["a.0"].members)
+    assert any(m.module == "se2" for m in graph.groups["b.0"].members)
 
 
 def test_shared_module_is_one_group():
@@ -200,16 +237,17 @@ class TwoOutputs(nn.Module):
         return self.c2(f), f
 
 
-class AddOfConcat(nn.Module):
-    """cat([a, b]) + c couples partial ranges of c: must freeze, not guess."""
+class AddOfConcatGrouped(nn.Module):
+    """cat([a, b]) + c where c is a grouped conv: c cannot be cut into pieces, so freeze."""
 
     def __init__(self):
         super().__init__()
-        self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(3, 16, 1)
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+        self.pre, self.c = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 16, 3, padding=1, groups=4)
         self.d = nn.Conv2d(16, 4, 1)
 
     def forward(self, x):
-        return self.d(torch.cat([self.a(x), self.b(x)], 1) + self.c(x))
+        return self.d(torch.cat([self.a(x), self.b(x)], 1) + self.c(self.pre(x)))
 
 
 class SizeReadElsewhere(nn.Module):
@@ -252,7 +290,7 @@ def test_channel_count_read_for_itself_stays_prunable():
         (GroupNormNet, "c1", "statistics across channels"),
         (WrappedFunction, "c1", "unsupported function opaque_fn"),
         (TwoOutputs, "c1", "model output"),
-        (AddOfConcat, "a", "do not line up"),
+        (AddOfConcatGrouped, "a", "do not line up"),
         (SizeReadElsewhere, "c1", "channel count shapes another tensor"),
     ],
     ids=lambda v: getattr(v, "__name__", str(v)),
