@@ -180,7 +180,7 @@ def _draw(gates: Mapping[str, Any], generator: torch.Generator, count: int) -> l
         p = gate.transitions().detach().float().cpu()
         u = torch.rand((count, p.numel()), generator=generator)
         kept = (u < p).to(torch.int64).cumprod(dim=1).sum(dim=1)  # blocks kept before the first failure
-        columns[gid] = (gate.split.min_ch + kept * gate.split.g).tolist()
+        columns[gid] = gate.split.widths_at(kept).tolist()
     return [{gid: int(col[i]) for gid, col in columns.items()} for i in range(count)]
 
 

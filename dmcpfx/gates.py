@@ -27,8 +27,12 @@ MODES = ("max", "min", "width", "expected", "off")
 class GateSplit:
     """How a group of ``width`` channels splits into Markov blocks.
 
-    ``candidates`` are the widths a Markov sample can take: ``min_ch + k * g`` for
-    ``k = 0..n``; the last one is ``width``.
+    ``n`` blocks follow ``min_ch``: ``n - 1`` of ``g`` channels and a last one of
+    ``tail`` channels (``tail == g`` unless the width is not a multiple of the
+    divisor; then the short tail holds the remainder, so every candidate except the
+    full width stays a multiple of the divisor). ``candidates`` are the widths a
+    Markov sample can take (``min_ch`` plus the first ``k`` blocks); the last one is
+    ``width``.
     """
 
     width: int
@@ -36,10 +40,25 @@ class GateSplit:
     g: int
     n: int
     divisor: int
+    tail: int = 0
+
+    @property
+    def blocks(self) -> list[int]:
+        """Channels per Markov block, length ``n``."""
+        if self.n == 0:
+            return []
+        return [self.g] * (self.n - 1) + [self.tail or self.g]
 
     @property
     def candidates(self) -> list[int]:
-        return [self.min_ch + k * self.g for k in range(self.n + 1)]
+        out = [self.min_ch]
+        for size in self.blocks:
+            out.append(out[-1] + size)
+        return out
+
+    def widths_at(self, kept: torch.Tensor) -> torch.Tensor:
+        """Width for each count of kept blocks (an int64 tensor of any shape)."""
+        return torch.tensor(self.candidates, dtype=torch.int64)[kept]
 
 
 def split_channels(width: int, *, min_ratio: float = 0.1, step: float = 0.1, divisor: int = 1) -> GateSplit:
@@ -55,11 +74,17 @@ def split_channels(width: int, *, min_ratio: float = 0.1, step: float = 0.1, div
     if not (0.0 < min_ratio <= 1.0) or not (0.0 < step <= 1.0):
         raise ValueError(f"min_ratio and step must be in (0, 1], got {min_ratio}, {step}")
     divisor = max(1, int(divisor))
+    tail = width % divisor
+    base = width - tail  # the largest multiple of the divisor
     g = max(divisor, (int(math.floor(step * width + 1e-9)) // divisor) * divisor)
     n_max = int(round((1.0 - min_ratio) / step))
     floor_ch = max(divisor, int(math.ceil(min_ratio * width - 1e-9)))
-    n = max(0, min(n_max, (width - floor_ch) // g))
-    return GateSplit(width=width, min_ch=width - n * g, g=g, n=n, divisor=divisor)
+    n = max(0, min(n_max, (base - floor_ch) // g)) if base >= floor_ch else 0
+    if tail and base >= floor_ch:
+        return GateSplit(width=width, min_ch=base - n * g, g=g, n=n + 1, divisor=divisor, tail=tail)
+    if tail:
+        return GateSplit(width=width, min_ch=width, g=g, n=0, divisor=divisor)
+    return GateSplit(width=width, min_ch=width - n * g, g=g, n=n, divisor=divisor, tail=g)
 
 
 class MarkovGate(nn.Module):
@@ -99,9 +124,12 @@ class MarkovGate(nn.Module):
         """``P_k = prod_{i<=k} p_i``, shape ``(n,)``: probability that block k is kept."""
         return torch.cumprod(self.transitions(), dim=0)
 
+    def _block_sizes(self) -> torch.Tensor:
+        return torch.tensor(self.split.blocks, dtype=self.alpha.dtype, device=self.alpha.device)
+
     def expected_width(self) -> torch.Tensor:
-        """``E[c] = min_ch + g * sum_k P_k`` (channels), a differentiable scalar."""
-        return self.split.min_ch + self.split.g * self.marginals().sum()
+        """``E[c] = min_ch + sum_k g_k P_k`` (channels; ``g_k = g`` but for a short tail)."""
+        return self.split.min_ch + (self._block_sizes() * self.marginals()).sum()
 
     @torch.no_grad()
     def sample(self, generator: torch.Generator | None = None) -> int:
@@ -113,7 +141,7 @@ class MarkovGate(nn.Module):
             if u[k] >= p[k]:
                 break
             kept += 1
-        return self.split.min_ch + kept * self.split.g
+        return self.split.candidates[kept]
 
     # --- modes ------------------------------------------------------------------------
     def set_mode(self, mode: str, width: int | None = None) -> None:
@@ -142,7 +170,8 @@ class MarkovGate(nn.Module):
         if self.mode == "expected":
             marg = self.marginals()
             head = torch.ones(self.split.min_ch, device=device, dtype=marg.dtype)
-            return torch.cat([head, marg.repeat_interleave(self.split.g)])
+            sizes = torch.tensor(self.split.blocks, device=device)
+            return torch.cat([head, marg.repeat_interleave(sizes)])
         keep = self.current_width()
         mask = torch.zeros(self.split.width, device=device)
         mask[:keep] = 1.0

@@ -104,6 +104,10 @@ class SearchSpace(nn.Module):
                 gate.set_mode("max")
                 continue
             w = widths[gid]
+            if isinstance(w, torch.Tensor) and w.numel() == 1 and not w.is_floating_point():
+                w = int(w.item())
+            elif hasattr(w, "__index__") and not isinstance(w, bool):
+                w = int(w.__index__())  # numpy integers
             if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= gate.width:
                 raise ArchError(f"group '{gid}': width {w!r} is outside [1, {gate.width}]")
             if w % self.graph.groups[gid].divisor:

@@ -327,7 +327,7 @@ class SearchStep:
             widths = {}
             for (gid, gate), p in zip(self._gates.items(), probs):
                 kept = int((torch.rand(p.shape, generator=g) < p).to(torch.int64).cumprod(0).sum())
-                widths[gid] = gate.split.min_ch + kept * gate.split.g
+                widths[gid] = gate.split.candidates[kept]
             return widths, "markov"
         widths = {}
         for gid, cands in self._groups.items():
