@@ -12,11 +12,17 @@ from .graph import ChannelGraph, Group
 from .instrument import GroupInfo, SearchSpace, instrument
 from .materialize import MaterializeError, materialize
 from .onnx_export import OnnxExportError, export_onnx
+from .budget import budget_loss, expected_flops, parse_target
+from .derive import derive
+from .plots import plot_widths
+from .retrain import retrain
+from .search import search
 
 __all__ = [
     "analyze", "instrument", "materialize", "export_onnx", "count_flops", "count_params",
     "load_arch", "save_arch", "validate_widths", "Arch", "ChannelGraph", "Group", "GroupInfo",
-    "SearchSpace", "MarkovGate", "split_channels",
+    "SearchSpace", "MarkovGate", "split_channels", "search", "derive", "retrain", "plot_widths",
+    "expected_flops", "budget_loss", "parse_target",
     "DmcpfxError", "TraceError", "AnalysisError", "ArchError", "ConfigError", "MaterializeError", "OnnxExportError",
 ]
 __version__ = "0.1.0"
