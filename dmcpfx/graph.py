@@ -145,6 +145,7 @@ class _Space:
     label: str
     frozen: list[str] = field(default_factory=list)
     conv_groups: set[int] = field(default_factory=set)
+    norm_block: int = 1  # GroupNorm channels per group: widths keep whole groups
 
 
 class GraphBuilder:
@@ -225,10 +226,26 @@ class GraphBuilder:
         self.freeze(lay, f"a grouped conv ({groups} groups) reads several spaces")
         return False
 
+    def add_norm_groups(self, layout: Layout, per_group: int) -> bool:
+        """GroupNorm over ``layout``: each segment must hold whole norm groups; False (and frozen) otherwise."""
+        lay = self.expand(layout)
+        offset = 0
+        ok = lay.block == 1
+        for seg in lay.segs:
+            ok = ok and self.is_full(seg) and offset % per_group == 0 and seg.length % per_group == 0
+            offset += seg.length
+        if not ok:
+            self.freeze(lay, f"GroupNorm groups of {per_group} channels straddle the channel spaces")
+            return False
+        for seg in lay.segs:
+            space = self.spaces[seg.space]
+            space.norm_block = math.lcm(space.norm_block, per_group)
+        return True
+
     def _refine(self, sid: int, cuts: list[int]) -> bool:
         """Split leaf ``sid`` (and every space coupled to it) at the interior ``cuts``."""
         component = nx.node_connected_component(self.coupling, sid)
-        if any(self.spaces[m].conv_groups for m in component):
+        if any(self.spaces[m].conv_groups or self.spaces[m].norm_block > 1 for m in component):
             return False
         bounds = [0, *cuts, self.spaces[sid].width]
         pieces = list(zip(bounds[:-1], bounds[1:]))
@@ -349,6 +366,11 @@ class GraphBuilder:
             if len(widths) > 1:
                 group.frozen_reasons.append(f"coupled spaces have different widths {sorted(widths)}")
             conv_groups = set().union(*(self.spaces[s].conv_groups for s in sids))
+            norm_block = math.lcm(*(self.spaces[s].norm_block for s in sids))
+            if norm_block > 1:
+                if conv_groups:
+                    group.frozen_reasons.append("a GroupNorm and a grouped conv need different channel orders")
+                group.divisor = norm_block  # whole GroupNorm groups, leading ones kept
             if len(conv_groups) > 1:
                 group.frozen_reasons.append(f"grouped convolutions with different group counts {sorted(conv_groups)}")
             elif conv_groups:

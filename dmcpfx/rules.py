@@ -156,6 +156,30 @@ def _reshape_paramref(in_shape, out_shape, ref: ParamRef) -> ParamRef | None:
     return ParamRef(ref.target, tuple(dims))
 
 
+def _index_paramref(container: torch.Tensor, items, ref: ParamRef) -> ParamRef | None:
+    """Follow a parameter through basic indexing that only adds dims or takes full slices."""
+    if any(not (i is None or i is Ellipsis or isinstance(i, slice)) for i in items):
+        return None
+    n_real = sum(1 for i in items if i is not None and i is not Ellipsis)
+    dims: list[int | None] = []
+    t = 0
+    for item in items:
+        if item is None:
+            dims.append(None)
+        elif item is Ellipsis:
+            skip = container.ndim - n_real
+            dims.extend(ref.dims[t:t + skip])
+            t += skip
+        else:
+            size = container.shape[t]
+            if range(*item.indices(size)) != range(size):
+                return None
+            dims.append(ref.dims[t])
+            t += 1
+    dims.extend(ref.dims[t:])
+    return ParamRef(ref.target, tuple(dims))
+
+
 def _permutation(method: str, args, kwargs, ndim: int) -> list[int] | None:
     """The output->input dim permutation of permute/transpose/movedim/t calls."""
     perm = list(range(ndim))
@@ -305,7 +329,9 @@ class Rules:
             weight = f"{name}.weight" if m.weight is not None else None
             bias = f"{name}.bias" if m.bias is not None else None
             return self.layer_norm(n, x, xi, len(m.normalized_shape), weight, bias, owner=name, literal_pos=None)
-        if isinstance(m, (nn.GroupNorm, nn.LocalResponseNorm, nn.CrossMapLRN2d)):
+        if isinstance(m, nn.GroupNorm):
+            return self.group_norm(n, name, m, x, xi)
+        if isinstance(m, (nn.LocalResponseNorm, nn.CrossMapLRN2d)):
             return self.mixes_channels(xi, f"{type(m).__name__} '{name}' computes statistics across channels", result)
         if isinstance(m, nn.PReLU):
             if m.num_parameters == 1:
@@ -407,6 +433,18 @@ class Rules:
             return xi
         self._slice_params(name, m, xi, 0, "norm", attrs)
         self.b.add_edit(ModuleEdit(name, kind, xi))
+        return xi
+
+    def group_norm(self, n, name: str, m: nn.GroupNorm, x, xi):
+        """GroupNorm keeps each group's statistics to itself: prune whole groups (leading ones)."""
+        if not isinstance(xi, Layout):
+            return opaque_like(x)
+        if xi.dim != 1 or xi.extent != m.num_channels:
+            self.b.freeze(xi, f"GroupNorm '{name}' normalizes over the channel dimension")
+            return xi
+        if self.b.add_norm_groups(xi, m.num_channels // m.num_groups):
+            self._slice_params(name, m, xi, 0, "norm", ("weight", "bias"))
+            self.b.add_edit(ModuleEdit(name, "groupnorm", xi))
         return xi
 
     def layer_norm(self, n, x, xi, k: int, weight, bias, owner: str | None, literal_pos: int | None):
@@ -694,12 +732,15 @@ class Rules:
             if isinstance(info, (tuple, list)):
                 return self.unknown(n, ainfo, kinfo, result, "getitem with a computed index")
             return opaque_like(result)
+        items = index if isinstance(index, tuple) else (index,)
         if isinstance(info, ParamRef):
-            self.b.pin(info.target, f"indexed by node '{n.name}'")
-            return opaque_like(result)
+            moved = _index_paramref(container, items, info)
+            if moved is None:
+                self.b.pin(info.target, f"indexed by node '{n.name}'")
+                return opaque_like(result)
+            return moved
         if not isinstance(info, Layout):
             return opaque_like(result)
-        items = index if isinstance(index, tuple) else (index,)
         if any(not (i is None or i is Ellipsis or isinstance(i, (int, slice))) for i in items):
             self.b.freeze(info, f"advanced indexing '{n.name}' on channels")
             return OPAQUE

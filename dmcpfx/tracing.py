@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from .errors import TraceError
+from .errors import ConfigError, TraceError
 
 
 class _NamingTracer(fx.Tracer):
@@ -76,4 +76,4 @@ def as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
         return (example_inputs,)
     if isinstance(example_inputs, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in example_inputs):
         return tuple(example_inputs)
-    raise TypeError("example_inputs must be a tensor or a tuple of tensors")
+    raise ConfigError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")

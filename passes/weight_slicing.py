@@ -61,6 +61,10 @@ def _update_attributes(m: nn.Module, edit, channel_graph, widths) -> None:
         m.num_features = int(channel_graph.kept_extent(edit.layout, widths))
     elif edit.kind == "layernorm":
         m.normalized_shape = (int(channel_graph.kept_extent(edit.layout, widths)),)
+    elif edit.kind == "groupnorm":
+        per_group = m.num_channels // m.num_groups
+        m.num_channels = int(channel_graph.kept_extent(edit.layout, widths))
+        m.num_groups = m.num_channels // per_group
     elif edit.kind == "prelu":
         m.num_parameters = m.weight.shape[0]
 

@@ -105,6 +105,18 @@ class ChannelParamAndSpatialAttention(nn.Module):
         return self.c2(x)
 
 
+class IndexedLayerScale(nn.Module):
+    """A 1-d per-channel parameter broadcast with None-indexing (as many zoos write layer scale)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = cbr(3, 16), nn.Conv2d(16, 4, 1)
+        self.gamma = nn.Parameter(torch.rand(16) + 0.5)
+
+    def forward(self, x):
+        return self.c2(self.c1(x) * self.gamma[None, :, None, None] + self.gamma[..., None, None])
+
+
 class ChannelsLastMLP(nn.Module):
     """Conv stem -> channels-last LayerNorm -> MLP -> back (ConvNeXt-like)."""
 
@@ -144,6 +156,7 @@ class Conv1dNet(nn.Module):
         (LiteralFlatten, X),
         (ChannelParamAndSpatialAttention, X),
         (ChannelsLastMLP, X),
+        (IndexedLayerScale, X),
         (Conv1dNet, torch.randn(2, 3, 16)),
     ],
     ids=lambda v: getattr(v, "__name__", "x"),
@@ -169,6 +182,29 @@ def test_concat_refines_the_space_it_meets():
     assert "se2" not in graph.groups  # its 40 channels split into 16 (with a.0) and 24 (with b.0)
     assert any(m.module == "se2" for m in graph.groups["a.0"].members)
     assert any(m.module == "se2" for m in graph.groups["b.0"].members)
+
+
+def test_indexed_parameter_is_sliced_with_its_space():
+    graph = dmcpfx.analyze(IndexedLayerScale(), X)
+    assert graph.groups["c1.0"].prunable
+    assert any(m.tensor == "gamma" for m in graph.groups["c1.0"].members)
+
+
+def test_group_norm_prunes_whole_groups():
+    graph = dmcpfx.analyze(GroupNormNet(), X)
+    group = graph.groups["c1"]
+    assert group.prunable and group.divisor == 4
+    with pytest.raises(dmcpfx.ArchError, match="multiple of its divisor 4"):
+        dmcpfx.materialize(GroupNormNet().eval(), {"c1": 6}, X)
+    compact = dmcpfx.materialize(GroupNormNet().eval(), {"c1": 8}, X)
+    assert (compact.gn1.num_groups, compact.gn1.num_channels) == (2, 8)
+    torch.manual_seed(0)
+    check_properties(randomize_norms(GroupNormNet().eval()), X)
+
+
+def test_example_inputs_must_be_tensors():
+    with pytest.raises(dmcpfx.ConfigError, match="example_inputs"):
+        dmcpfx.analyze(SharedConv(), [1, 2])
 
 
 def test_shared_module_is_one_group():
@@ -205,12 +241,29 @@ class Shuffle(nn.Module):
 
 
 class GroupNormNet(nn.Module):
+    """GroupNorm on a residual stream: widths must keep whole groups of 4 channels."""
+
     def __init__(self):
         super().__init__()
-        self.c1, self.gn, self.c2 = nn.Conv2d(3, 16, 3), nn.GroupNorm(4, 16), nn.Conv2d(16, 4, 1)
+        self.c1, self.gn1 = nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16)
+        self.c2, self.gn2 = nn.Conv2d(16, 16, 3, padding=1), nn.GroupNorm(4, 16)
+        self.c3 = nn.Conv2d(16, 4, 1)
 
     def forward(self, x):
-        return self.c2(self.gn(self.c1(x)))
+        x = F.relu(self.gn1(self.c1(x)))
+        return self.c3(F.relu(self.gn2(self.c2(x)) + x))
+
+
+class GroupNormOverConcat(nn.Module):
+    """GroupNorm groups of 8 straddle a 4 + 12 concat: must freeze."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 12, 1)
+        self.gn, self.c2 = nn.GroupNorm(2, 16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.c2(self.gn(torch.cat([self.a(x), self.b(x)], 1)))
 
 
 @torch.fx.wrap
@@ -287,7 +340,7 @@ def test_channel_count_read_for_itself_stays_prunable():
     "factory,group,reason",
     [
         (Shuffle, "c1.0", "splits or merges the channel dimension"),
-        (GroupNormNet, "c1", "statistics across channels"),
+        (GroupNormOverConcat, "b", "straddle"),
         (WrappedFunction, "c1", "unsupported function opaque_fn"),
         (TwoOutputs, "c1", "model output"),
         (AddOfConcatGrouped, "a", "do not line up"),
