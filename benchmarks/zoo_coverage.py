@@ -46,13 +46,9 @@ def main() -> None:
         analyzed += 1
         reasons = collections.Counter(g.frozen_reasons[0].split(" (node")[0][:60] for g in graph.frozen.values() if g.members)
         shown = [g for g in graph.groups.values() if g.members]
-        for rec in graph.macs:
-            if rec.out_layout is None:
-                total_channels += rec.out_channels
-                continue
-            for seg in rec.out_layout.segs:
-                total_channels += seg.length
-                prunable_channels += seg.length if graph.group_of(seg).prunable else 0
+        prunable, total = graph.channel_counts()
+        prunable_channels += prunable
+        total_channels += total
         frozen = "; ".join(f"{n}: {r}" for r, n in reasons.most_common(3))
         print(f"{name:22s} {len(shown):6d} {len(graph.prunable):6d} {graph.prunable_share():6.1%} {elapsed:5.2f}s  {frozen}", flush=True)
     share = prunable_channels / total_channels if total_channels else 0.0

@@ -537,9 +537,9 @@ class ChannelGraph:
     def __str__(self) -> str:
         return self.table()
 
-    def prunable_share(self) -> float:
-        """Share of conv/linear output channels that belong to prunable groups."""
-        total = pruned = 0
+    def channel_counts(self) -> tuple[int, int]:
+        """(prunable, total) conv/linear output channels (each call counted once)."""
+        total = prunable = 0
         for rec in self.macs:
             if rec.out_layout is None:
                 total += rec.out_channels
@@ -547,9 +547,13 @@ class ChannelGraph:
             for seg in rec.out_layout.segs:
                 total += seg.length
                 if self._space_group[seg.space].prunable:
-                    pruned += seg.length
-        return pruned / total if total else 0.0
+                    prunable += seg.length
+        return prunable, total
 
+    def prunable_share(self) -> float:
+        """Share of conv/linear output channels that belong to prunable groups."""
+        prunable, total = self.channel_counts()
+        return prunable / total if total else 0.0
 
 def _boundaries(layout: Layout) -> set[int]:
     """Interior channel offsets where one segment ends and the next begins."""

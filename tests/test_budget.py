@@ -20,14 +20,7 @@ from dmcpfx.errors import ConfigError
 from dmcpfx.gates import MarkovGate, split_channels
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and OpenMP threads slow down by
-    orders of magnitude when other processes share the (2-core) machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sigmoid(x: float) -> float:

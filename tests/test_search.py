@@ -33,14 +33,7 @@ from dmcpfx.training import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and OpenMP threads slow down by
-    orders of magnitude when other processes share the (2-core) machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- a tiny ResNet (kept here so this file does not depend on examples/) -------------------
