@@ -1,4 +1,5 @@
-"""The ``dmcpfx`` command line: ``dmcpfx analyze MODEL [--input-shape 1,3,224,224]``.
+"""The ``dmcpfx`` command line: ``analyze``, ``materialize``, ``search``, ``retrain``, ``demo``,
+``import-mmrazor`` (``dmcpfx COMMAND --help`` for each).
 
 Bad input ends with a one-line ``error: ...`` message and exit code 2, never a
 traceback.
@@ -64,6 +65,69 @@ def _cmd_materialize(args) -> int:
     return 0
 
 
+def _load_cfg(args):
+    from pathlib import Path
+
+    from .config import load_config
+
+    cfg = load_config(args.config, args.overrides or [])
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+        cfg.run.dir, cfg.run.name = str(run_dir.parent), run_dir.name
+    return cfg
+
+
+def _run_stages(args, stages) -> int:
+    from .pipeline import run_pipeline
+
+    result = run_pipeline(_load_cfg(args), stages)
+    from .training import distributed_context
+
+    if not distributed_context(init=False).is_main:
+        return 0
+    s = result.summary
+    if result.table:
+        print(result.table)
+    elif "pruned_macs" in s:
+        print(f"derived arch: {s['pruned_macs'] / 1e6:.2f}M MACs of {s['full_macs'] / 1e6:.2f}M "
+              f"(target {s['target_macs'] / 1e6:.2f}M); compact model and ONNX written")
+    done = "report.md written" if result.table else "next: `dmcpfx retrain` with the same config"
+    print(f"run directory: {result.run_dir} ({done}; {result.seconds:.0f}s)")
+    return 0
+
+
+def _cmd_search(args) -> int:
+    return _run_stages(args, ("analyze", "search", "derive", "materialize"))
+
+
+def _cmd_retrain(args) -> int:
+    return _run_stages(args, ("retrain", "report"))
+
+
+def _cmd_demo(args) -> int:
+    from .pipeline import STAGES
+
+    return _run_stages(args, STAGES)
+
+
+def _cmd_import_mmrazor(args) -> int:
+    from .mmrazor import import_mmrazor
+
+    widths = import_mmrazor(args.file, args.output, input_shape=args.input_shape)
+    print(f"wrote {args.output}: {len(widths)} groups from {args.file}")
+    return 0
+
+
+def _add_run_args(p: argparse.ArgumentParser, config_required: bool) -> None:
+    p.add_argument("--config", required=config_required, default=None,
+                   help="run config YAML (sections model, data, search, derive, retrain, run)"
+                        + ("" if config_required else "; default: the digits demo"))
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a config key, dotted, YAML value (repeatable), e.g. --set search.epochs=2")
+    p.add_argument("--run-dir", default=None,
+                   help="the run directory (default: <run.dir>/<run.name>, i.e. runs/<name>)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmcpfx", description="Differentiable Markov Channel Pruning for any traceable PyTorch model.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,10 +143,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="compact.pt", help="where to write the compact model (torch.save of the module)")
     p.add_argument("--onnx", default=None, help="also export ONNX here and check it with onnxruntime")
     p.set_defaults(func=_cmd_materialize)
+    p = sub.add_parser("search", help="analyze, search, derive and materialize from a config",
+                       description="DMCP search from a run config: analyze -> search -> derive (arch.yaml, widths.png) "
+                                   "-> materialize (compact.pt, compact.onnx), all in the run directory. "
+                                   "Runs data-parallel under torchrun (rank 0 writes).")
+    _add_run_args(p, config_required=True)
+    p.set_defaults(func=_cmd_search)
+    p = sub.add_parser("retrain", help="retrain the compact model of a searched run and write report.md",
+                       description="Retrain <run dir>/compact.pt (init scratch or inherit) and write report.md. "
+                                   "Use the config given to `dmcpfx search`. Runs data-parallel under torchrun.")
+    _add_run_args(p, config_required=True)
+    p.set_defaults(func=_cmd_retrain)
+    p = sub.add_parser("demo", help="the whole pipeline on the bundled digits (a few minutes on CPU)",
+                       description="analyze -> search (50%% MACs) -> derive -> materialize -> retrain -> report on "
+                                   "scikit-learn's digits with examples.models:small_resnet at 32x32; prints the "
+                                   "report table and the run directory (default runs/digits_demo).")
+    _add_run_args(p, config_required=False)
+    p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("import-mmrazor", help="convert an MMRazor DMCP ResNet-50 arch file to an arch YAML",
+                       description="Convert MMRazor's DMCP ResNet-50 subnet file ({unit_index: channels} YAML/JSON, "
+                                   "or its DMCPChannelMutator JSON with per-unit 'choice') into a dmcpfx arch YAML "
+                                   "for torchvision:resnet50.")
+    p.add_argument("file", help="the MMRazor file (e.g. DMCP_R50_2G.yaml)")
+    p.add_argument("--output", default="arch.yaml", help="where to write the arch YAML (default arch.yaml)")
+    p.add_argument("--input-shape", default="1,3,224,224", help="input shape the MACs are counted at (default 1,3,224,224)")
+    p.set_defaults(func=_cmd_import_mmrazor)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .pipeline import ensure_examples_importable
+
+    ensure_examples_importable()  # model specs like examples.models:small_resnet, as with python -m
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,134 @@
+"""``report.md``: full vs pruned model, one markdown table (DESIGN.md section 1, last stage).
+
+Rows: MACs (multiply-accumulates of one forward on the example input, exact), parameters,
+top-1 accuracy in percent (full: the searched supernet at max width, its BatchNorm
+statistics re-estimated; pruned: the retrained compact model, last epoch), and ONNX Runtime
+CPU latency in milliseconds (median of ``run.latency_runs`` runs, batch 1, after warm-up).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .fileio import write_text_atomic
+
+__all__ = ["onnx_latency_ms", "report_table", "write_report"]
+
+
+def onnx_latency_ms(onnx_path: str | Path, input_shape: tuple[int, ...], runs: int = 50, warmup: int = 5) -> float:
+    """Median wall time in ms of one ONNX Runtime CPU inference at ``input_shape`` (batch 1)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+    for _ in range(warmup):
+        session.run(None, {name: x})
+    times = []
+    for _ in range(max(1, runs)):
+        t0 = time.perf_counter()
+        session.run(None, {name: x})
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if unit == "count":
+        v = float(value)
+        for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if abs(v) >= scale:
+                return f"{v / scale:.3f}{suffix}"
+        return f"{v:.0f}"
+    return f"{float(value):.2f}"
+
+
+def _ratio(full: Any, pruned: Any) -> str:
+    if full in (None, 0) or pruned is None:
+        return "n/a"
+    return f"{float(pruned) / float(full):.1%}"
+
+
+def report_table(summary: Mapping[str, Any]) -> str:
+    """The markdown comparison table of ``summary`` (keys as written by the pipeline)."""
+    rows = [
+        ("MACs", summary.get("full_macs"), summary.get("pruned_macs"), "count"),
+        ("params", summary.get("full_params"), summary.get("pruned_params"), "count"),
+        ("top-1 (%)", summary.get("supernet_top1"), summary.get("retrain_top1"), ""),
+        ("ONNX Runtime CPU latency, batch 1 (ms)", summary.get("full_latency_ms"), summary.get("compact_latency_ms"), ""),
+    ]
+    lines = ["| | full | pruned | pruned / full |", "|---|---:|---:|---:|"]
+    for name, full, pruned, unit in rows:
+        lines.append(f"| {name} | {_fmt(full, unit)} | {_fmt(pruned, unit)} | {_ratio(full, pruned)} |")
+    return "\n".join(lines)
+
+
+def _export_batch1(model: nn.Module, x1: torch.Tensor, path: Path) -> Path:
+    """Export for timing only (unchecked): the fast TorchScript exporter, else the default one."""
+    import contextlib
+    import io
+    import warnings
+
+    from .onnx_export import export_onnx
+
+    model = model.cpu().eval()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x1,), str(path), dynamo=False)
+    except Exception:  # noqa: BLE001 - fall back to dmcpfx's exporter (dynamo first)
+        export_onnx(model, x1, path, check=False)
+    return path
+
+
+def write_report(run_dir: str | Path, cfg, summary: dict, full_model: nn.Module, compact: nn.Module,
+                 x: torch.Tensor) -> str:
+    """Measure both models' ONNX latency, write ``run_dir/report.md`` atomically (last file of a
+    run), return the table. ``summary`` is updated with the latencies."""
+    run_dir = Path(run_dir)
+    shape = (1, *x.shape[1:])
+    x1 = torch.randn(*shape)
+    runs = int(cfg.run.latency_runs)
+    with tempfile.TemporaryDirectory() as tmp:
+        summary["full_latency_ms"] = onnx_latency_ms(_export_batch1(full_model, x1, Path(tmp) / "full.onnx"), shape, runs)
+        # the same exporter for both models, so the timings compare like with like
+        summary["compact_latency_ms"] = onnx_latency_ms(_export_batch1(compact, x1, Path(tmp) / "compact.onnx"),
+                                                        shape, runs)
+    table = report_table(summary)
+    target = summary.get("target_macs")
+    pruned = summary.get("pruned_macs")
+    hist = summary.get("retrain_top1_history") or []
+    lines = [
+        f"# dmcpfx run `{cfg.run.name}`",
+        "",
+        f"Model `{cfg.model.spec}`, input {list(x.shape)}, data `{cfg.data.kind}`; "
+        f"target {_fmt(target, 'count')} MACs ({cfg.search.target}), derived arch "
+        f"{_fmt(pruned, 'count')} MACs"
+        + (f" ({(pruned / target - 1):+.2%} vs target)." if target and pruned else "."),
+        "",
+        table,
+        "",
+        "Full top-1: the searched supernet at max width (BatchNorm re-estimated); pruned top-1: the "
+        f"compact model after {summary.get('retrain_epochs', 'n/a')} retraining epochs "
+        f"(init `{cfg.retrain.init}`). Latency: median of {runs} ONNX Runtime CPU runs.",
+        "",
+        "Retrain top-1 per epoch (%): " + ", ".join(f"{v:.1f}" for v in hist if v is not None),
+        "",
+        "Files: `arch.yaml` (widths), `compact.pt`, `compact.onnx`, `metrics.jsonl` (search), "
+        "`retrain_metrics.jsonl`, `config.yaml`.",
+        "",
+        "![kept vs full channels per group](widths.png)",
+        "",
+    ]
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(run_dir / "report.md", "\n".join(lines))
+    return table
