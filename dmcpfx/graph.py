@@ -501,7 +501,7 @@ class ChannelGraph:
             for spec in by_tensor.get(name, []):
                 kept = self.kept_extent(spec.layout, widths)
                 sizes[spec.dim] = _div(kept, spec.grouped) if spec.grouped > 1 else kept
-            total = total + math.prod(sizes) if all(isinstance(s, int) for s in sizes) else total + _prod(sizes)
+            total = total + _prod(sizes)
         return total
 
     @property

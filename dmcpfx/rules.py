@@ -317,7 +317,7 @@ class Rules:
         xi = ainfo[0] if ainfo else None
         if kwargs or not isinstance(x, torch.Tensor) or not isinstance(result, torch.Tensor):
             return self.unknown(n, ainfo, kinfo, result, f"call of module '{name}' ({type(m).__name__})")
-        if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) or isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             return self.conv(n, name, m, x, xi, result)
         if isinstance(m, nn.Linear):
             return self.linear(n, name, m, x, xi, result)
