@@ -13,6 +13,7 @@ Everything here is model-agnostic:
 """
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -222,6 +223,14 @@ class DistContext:
         return self.world_size > 1
 
 
+def _destroy_process_group() -> None:
+    """Tear down the process group this module created (registered with atexit)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def distributed_context(*, init: bool = True, backend: str | None = None) -> DistContext:
     """Read torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (or an initialised process group).
 
@@ -241,6 +250,7 @@ def distributed_context(*, init: bool = True, backend: str | None = None) -> Dis
             if torch.cuda.is_available():
                 torch.cuda.set_device(local_rank)
             dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+            atexit.register(_destroy_process_group)  # a live gloo group can abort the exiting process
             rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     return DistContext(rank=rank, world_size=world, is_main=rank == 0, device=device, local_rank=local_rank)
