@@ -716,7 +716,8 @@ def search(
             return float(expected_fn(space))
 
     # --- the loop
-    from tqdm.auto import tqdm
+    # not tqdm.auto: its asyncio variant calls iter() on the loader one extra time per epoch
+    from tqdm import tqdm
 
     for epoch in range(start_epoch, epochs):
         sampler = getattr(train_loader, "sampler", None)
