@@ -91,28 +91,26 @@ class ParamRef:
     dims: tuple[int | None, ...]
 
 
-def iter_layouts(info):
-    """Yield every :class:`Layout` inside a (possibly nested) info value."""
-    if isinstance(info, Layout):
+def iter_infos(info, kinds):
+    """Yield every value of type ``kinds`` inside a (possibly nested) info value."""
+    if isinstance(info, kinds):
         yield info
     elif isinstance(info, (tuple, list)):
         for item in info:
-            yield from iter_layouts(item)
+            yield from iter_infos(item, kinds)
     elif isinstance(info, dict):
         for item in info.values():
-            yield from iter_layouts(item)
+            yield from iter_infos(item, kinds)
+
+
+def iter_layouts(info):
+    """Yield every :class:`Layout` inside a (possibly nested) info value."""
+    return iter_infos(info, Layout)
 
 
 def iter_paramrefs(info):
     """Yield every :class:`ParamRef` inside a (possibly nested) info value."""
-    if isinstance(info, ParamRef):
-        yield info
-    elif isinstance(info, (tuple, list)):
-        for item in info:
-            yield from iter_paramrefs(item)
-    elif isinstance(info, dict):
-        for item in info.values():
-            yield from iter_paramrefs(item)
+    return iter_infos(info, ParamRef)
 
 
 @dataclass(frozen=True)
@@ -136,11 +134,4 @@ class ShapeRef:
 
 def iter_sizerefs(info):
     """Yield every :class:`SizeRef` / :class:`ShapeRef` inside a nested info value."""
-    if isinstance(info, (SizeRef, ShapeRef)):
-        yield info
-    elif isinstance(info, (tuple, list)):
-        for item in info:
-            yield from iter_sizerefs(item)
-    elif isinstance(info, dict):
-        for item in info.values():
-            yield from iter_sizerefs(item)
+    return iter_infos(info, (SizeRef, ShapeRef))
