@@ -49,6 +49,7 @@ from torch import nn
 
 from .budget import budget_loss, exact_flops, exact_params, expected_flops, expected_params, min_widths, parse_target
 from .errors import ConfigError
+from .slimmable import SlicedRunner
 from .training import (
     DistContext,
     MetricsWriter,
@@ -283,6 +284,7 @@ class SearchStep:
         amp: str | None = None,
         generator: torch.Generator | None = None,
         world_size: int = 1,
+        slimmable: bool = True,
     ):
         if budget_metric not in ("flops", "params"):
             raise ConfigError(f"budget_metric must be 'flops' or 'params', got {budget_metric!r}")
@@ -307,6 +309,27 @@ class SearchStep:
         self.weight_scaler = torch.amp.GradScaler(device.type) if use_scaler else None
         self.arch_scaler = torch.amp.GradScaler(device.type) if use_scaler else None
         self._groups = {gid: list(info.candidates) for gid, info in space.groups.items()}
+        self._min_widths = {gid: cands[0] for gid, cands in self._groups.items()}
+        self.slimmable_reason: str | None = None if slimmable else "turned off (slimmable=False)"
+        self.runner = self._sliced_runner() if slimmable else None
+
+    def _sliced_runner(self) -> SlicedRunner | None:
+        """A checked :class:`SlicedRunner`, or None (masks) with the reason in ``slimmable_reason``."""
+        runner = SlicedRunner(self.space)
+        mixed = {gid: c[(3 * i + 1) % len(c)] for i, (gid, c) in enumerate(self._groups.items())}
+        if not self._groups:
+            self.slimmable_reason = "no prunable group"
+            return None
+        if runner.supported and runner.check(self._min_widths) and runner.check(mixed):
+            self.slimmable_reason = None
+            return runner
+        self.slimmable_reason = runner.reason
+        return None
+
+    @property
+    def slimmable(self) -> bool:
+        """True when min and random sub-nets run with physically sliced weights."""
+        return self.runner is not None
 
     # sub-net sampling (identical on every rank: one seeded CPU generator)
     def transition_probs(self) -> list[torch.Tensor]:
@@ -355,12 +378,19 @@ class SearchStep:
             last = i == len(kinds) - 1
             sync = net.no_sync() if (is_ddp and not last) else contextlib.nullcontext()
             with sync:
+                widths = None
                 if kind == "random":
                     widths, _ = self.sample_widths(markov_prob, probs)
-                    space.set_widths(widths)
-                else:
-                    space.set_mode(kind)
-                with _autocast(self.device, self.dtype):
+                elif kind == "min":
+                    widths = self._min_widths
+                sliced = self.runner.widths(widths) if (self.runner is not None and widths is not None) else None
+                if sliced is None:
+                    if widths is not None:
+                        space.set_widths(widths)
+                    else:
+                        space.set_mode(kind)
+                    sliced = contextlib.nullcontext()
+                with sliced, _autocast(self.device, self.dtype):
                     out = net(x)
                 out = out.float()
                 if kind == "max":
@@ -580,6 +610,7 @@ def search(
     distill_temperature: float = 1.0,
     label_smoothing: float = 0.0,
     calib_batches: int = 5,
+    slimmable: bool = True,
     log_interval: int = 50,
     progress: bool = True,
     callback: Callable[[dict], Any] | None = None,
@@ -615,6 +646,10 @@ def search(
         markov_prob_final: probability that a random sub-net is a Markov sample at the
             last step (linear ramp from 0 at the first architecture step).
         distill_temperature, label_smoothing: KL temperature; CE label smoothing.
+        slimmable: run the min and random sub-nets with physically sliced weights
+            (:mod:`dmcpfx.slimmable`) instead of masks: same result on the kept channels,
+            a fraction of the compute. Falls back to masks, with the reason in the
+            ``slimmable`` record of ``metrics.jsonl``, where slicing is not possible.
         log_interval: a ``step`` record (and progress-bar update) every that many steps.
         progress: show a tqdm bar per epoch (rank 0).
         callback: called on every rank after each epoch's checkpoint with the epoch record;
@@ -676,7 +711,7 @@ def search(
         space, net=net, weight_optimizer=weight_opt, arch_optimizer=arch_opt, target=target, device=device,
         budget_weight=budget_weight, budget_band=budget_band, budget_metric=budget_metric, num_random=num_random,
         distill_temperature=distill_temperature, label_smoothing=label_smoothing, amp=amp, generator=generator,
-        world_size=ctx.world_size,
+        world_size=ctx.world_size, slimmable=slimmable,
     )
     stateful = {
         "space": space, "weight_optimizer": weight_opt, "arch_optimizer": arch_opt, **scheds,
@@ -685,6 +720,7 @@ def search(
     config = {
         "target": target, "budget_metric": budget_metric, "epochs": epochs, "warmup_epochs": warmup_epochs,
         "steps_per_epoch": steps_per_epoch, "seed": seed, "num_random": num_random, "world_size": ctx.world_size,
+        "slimmable": stepper.slimmable,
     }
 
     # --- files and resume
@@ -708,6 +744,8 @@ def search(
         seed_everything(seed + ctx.rank)
         if writer is not None and writer.path.exists():
             writer.path.unlink()
+        if writer is not None:
+            writer.write({"kind": "slimmable", "sliced": stepper.slimmable, "reason": stepper.slimmable_reason})
 
     expected_fn = expected_flops if budget_metric == "flops" else expected_params
 

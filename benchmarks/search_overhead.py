@@ -1,18 +1,23 @@
-"""Throughput of the DMCP search loop vs plain training of the same model and batch.
+"""Search overhead: time per DMCP search step vs a plain training step, same model and batch.
 
-Prints one table (images per second, seconds per step, cost relative to plain training):
+Prints one table (seconds per step, images per second, cost relative to plain training):
 
 - ``plain``: the original model, one forward/backward (cross-entropy) and an SGD step;
-- ``search warm-up``: one DMCP weight step (max, min and 2 random sub-nets, one SGD step);
-- ``search arch``: weight step with Markov sub-nets + the architecture step
-  (gates in expected mode, CE + budget loss, alpha SGD step).
+- ``warm-up step``: one DMCP weight step (max, min and 2 random sub-nets, one SGD step);
+- ``arch-phase step``: a weight step with Markov sub-nets + the architecture step
+  (gates in expected mode, CE + budget loss, alpha SGD step) -- what every step of
+  the second half of a search costs.
 
-Data are synthetic (one random batch kept on the device), so the numbers measure
-compute only. Examples::
+Each search step is timed twice: ``masked`` runs the min and random sub-nets with
+channel masks (full-width compute), ``sliced`` with physically sliced weights
+(slimmable execution, :mod:`dmcpfx.slimmable`). The max net and the architecture
+step always run at full width. Data are synthetic (one random batch kept on the
+device), so the numbers measure compute only; the sub-net widths are drawn from the
+same seeded generator in both modes. Examples::
 
-    python benchmarks/search_throughput.py                      # CPU, small ResNet, 32x32
-    python benchmarks/search_throughput.py --model resnet50 --size 224 --batch 64 \\
-        --amp bf16 --device cuda --steps 300 --channels-last
+    python benchmarks/search_overhead.py                      # CPU, small ResNet, 32x32
+    python benchmarks/search_overhead.py --model resnet50 --size 224 --batch 64 \\
+        --amp bf16 --device cuda --steps 50 --channels-last
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dmcpfx  # noqa: E402
 from dmcpfx.budget import parse_target  # noqa: E402
+from dmcpfx.fileio import write_text_atomic  # noqa: E402
 from dmcpfx.search import SearchStep, _amp_dtype, _autocast  # noqa: E402
 from dmcpfx.training import param_groups  # noqa: E402
 
@@ -72,9 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--amp", choices=["bf16", "fp16"], default=None)
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--target", default="0.5", help="budget for the arch step (ratio or MACs)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--markdown", default=None, help="also write the table to this file")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_model(args.model, args.num_classes).eval()
     example = (torch.randn(1, 3, args.size, args.size),)
@@ -103,35 +113,53 @@ def main(argv: list[str] | None = None) -> None:
             loss.backward()
             opt.step()
 
-    # the search steps
+    # the search steps, with masked and with sliced sub-nets
     target = parse_target(args.target, space.full_flops)
-    stepper = SearchStep(
-        space,
-        weight_optimizer=torch.optim.SGD(param_groups(space.weight_parameters(), 4e-5), lr=0.01, momentum=0.9,
-                                         nesterov=True),
-        arch_optimizer=torch.optim.SGD(space.arch_parameters(), lr=0.5, momentum=0.9, nesterov=True),
-        target=target, device=device, amp=args.amp,
-    )
 
-    def warm_step() -> None:
+    def stepper_for(slimmable: bool) -> SearchStep:
+        return SearchStep(
+            space,
+            weight_optimizer=torch.optim.SGD(param_groups(space.weight_parameters(), 4e-5), lr=0.01, momentum=0.9,
+                                             nesterov=True),
+            arch_optimizer=torch.optim.SGD(space.arch_parameters(), lr=0.5, momentum=0.9, nesterov=True),
+            target=target, device=device, amp=args.amp, slimmable=slimmable,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    steppers = {"masked": stepper_for(False), "sliced": stepper_for(True)}
+    if not steppers["sliced"].slimmable:
+        print(f"note: slimmable execution unavailable for this model: {steppers['sliced'].slimmable_reason}")
+
+    def warm_step(stepper: SearchStep) -> None:
         stepper.weight_step(x, y, markov_prob=0.0)
 
-    def arch_step() -> None:
+    def arch_step(stepper: SearchStep) -> None:
         stepper.weight_step(x, y, markov_prob=0.5)
         stepper.arch_step(x, y)
 
-    rows = []
-    for name, fn in (("plain", plain_step), ("search warm-up", warm_step), ("search arch", arch_step)):
-        sec = time_steps(fn, args.steps, args.warmup, device)
-        rows.append((name, sec))
+    plain = time_steps(plain_step, args.steps, args.warmup, device)
+    rows = [("plain", "-", plain)]
+    for name, fn in (("warm-up step", warm_step), ("arch-phase step", arch_step)):
+        for mode, stepper in steppers.items():
+            rows.append((name, mode, time_steps(lambda: fn(stepper), args.steps, args.warmup, device)))
 
-    base = rows[0][1]
-    print(f"model={args.model} input={args.batch}x3x{args.size}x{args.size} device={device} amp={args.amp} "
-          f"channels_last={args.channels_last} full={space.full_flops / 1e6:.1f} MMACs groups={len(space.groups)} "
-          f"torch={torch.__version__} threads={torch.get_num_threads()}")
-    print(f"{'mode':<16} {'s/step':>10} {'images/s':>10} {'x plain':>8}")
-    for name, sec in rows:
-        print(f"{name:<16} {sec:>10.4f} {args.batch / sec:>10.1f} {sec / base:>8.2f}")
+    lines = [
+        f"model={args.model} input={args.batch}x3x{args.size}x{args.size} device={device} amp={args.amp} "
+        f"channels_last={args.channels_last} full={space.full_flops / 1e6:.1f} MMACs groups={len(space.groups)} "
+        f"torch={torch.__version__} threads={torch.get_num_threads()} steps={args.steps}",
+        "",
+        "| step | sub-nets | s/step | images/s | x plain |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, mode, sec in rows:
+        lines.append(f"| {name} | {mode} | {sec:.4f} | {args.batch / sec:.1f} | {sec / plain:.2f} |")
+    by = {(n, m): s for n, m, s in rows}
+    for name in ("warm-up step", "arch-phase step"):
+        lines.append(f"{name}: sliced / masked = {by[(name, 'sliced')] / by[(name, 'masked')]:.2f}")
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        write_text_atomic(args.markdown, text + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,187 @@
+"""Slimmable execution: run a SearchSpace sub-net with physically sliced weights.
+
+With hard masks (``space.set_widths``) a sub-net still pays the full-width compute:
+the masked channels are multiplied by zero, not skipped. :class:`SlicedRunner`
+instead swaps every recorded parameter and buffer for a slice of itself (a view
+when the kept channels are a leading range, an ``index_select`` otherwise), sets
+the module attributes that forward code reads (depthwise ``groups``, GroupNorm
+``num_groups``, ...), runs the graph with its gates off and puts everything back.
+Gradients flow into the full parameters through the slicing ops; BatchNorm
+running statistics of the kept channels are updated in the full buffers.
+
+The result equals the masked sub-net on the kept channels (the test suite checks
+outputs and parameter gradients). It is refused, with a reason, when the traced
+forward holds a channel count as a literal (``x.view(-1, 512 * 7 * 7)``): that
+graph would need a rewrite per sub-net. :meth:`SlicedRunner.check` compares
+the sliced and masked outputs once on the example input before first use.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Mapping
+
+import torch
+from torch import fx, nn
+
+from .passes.weight_slicing import _update_attributes
+
+#: module attributes that :func:`~dmcpfx.passes.weight_slicing._update_attributes` may change
+_ATTRIBUTES = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+               "normalized_shape", "num_channels", "num_groups", "num_parameters")
+
+
+class _Slot:
+    """One sliced tensor: where it lives (``owner._parameters`` or ``_buffers``) and how to cut it."""
+
+    def __init__(self, owner: nn.Module, attr: str, spec, graph) -> None:
+        self.owner = owner
+        self.attr = attr
+        self.spec = spec
+        self.is_param = attr in owner._parameters
+        self.group_ids = tuple(graph.group_of(seg).id for seg in spec.layout.segs)
+        self._cache: dict[tuple, tuple[str, object]] = {}
+
+    def cut(self, graph, widths: Mapping[str, int]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """``(full tensor, kept indices or None for a leading range, slice)``."""
+        full = self.owner._parameters[self.attr] if self.is_param else self.owner._buffers[self.attr]
+        key = (tuple(widths.get(gid) for gid in self.group_ids), full.device)
+        plan = self._cache.get(key)
+        if plan is None:
+            idx = graph.kept_indices(self.spec.layout, widths)
+            if self.spec.grouped > 1:
+                idx = idx[idx < self.spec.layout.extent // self.spec.grouped]
+            if torch.equal(idx, torch.arange(idx.numel())):
+                plan = ("narrow", int(idx.numel()))
+            else:
+                plan = ("index", idx.to(full.device))
+            self._cache[key] = plan
+        kind, value = plan
+        if kind == "narrow":
+            return full, None, full.narrow(self.spec.dim, 0, value)
+        return full, value, full.index_select(self.spec.dim, value)
+
+
+class SlicedRunner:
+    """Runs ``space`` at hard widths with sliced weights (see the module docstring).
+
+    ``supported`` tells whether slicing is possible for this space; ``reason`` says why
+    not. Use ``with runner.widths(w): out = space(x)``; backward may run after the
+    block (the autograd graph holds the slices).
+    """
+
+    def __init__(self, space) -> None:
+        self.space = space
+        self.graph = space.graph
+        self.reason: str | None = None
+        literal = [site.node for site in self.graph.constant_sites]
+        if literal:
+            self.reason = f"the traced forward holds a channel count as a literal (node '{literal[0]}')"
+        self._slots: dict[str, list[_Slot]] = {}
+        self._edits: dict[str, list[tuple[nn.Module, object]]] = {}
+        self._checked = False
+
+    @property
+    def supported(self) -> bool:
+        return self.reason is None
+
+    def _module_for(self) -> tuple[str, fx.GraphModule]:
+        space = self.space
+        if space.training and space._separate_train:
+            return "train", space.graph_train
+        return "eval", space.graph_eval
+
+    def _plan(self, tag: str, gm: fx.GraphModule) -> tuple[list[_Slot], list[tuple[nn.Module, object]]]:
+        if tag not in self._slots:
+            slots, edits = [], []
+            for spec in self.graph.slices:
+                prefix, _, attr = spec.tensor.rpartition(".")
+                try:
+                    owner = gm.get_submodule(prefix) if prefix else gm
+                except AttributeError:
+                    continue  # a module only the other trace calls
+                if attr in owner._parameters or attr in owner._buffers:
+                    if (owner._parameters.get(attr) if attr in owner._parameters else owner._buffers.get(attr)) is not None:
+                        slots.append(_Slot(owner, attr, spec, self.graph))
+            for edit in self.graph.edits.values():
+                try:
+                    edits.append((gm.get_submodule(edit.module), edit))
+                except AttributeError:
+                    continue
+            self._slots[tag], self._edits[tag] = slots, edits
+        return self._slots[tag], self._edits[tag]
+
+    @contextlib.contextmanager
+    def widths(self, widths: Mapping[str, int]) -> Iterator[None]:
+        """Within the block, ``space(x)`` runs the sub-net ``widths`` (missing groups: full)."""
+        if self.reason is not None:
+            raise RuntimeError(f"slimmable execution is not available: {self.reason}")
+        tag, gm = self._module_for()
+        slots, edits = self._plan(tag, gm)
+        gates = self.space.gates()
+        modes = {gid: (g.mode, g.hard_width) for gid, g in gates.items()}
+        saved_attrs = [(m, {a: m.__dict__[a] for a in _ATTRIBUTES if a in m.__dict__}) for m, _ in edits]
+        swapped: list[tuple[_Slot, torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
+        try:
+            for gate in gates.values():
+                gate.set_mode("max")  # no masks: the tensors themselves are narrow
+            for slot in slots:
+                full, idx, cut = slot.cut(self.graph, widths)
+                if cut.shape == full.shape:
+                    continue
+                store = slot.owner._parameters if slot.is_param else slot.owner._buffers
+                store[slot.attr] = cut
+                swapped.append((slot, full, idx, cut))
+            for module, edit in edits:
+                _update_attributes(module, edit, self.graph, widths)
+            yield
+        finally:
+            for slot, full, idx, cut in reversed(swapped):  # a weight cut along two dims: undo in reverse
+                store = slot.owner._parameters if slot.is_param else slot.owner._buffers
+                store[slot.attr] = full
+                if not slot.is_param and idx is not None:  # a copy: write running stats back
+                    with torch.no_grad():
+                        full.index_copy_(slot.spec.dim, idx, cut)
+            for module, attrs in saved_attrs:
+                module.__dict__.update(attrs)
+            for gid, (mode, width) in modes.items():
+                gates[gid].set_mode(mode, width if mode == "width" else None)
+
+    @torch.no_grad()
+    def check(self, widths: Mapping[str, int], rtol: float = 1e-4) -> bool:
+        """Compare sliced and masked outputs on the example input (eval mode, no state change).
+
+        Sets ``reason`` and returns False on a mismatch or an error.
+        """
+        if self.reason is not None:
+            return False
+        space = self.space
+        was_training = space.training
+        modes = {gid: (g.mode, g.hard_width) for gid, g in space.gates().items()}
+        device = next((p.device for p in space.parameters()), torch.device("cpu"))
+        inputs = tuple(t.to(device) for t in space.example_inputs)
+        try:
+            space.eval()
+            space.set_widths(dict(widths))
+            reference = _first_tensor(space(*inputs)).float()
+            with self.widths(widths):
+                out = _first_tensor(space(*inputs)).float()
+            scale = reference.abs().max().clamp_min(1e-12)
+            if out.shape != reference.shape or ((out - reference).abs().max() / scale).item() > rtol:
+                self.reason = "the sliced sub-net does not reproduce the masked one on the example input"
+        except Exception as exc:  # noqa: BLE001 - any failure means: use masks
+            self.reason = f"the sliced sub-net failed on the example input ({type(exc).__name__}: {exc})"
+        finally:
+            space.train(was_training)
+            for gid, (mode, width) in modes.items():
+                space.gates()[gid].set_mode(mode, width if mode == "width" else None)
+        return self.reason is None
+
+
+def _first_tensor(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return _first_tensor(out[0])
+    if isinstance(out, dict):
+        return _first_tensor(next(iter(out.values())))
+    raise TypeError(f"model output of type {type(out).__name__} holds no tensor")

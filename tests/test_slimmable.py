@@ -1,0 +1,167 @@
+"""Slimmable execution (dmcpfx.slimmable): a sliced sub-net equals the masked one.
+
+For random widths (fixed seeds) the sliced run must give the masked run's output in
+eval mode, and in train mode the same loss, the same gradient for every parameter
+and the same BatchNorm statistics on the kept channels; afterwards every tensor and
+module attribute is back. The default run covers models with each kind of coupling
+(residual adds, SE gates, depthwise and grouped convs, concat, flatten -> linear);
+``-m slow`` runs the whole torchvision zoo.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import dmcpfx
+from dmcpfx.search import SearchStep
+from dmcpfx.slimmable import SlicedRunner
+from equivalence import first_tensor, randomize_norms, random_widths
+from test_zoo import INPUT_SIZE, MODELS, SLOW
+
+EXACT = 1e-9  # float64 agreement, relative to the largest value
+FAST = ["resnet18", "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf", "densenet121", "googlenet",
+        "squeezenet1_1", "shufflenet_v2_x0_5", "mnasnet0_5"]
+
+
+def _no_randomness(model: nn.Module) -> nn.Module:
+    """Dropout / stochastic depth off, so that train-mode runs are comparable."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout) or type(m).__name__ == "StochasticDepth":
+            m.p = 0.0
+    return model
+
+
+def _build(name: str) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    if name == "custom_net":
+        from examples.models import custom_net
+
+        model = custom_net()
+    else:
+        model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    size = INPUT_SIZE.get(name, 64)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    return _no_randomness(randomize_norms(model.eval())), x
+
+
+def _snapshot(space) -> dict:
+    tensors = {n: t for n, t in list(space.named_parameters()) + list(space.named_buffers())}
+    attrs = {n: dict(m.__dict__) for n, m in space.named_modules()}
+    return {"ids": {n: id(t) for n, t in tensors.items()}, "shapes": {n: t.shape for n, t in tensors.items()},
+            "attrs": {n: {k: v for k, v in a.items() if isinstance(v, (int, tuple))} for n, a in attrs.items()}}
+
+
+def check_sliced_equals_masked(name: str, seed: int) -> None:
+    model, x = _build(name)
+    masked = dmcpfx.instrument(model, x[:1])
+    if not masked.groups:
+        pytest.skip(f"{name}: no prunable group")
+    sliced = copy.deepcopy(masked)
+    runner = SlicedRunner(sliced)
+    if not runner.supported:  # recorded reason: a literal channel count (checked in its own test)
+        assert "literal" in runner.reason
+        return
+    widths = random_widths(masked, seed)
+    assert runner.check(widths), runner.reason
+
+    # float64: train-mode BatchNorm over a batch of 2 amplifies float32 rounding in
+    # the gradients (~1e-2 relative on regnet); in float64 both runs agree to ~1e-13.
+    masked.double().train(), sliced.double().train()
+    x = x.double()
+    before = _snapshot(sliced)
+    init_buffers = {n: b.clone() for n, b in sliced.named_buffers()}
+    masked.set_widths(widths)
+    out_masked = first_tensor(masked(x))
+    with runner.widths(widths):
+        out_sliced = first_tensor(sliced(x))
+        inside = _snapshot(sliced)["shapes"]
+    assert sum(inside[n].numel() for n in inside) < sum(before["shapes"][n].numel() for n in inside)  # really sliced
+    assert _snapshot(sliced) == before  # tensors, shapes and attributes restored
+    scale = out_masked.abs().max().item()
+    assert (out_masked - out_sliced).abs().max().item() <= EXACT * scale
+    out_masked.square().mean().backward()
+    out_sliced.square().mean().backward()
+
+    grads = {n: p.grad for n, p in masked.named_parameters() if p.grad is not None}
+    assert grads, "no gradient at all"
+    gmax = max(g.abs().max().item() for g in grads.values())
+    for (n, p_masked), p_sliced in zip(masked.named_parameters(), sliced.parameters()):
+        g_m = p_masked.grad if p_masked.grad is not None else torch.zeros_like(p_masked)
+        g_s = p_sliced.grad if p_sliced.grad is not None else torch.zeros_like(p_sliced)
+        assert (g_m - g_s).abs().max().item() <= EXACT * gmax, f"{name}: gradient of {n}"
+    for (n, b_masked), b_sliced in zip(masked.named_buffers(), sliced.buffers()):
+        if not b_masked.is_floating_point() or not b_masked.numel():
+            continue
+        updated = b_sliced != init_buffers[n]  # the kept channels' statistics
+        assert ((b_masked - b_sliced).abs() * updated).max().item() <= EXACT * max(1.0, b_masked.abs().max().item()), n
+    assert any((b != init_buffers[n]).any() for n, b in sliced.named_buffers() if b.is_floating_point()) or not any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in sliced.modules())
+
+
+@pytest.mark.parametrize("name", FAST + ["custom_net"])
+def test_sliced_subnet_equals_masked(name):
+    check_sliced_equals_masked(name, seed=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in MODELS if n not in SLOW and n not in FAST])
+def test_sliced_subnet_equals_masked_zoo(name):
+    check_sliced_equals_masked(name, seed=5)
+
+
+class _LiteralView(nn.Module):
+    """Holds a channel count as a literal in forward: slicing would need a graph rewrite."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 3, padding=1)
+        self.fc = nn.Linear(12 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        return self.fc(x.view(-1, 12 * 4 * 4))
+
+
+def _stepper(space, slimmable: bool) -> SearchStep:
+    opt = torch.optim.SGD(space.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    return SearchStep(space, weight_optimizer=opt, arch_optimizer=None, target=space.full_flops / 2,
+                      device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), slimmable=slimmable)
+
+
+def test_literal_channel_count_falls_back_to_masks():
+    space = dmcpfx.instrument(_LiteralView(), torch.randn(1, 3, 4, 4))
+    runner = SlicedRunner(space)
+    assert not runner.supported and "literal" in runner.reason and "view" in runner.reason
+    with pytest.raises(RuntimeError, match="not available"):
+        with runner.widths({}):
+            pass
+    stepper = _stepper(space, slimmable=True)
+    assert not stepper.slimmable and "literal" in stepper.slimmable_reason
+    x, y = torch.randn(4, 3, 4, 4), torch.randint(5, (4,))
+    assert torch.isfinite(stepper.weight_step(x, y)["loss_min"])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_weight_step_sliced_equals_masked():
+    """One DMCP weight step (max, min, 2 random sub-nets, SGD step) gives the same losses
+    and the same updated weights with slicing as with masks."""
+    from examples.models import small_resnet
+
+    torch.manual_seed(0)
+    model = small_resnet(num_classes=10, width=8)
+    space_m = dmcpfx.instrument(model, torch.randn(1, 3, 16, 16)).train()
+    space_s = copy.deepcopy(space_m)
+    step_m, step_s = _stepper(space_m, slimmable=False), _stepper(space_s, slimmable=True)
+    assert step_s.slimmable and not step_m.slimmable
+    g = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(10, (8,), generator=g)
+        stats_m, stats_s = step_m.weight_step(x, y, markov_prob=0.5), step_s.weight_step(x, y, markov_prob=0.5)
+        for key in stats_m:
+            assert stats_s[key].item() == pytest.approx(stats_m[key].item(), rel=1e-4, abs=1e-6), key
+    for (n, p_m), p_s in zip(space_m.named_parameters(), space_s.parameters()):
+        assert torch.allclose(p_m, p_s, rtol=1e-4, atol=1e-5), n
