@@ -17,6 +17,7 @@ from torch import fx, nn
 from .analysis import analyze
 from .arch import resolve_arch
 from .errors import DmcpfxError
+from .graph import ChannelGraph
 from .gates import MarkovGate, split_channels
 from .passes.gate_insertion import gate_key, insert_gates
 from .passes.weight_slicing import patch_constants, slice_model
@@ -27,20 +28,30 @@ class MaterializeError(DmcpfxError):
     """The sliced model does not reproduce the masked model (a bug or an unsupported op)."""
 
 
-def materialize(model, arch, example_inputs, *, verify: bool = True, rtol: float = 1e-3) -> nn.Module:
+def materialize(model, arch, example_inputs, *, graph: ChannelGraph | None = None, verify: bool = True,
+                rtol: float = 1e-3) -> nn.Module:
     """Return a compact copy of ``model`` keeping ``arch``'s widths (LEADING channels).
 
     ``model``: an ``nn.Module`` or a :class:`~dmcpfx.instrument.SearchSpace` (its
     current weights are used); ``arch``: ``{group_id: width}``, an
     :class:`~dmcpfx.arch.Arch` or the path of an arch YAML. ``model`` is untouched.
+    ``graph``: the ``dmcpfx.analyze(model, example_inputs)`` result when the caller
+    has it (a SearchSpace brings its own), so the model is not analyzed again; it is
+    used only when it was made on inputs of the same shapes and parameters of the
+    same names and shapes, else the model is analyzed afresh.
     """
     inputs = as_tuple(example_inputs)
     if hasattr(model, "to_model") and hasattr(model, "gates"):
+        if graph is None:
+            graph = model.graph  # made on the modules to_model() copies
         model = model.to_model()
+    elif graph is not None and not _made_on(graph, model):
+        graph = None
     compact = copy.deepcopy(model)
     device = _device_of(compact)
     inputs = tuple(t.to(device) for t in inputs)
-    graph = analyze(compact, inputs)
+    if graph is None or not _graph_fits(graph, compact, inputs):
+        graph = analyze(compact, inputs)
     widths = resolve_arch(arch, graph)
     reference = _masked_output(graph, widths, inputs) if verify else None
     slice_model(compact, graph, widths)
@@ -54,6 +65,25 @@ def materialize(model, arch, example_inputs, *, verify: bool = True, rtol: float
             )
     result.train(model.training)
     return result
+
+
+def _made_on(graph: ChannelGraph, model: nn.Module) -> bool:
+    """True when ``graph``'s traced modules hold ``model``'s own parameters (not copies)."""
+    own = dict(model.named_parameters())
+    traced = dict(graph.graph_modules["eval"].named_parameters())
+    return bool(traced) and all(own.get(name) is p for name, p in traced.items())
+
+
+def _graph_fits(graph: ChannelGraph, model: nn.Module, inputs) -> bool:
+    """True when ``graph`` was made on inputs of these shapes for a model of these parameters
+    and all its traced modules live on the model's device (its masked reference runs there)."""
+    if [tuple(s) for s in graph.input_shapes] != [tuple(t.shape) for t in inputs]:
+        return False
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    if {name: tuple(s) for name, s in graph.param_shapes.items()} != shapes:
+        return False
+    device = _device_of(model)
+    return all(p.device == device for gm in graph.graph_modules.values() for p in gm.parameters())
 
 
 def _device_of(model: nn.Module) -> torch.device:

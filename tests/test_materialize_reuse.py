@@ -1,0 +1,61 @@
+"""materialize(..., graph=) reuses a caller's analysis only where it fits the model and inputs."""
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torchvision
+
+import dmcpfx
+from equivalence import randomize_norms, random_widths
+
+
+def _model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return randomize_norms(torchvision.models.get_model(name, weights=None, num_classes=10).eval())
+
+
+def test_reused_graph_gives_the_same_compact_model(monkeypatch):
+    model, x = _model("mobilenet_v2"), torch.randn(1, 3, 64, 64)
+    graph = dmcpfx.analyze(model, x)
+    space = dmcpfx.instrument(model, x)
+    widths = random_widths(space, 2)
+    fresh = dmcpfx.materialize(model, widths, x)
+
+    def no_analysis(*args, **kwargs):
+        raise AssertionError("the model was analyzed again")
+
+    monkeypatch.setattr(importlib.import_module("dmcpfx.materialize"), "analyze", no_analysis)
+    reused = dmcpfx.materialize(model, widths, x, graph=graph)
+    from_space = dmcpfx.materialize(space, widths, x)
+    with torch.no_grad():
+        want = fresh(x)
+        assert torch.equal(reused(x), want) and torch.equal(from_space(x), want)
+    assert dmcpfx.count_flops(reused, x) == graph.flops(widths)
+
+
+def test_a_graph_of_other_inputs_or_another_model_is_not_reused():
+    model = _model("resnet18")
+    widths = random_widths(dmcpfx.instrument(model, torch.randn(1, 3, 64, 64)), 4)
+    small = dmcpfx.analyze(model, torch.randn(1, 3, 32, 32))  # other input shape
+    other = dmcpfx.analyze(_model("mobilenet_v2"), torch.randn(1, 3, 64, 64))  # other model
+    x = torch.randn(1, 3, 64, 64)
+    want = dmcpfx.materialize(model, widths, x)
+    for graph in (small, other):
+        got = dmcpfx.materialize(model, widths, x, graph=graph)
+        with torch.no_grad():
+            assert torch.equal(got(x), want(x))
+
+
+def test_a_graph_of_a_twin_model_is_not_reused():
+    """Same architecture, other weights: the twin's analysis would verify against the wrong
+    weights, so materialize analyzes the model itself."""
+    model, twin = _model("resnet18"), _model("resnet18")
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(1.5)
+    x = torch.randn(1, 3, 64, 64)
+    widths = random_widths(dmcpfx.instrument(model, x), 6)
+    got = dmcpfx.materialize(model, widths, x, graph=dmcpfx.analyze(twin, x))
+    with torch.no_grad():
+        assert torch.equal(got(x), dmcpfx.materialize(model, widths, x)(x))
