@@ -23,6 +23,7 @@ from typing import Iterator, Mapping
 import torch
 from torch import fx, nn
 
+from .materialize import _matches, _run_eval
 from .passes.weight_slicing import _update_attributes
 
 #: module attributes that :func:`~dmcpfx.passes.weight_slicing._update_attributes` may change
@@ -155,33 +156,18 @@ class SlicedRunner:
         if self.reason is not None:
             return False
         space = self.space
-        was_training = space.training
         modes = {gid: (g.mode, g.hard_width) for gid, g in space.gates().items()}
         device = next((p.device for p in space.parameters()), torch.device("cpu"))
         inputs = tuple(t.to(device) for t in space.example_inputs)
         try:
-            space.eval()
             space.set_widths(dict(widths))
-            reference = _first_tensor(space(*inputs)).float()
+            reference = _run_eval(space, inputs)
             with self.widths(widths):
-                out = _first_tensor(space(*inputs)).float()
-            scale = reference.abs().max().clamp_min(1e-12)
-            if out.shape != reference.shape or ((out - reference).abs().max() / scale).item() > rtol:
-                self.reason = "the sliced sub-net does not reproduce the masked one on the example input"
+                if not _matches(space, inputs, reference, rtol):
+                    self.reason = "the sliced sub-net does not reproduce the masked one on the example input"
         except Exception as exc:  # noqa: BLE001 - any failure means: use masks
             self.reason = f"the sliced sub-net failed on the example input ({type(exc).__name__}: {exc})"
         finally:
-            space.train(was_training)
             for gid, (mode, width) in modes.items():
                 space.gates()[gid].set_mode(mode, width if mode == "width" else None)
         return self.reason is None
-
-
-def _first_tensor(out) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)):
-        return _first_tensor(out[0])
-    if isinstance(out, dict):
-        return _first_tensor(next(iter(out.values())))
-    raise TypeError(f"model output of type {type(out).__name__} holds no tensor")
