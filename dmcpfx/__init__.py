@@ -8,7 +8,7 @@ from .arch import Arch, load_arch, save_arch, validate_widths
 from .counting import count_flops, count_params
 from .errors import AnalysisError, ArchError, ConfigError, DmcpfxError, TraceError
 from .gates import MarkovGate, split_channels
-from .graph import ChannelGraph, Group
+from .analysis.graph import ChannelGraph, Group
 from .instrument import GroupInfo, SearchSpace, instrument
 from .materialize import MaterializeError, materialize
 from .onnx_export import OnnxExportError, export_onnx

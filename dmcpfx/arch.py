@@ -52,7 +52,7 @@ def save_arch(
     """Write ``widths`` as an arch YAML (atomically) with exact full/pruned FLOPs and params.
 
     ``space_or_graph``: a :class:`~dmcpfx.instrument.SearchSpace` or a
-    :class:`~dmcpfx.graph.ChannelGraph` of the model the widths belong to.
+    :class:`~dmcpfx.analysis.graph.ChannelGraph` of the model the widths belong to.
     """
     graph = getattr(space_or_graph, "graph", space_or_graph)
     clean = validate_widths(widths, graph)

@@ -17,9 +17,9 @@ from torch import nn
 from .analysis import analyze
 from .errors import ArchError
 from .gates import MarkovGate, split_channels
-from .graph import ChannelGraph, Width
+from .analysis.graph import ChannelGraph, Width
 from .passes.gate_insertion import gate_key, insert_gates
-from .tracing import as_tuple
+from .analysis.export import as_tuple
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class SearchSpace(nn.Module):
     """A model with Markov gates; ``space(x)`` runs the gated model.
 
     Attributes: ``groups`` (id -> :class:`GroupInfo`), ``graph`` (the
-    :class:`~dmcpfx.graph.ChannelGraph`), ``example_inputs``, ``skipped`` (prunable
+    :class:`~dmcpfx.analysis.graph.ChannelGraph`), ``example_inputs``, ``skipped`` (prunable
     groups left without a gate because they are too narrow, id -> reason).
     """
 

@@ -17,11 +17,11 @@ from torch import fx, nn
 from .analysis import analyze
 from .arch import resolve_arch
 from .errors import DmcpfxError
-from .graph import ChannelGraph
+from .analysis.graph import ChannelGraph
 from .gates import MarkovGate, split_channels
 from .passes.gate_insertion import gate_key, insert_gates
 from .passes.weight_slicing import patch_constants, slice_model
-from .tracing import as_tuple
+from .analysis.export import as_tuple
 
 
 class MaterializeError(DmcpfxError):
@@ -77,7 +77,7 @@ def _made_on(graph: ChannelGraph, model: nn.Module) -> bool:
 def _graph_fits(graph: ChannelGraph, model: nn.Module, inputs) -> bool:
     """True when ``graph`` was made on inputs of these shapes for a model of these parameters
     and all its traced modules live on the model's device (its masked reference runs there)."""
-    if [tuple(s) for s in graph.input_shapes] != [tuple(t.shape) for t in inputs]:
+    if [tuple(s)[1:] for s in graph.input_shapes] != [tuple(t.shape)[1:] for t in inputs]:
         return False
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     if {name: tuple(s) for name, s in graph.param_shapes.items()} != shapes:

@@ -13,7 +13,7 @@ from torch import nn
 
 from .errors import DmcpfxError
 from .fileio import atomic_path
-from .tracing import as_tuple
+from .analysis.export import as_tuple
 
 
 class OnnxExportError(DmcpfxError):

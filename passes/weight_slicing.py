@@ -70,22 +70,25 @@ def _update_attributes(m: nn.Module, edit, channel_graph, widths) -> None:
 
 
 def patch_constants(gm: fx.GraphModule, channel_graph, widths: dict[str, int], tag: str) -> None:
-    """Replace literal channel counts in ``gm``'s reshape / layer_norm arguments."""
+    """Rewrite the literal channel counts in ``gm``'s arguments (view sizes, split sizes,
+    slice bounds, depthwise ``groups``, GroupNorm ``num_groups``, LayerNorm shapes)."""
     nodes = {n.name: n for n in gm.graph.nodes}
     for site in channel_graph.constant_sites:
         if site.graph != tag or site.node not in nodes:
             continue
         node = nodes[site.node]
-        for position, layout in site.positions:
-            value = int(channel_graph.kept_extent(layout, widths))
-            if site.kind == "layer_norm":
-                node.update_arg(1, (value,))
-                continue
-            args = list(node.args)
-            if len(args) == 2 and isinstance(args[1], (tuple, list)):
-                shape = list(args[1])
-                shape[position] = value
-                node.update_arg(1, type(args[1])(shape))
+        if site.kind == "split":  # split.Tensor(self, size, dim) -> split_with_sizes(self, sizes, dim)
+            sizes = [int(channel_graph.kept_extent(e.layout, widths)) for e in site.entries]
+            dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+            node.target = torch.ops.aten.split_with_sizes.default
+            node.args, node.kwargs = (node.args[0], sizes, dim), {}
+            continue
+        for entry in site.entries:
+            value = int(channel_graph.kept_extent(entry.layout, widths)) // entry.divide
+            if entry.index is None:
+                node.update_arg(entry.arg, value)
             else:
-                node.update_arg(1 + position, value)
+                sizes = list(node.args[entry.arg])
+                sizes[entry.index] = value
+                node.update_arg(entry.arg, sizes)
     gm.recompile()

@@ -64,8 +64,8 @@ def check_properties(model: nn.Module, x, seeds=(0, 1, 2)) -> dict:
     space = dmcpfx.instrument(model, x)
     space.eval()
     with torch.no_grad():
-        full = first_tensor(model(*dmcpfx.tracing.as_tuple(x)))
-        gated = first_tensor(space(*dmcpfx.tracing.as_tuple(x)))
+        full = first_tensor(model(*dmcpfx.analysis.as_tuple(x)))
+        gated = first_tensor(space(*dmcpfx.analysis.as_tuple(x)))
     # property 3: max width == original
     assert rel_diff(gated, full) <= TOL, f"max-width output differs: {rel_diff(gated, full):.2e}"
     assert space.groups, "no prunable group"
@@ -75,11 +75,11 @@ def check_properties(model: nn.Module, x, seeds=(0, 1, 2)) -> dict:
         widths = random_widths(space, seed)
         space.set_widths(widths)
         with torch.no_grad():
-            masked = first_tensor(space(*dmcpfx.tracing.as_tuple(x)))
+            masked = first_tensor(space(*dmcpfx.analysis.as_tuple(x)))
         compact = dmcpfx.materialize(model, widths, x)
         compact.eval()
         with torch.no_grad():
-            out = first_tensor(compact(*dmcpfx.tracing.as_tuple(x)))
+            out = first_tensor(compact(*dmcpfx.analysis.as_tuple(x)))
         # property 1: compact == masked
         d = rel_diff(out, masked)
         assert d <= TOL, f"seed {seed}: compact differs from the masked model by {d:.2e}"

@@ -50,7 +50,8 @@ class ModuleEdit:
 class MacRecord:
     """One conv/linear call: MACs = spatial * kernel * (c_in / groups) * c_out.
 
-    ``spatial``: output elements per output channel (batch included);
+    ``spatial``: output elements per output channel for ONE image (MACs are per image,
+    whatever the batch of the example input);
     ``kernel``: product of the kernel size (1 for linear). ``kind`` is ``conv``,
     ``gconv`` (grouped: c_in / groups), ``dwconv`` (depthwise: c_in / groups == 1)
     or ``linear``. A side whose layout is None keeps its full width.
@@ -84,17 +85,33 @@ class MaskSite:
 
 
 @dataclass(frozen=True)
-class ConstantSite:
-    """A node whose arguments hold a channel count as a literal (e.g. a reshape size).
+class ConstantEntry:
+    """One literal channel count in a node's arguments.
 
-    ``positions`` maps a position in the node's flattened shape argument to the
-    layout whose kept extent must replace the literal there.
+    ``arg``: the argument index; ``index``: the position inside a list argument (None
+    for a scalar argument). After pruning the literal becomes
+    ``kept_extent(layout) // divide``.
+    """
+
+    arg: int
+    index: int | None
+    layout: Layout
+    divide: int = 1
+
+
+@dataclass(frozen=True)
+class ConstantSite:
+    """A node whose arguments hold channel counts as literals (a view size, a split size,
+    a depthwise conv's ``groups``, a GroupNorm's ``num_groups``, a LayerNorm's shape).
+
+    ``kind`` is ``literal`` (patch the entries) or ``split`` (a ``split.Tensor`` that
+    becomes ``split_with_sizes`` with the entries as sizes).
     """
 
     graph: str
     node: str
-    kind: str  # reshape | layer_norm
-    positions: tuple[tuple[int, Layout], ...]
+    kind: str
+    entries: tuple[ConstantEntry, ...]
 
 
 @dataclass(frozen=True)
@@ -266,6 +283,26 @@ class GraphBuilder:
                     self.coupling.add_edge(a, b)
         return True
 
+    def cut(self, layout: Layout, cuts) -> Layout | None:
+        """``layout`` over leaf spaces, refined so that every channel offset in ``cuts``
+        is a segment boundary (split / slice along channels); None when a cut falls
+        inside a partial segment or a space that must stay whole."""
+        lay = self.expand(layout)
+        for _ in range(len(cuts) + 1):
+            bounds = _boundaries(lay)
+            missing = [c for c in cuts if 0 < c < lay.channels and c not in bounds]
+            if not missing:
+                return lay
+            offset = 0
+            for seg in lay.segs:
+                if offset < missing[0] < offset + seg.length:
+                    if not self.is_full(seg) or not self._refine(seg.space, [missing[0] - offset]):
+                        return None
+                    break
+                offset += seg.length
+            lay = self.expand(layout)
+        return None
+
     def unify(self, a: Layout, b: Layout, why: str) -> None:
         """Couple two layouts that must keep the same channels (e.g. both sides of an add).
 
@@ -337,8 +374,8 @@ class GraphBuilder:
             value = getattr(rec, f.name)
             if isinstance(value, Layout):
                 changes[f.name] = self.expand(value)
-            elif f.name == "positions":
-                changes[f.name] = tuple((pos, self.expand(lay)) for pos, lay in value)
+            elif f.name == "entries":
+                changes[f.name] = tuple(replace(e, layout=self.expand(e.layout)) for e in value)
         return replace(rec, **changes) if changes else rec
 
     def finalize(self, **graph_kwargs) -> "ChannelGraph":
@@ -470,7 +507,7 @@ class ChannelGraph:
 
     # counting (DESIGN.md section 4)
     def flops(self, widths: Mapping[str, Width] | None = None) -> Width:
-        """Multiply-accumulates of conv/linear calls at ``widths`` (missing groups: full).
+        """Multiply-accumulates per image of conv/linear calls at ``widths`` (missing groups: full).
 
         Integer widths give the exact count of the materialized model; tensor widths
         (expected widths) give a differentiable scalar: the product of expectations.

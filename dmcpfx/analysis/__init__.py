@@ -1,0 +1,105 @@
+"""Channel analysis: which channels of an exported model must be pruned together.
+
+:func:`analyze` exports the model with ``torch.export`` (eval and train mode, see
+:mod:`.export`), then runs each ATen graph on the example input with an
+:class:`fx.Interpreter` so that every rule of :mod:`.rules` sees the real argument
+values and shapes. Each node gets an *info*: a :class:`~.layout.Layout` for tensors
+whose channel dimension is tracked, :data:`~.layout.OPAQUE` for tensors that are
+not, a :class:`~.layout.ParamRef` for parameters and buffers, and None for
+non-tensors. Anything the rules do not understand freezes the spaces it touches.
+
+The caller's model is left bit-identical: parameters, buffers (the train-mode
+graph updates BatchNorm statistics while it runs: they are restored), the mode of
+every submodule and the global RNG state.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import fx, nn
+from torch.fx.node import map_arg
+
+from ..errors import AnalysisError, ConfigError
+from .export import EXPORT_BATCH, as_tuple, batch_of, export_both_modes
+from .graph import ChannelGraph, GraphBuilder
+from .layout import iter_layouts, iter_paramrefs
+from .rules import RuleContext, apply
+
+
+class _ChannelInterpreter(fx.Interpreter):
+    """Runs an exported graph and computes the channel info of every node."""
+
+    def __init__(self, gm: fx.GraphModule, ctx: RuleContext):
+        super().__init__(gm, garbage_collect_values=True)
+        self.ctx = ctx
+        self.info: dict[fx.Node, object] = {}
+
+    def run_node(self, n: fx.Node):
+        try:
+            result = super().run_node(n)
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the node named
+            raise AnalysisError(
+                f"running the exported model failed at node '{n.name}' ({n.target}): {str(exc).splitlines()[0]}. "
+                "Check that example_inputs has the shape the model expects."
+            ) from None
+        ainfo = map_arg(n.args, lambda a: self.info.get(a))
+        kinfo = map_arg(n.kwargs, lambda a: self.info.get(a))
+        self.info[n] = apply(self.ctx, n, args, kwargs, ainfo, kinfo, result)
+        return result
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module):
+    """Restore ``model``'s buffers, submodule modes and the RNG state on exit."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def resolve_submodule(model: nn.Module, path: str | None) -> nn.Module:
+    """The submodule at ``path`` (e.g. ``backbone``), or ``model`` itself for None / ''."""
+    if not path:
+        return model
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise ConfigError(f"submodule '{path}' does not exist in {type(model).__name__}") from None
+
+
+def analyze(model: nn.Module, example_inputs, *, model_name: str | None = None) -> ChannelGraph:
+    """Export ``model`` and discover its coupled channel groups (DESIGN.md section 2).
+
+    ``example_inputs``: a tensor or a tuple of tensors the model accepts, dim 0 the
+    batch (its size does not matter: counts are per image). The model is left
+    bit-identical. Raises :class:`~dmcpfx.errors.TraceError` if the model cannot be
+    exported and :class:`~dmcpfx.errors.AnalysisError` if the graph fails on the
+    example input.
+    """
+    inputs = as_tuple(example_inputs)
+    batch = batch_of(inputs, EXPORT_BATCH)
+    builder = GraphBuilder()
+    with preserved_state(model):
+        graph_modules = export_both_modes(model, batch)
+        with torch.no_grad():
+            for tag in ("eval", "train"):
+                _ChannelInterpreter(graph_modules[tag], RuleContext(builder, tag, model, EXPORT_BATCH)).run(*batch)
+    param_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    return builder.finalize(
+        graph_modules=graph_modules,
+        input_shapes=[tuple(t.shape) for t in inputs],
+        param_shapes=param_shapes,
+        model_name=model_name,
+    )
+
+
+__all__ = ["analyze", "as_tuple", "iter_layouts", "iter_paramrefs", "preserved_state", "resolve_submodule"]

@@ -1,0 +1,105 @@
+"""Export a model to ATen-level fx graphs with ``torch.export`` (DESIGN.md section 2).
+
+One tracer for every model: ``torch.export.export`` in non-strict mode (the
+training IR) with a dynamic batch dimension. It turns any model into a small
+vocabulary of ATen ops, specializes shape-dependent Python control flow, traces
+inside wrapped functions and names every parameter and buffer by its qualified
+name. ``ep.module()`` shares the model's parameters and buffers, so the graphs
+train the model's own weights. Train and eval mode are exported separately (the
+graph bakes the mode in); both share the weights.
+"""
+from __future__ import annotations
+
+import copy
+import traceback
+
+import torch
+from torch import fx, nn
+from torch.export import Dim
+
+from ..errors import ConfigError, TraceError
+
+#: batch size of the inputs the graphs are exported (and analyzed) with
+EXPORT_BATCH = 2
+
+
+def as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
+    """Normalize ``example_inputs`` (a tensor or a tuple of tensors) to a tuple."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
+            isinstance(t, torch.Tensor) for t in example_inputs):
+        return tuple(example_inputs)
+    raise ConfigError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
+
+
+def batch_of(inputs: tuple[torch.Tensor, ...], batch: int = EXPORT_BATCH) -> tuple[torch.Tensor, ...]:
+    """The first sample of every input repeated ``batch`` times (dim 0 is the batch)."""
+    out = []
+    for t in inputs:
+        if t.ndim == 0:
+            raise ConfigError("example_inputs must have a batch dimension (dim 0); got a 0-d tensor")
+        first = t[:1]
+        out.append(first.expand(batch, *first.shape[1:]).clone())
+    return tuple(out)
+
+
+def _failing_module(exc: BaseException, model: nn.Module) -> str | None:
+    """Qualified name of the innermost module of ``model`` whose forward was running at ``exc``."""
+    names = {id(m): name for name, m in model.named_modules()}
+    found = None
+    for frame, _line in traceback.walk_tb(exc.__traceback__):
+        owner = frame.f_locals.get("self")
+        if owner is not None and id(owner) in names:
+            found = names[id(owner)] or "<top-level forward>"
+    return found
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Traceback", "File ", "For more information")):
+            return line[:300]
+    return type(exc).__name__
+
+
+def export_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...], training: bool) -> fx.GraphModule:
+    """Export ``model`` in train or eval mode; returns a plain GraphModule sharing its weights.
+
+    ``inputs`` must have a batch of at least 2 (dim 0 becomes dynamic). Raises
+    :class:`TraceError` naming the module and the reason when export fails or fixes
+    the batch size.
+    """
+    model.train(training)
+    batch = Dim("batch", min=1)
+    dynamic = tuple({0: batch} for _ in inputs)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            ep = torch.export.export(model, inputs, dynamic_shapes=dynamic, strict=False)
+    except Exception as exc:  # noqa: BLE001 - re-raised as one line with the module named
+        where = _failing_module(exc, model) or "<top-level forward>"
+        raise TraceError(
+            f"cannot export {type(model).__name__} with torch.export ({'train' if training else 'eval'} mode): "
+            f"{_one_line(exc)} (in module '{where}'). Data-dependent control flow or a fixed batch size "
+            "cannot be exported; prune an exportable submodule instead with submodule='path' (CLI: --submodule)."
+        ) from None
+    exported = ep.module()
+    graph = copy.deepcopy(exported.graph)
+    for node in list(graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn":  # shape guards: checked by the graph's ops
+            graph.erase_node(node)
+    graph.eliminate_dead_code()
+    gm = fx.GraphModule(exported, graph, type(model).__name__)
+    gm.meta["dmcpfx_training"] = training
+    return gm
+
+
+def export_both_modes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, fx.GraphModule]:
+    """``{"eval": gm, "train": gm}`` exported from ``model``; its mode flags are restored."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        return {"eval": export_graph(model, inputs, False), "train": export_graph(model, inputs, True)}
+    finally:
+        for m, mode in modes.items():
+            m.training = mode

@@ -1,0 +1,172 @@
+"""Rules for per-element and per-channel ATen ops: pointwise math, pooling, reductions.
+
+- pointwise ops (activations, dropout, add / mul / sub / div with broadcasting,
+  copies and casts) carry the channel space through and UNIFY the spaces of every
+  operand of full channel extent (a residual add, an SE multiply);
+- pooling, padding and interpolation act on trailing spatial dims and carry the
+  channel space through;
+- reductions, softmax, roll and flip keep it unless they act on the channel dim,
+  which freezes it.
+"""
+from __future__ import annotations
+
+from ..graph import SliceSpec
+from ..layout import OPAQUE, Layout, ParamRef
+from .common import Call, RuleContext, norm_dim, opaque_like
+
+UNARY_OPS = (
+    "relu", "relu_", "relu6", "gelu", "gelu_", "silu", "silu_", "sigmoid", "sigmoid_", "tanh", "tanh_",
+    "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "hardtanh", "hardtanh_", "leaky_relu",
+    "leaky_relu_", "elu", "elu_", "selu", "selu_", "celu", "celu_", "mish", "mish_", "softplus", "exp",
+    "exp_", "log", "log1p", "sqrt", "rsqrt", "abs", "neg", "reciprocal", "square", "sign", "erf", "erfinv",
+    "clamp", "clamp_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "clip", "clip_", "floor", "ceil",
+    "round", "trunc", "frac", "sin", "cos", "logit", "log_sigmoid", "hardshrink", "softshrink", "threshold",
+    "threshold_", "dropout", "dropout_", "feature_dropout", "feature_dropout_", "alpha_dropout",
+    "alpha_dropout_", "feature_alpha_dropout", "feature_alpha_dropout_", "clone", "contiguous", "detach",
+    "detach_", "alias", "lift_fresh_copy", "_to_copy", "to", "type_as", "zero_", "fill_", "nan_to_num",
+    "native_dropout", "bernoulli", "bernoulli_", "isnan", "isinf", "isfinite", "logical_not", "bitwise_not",
+)
+BINARY_OPS = (
+    "add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "true_divide", "floor_divide",
+    "remainder", "fmod", "pow", "pow_", "maximum", "minimum", "max.other", "min.other", "where", "masked_fill",
+    "masked_fill_", "copy_", "lerp", "lerp_", "addcmul", "addcmul_", "addcdiv", "addcdiv_", "eq", "ne",
+    "lt", "le", "gt", "ge", "logical_and", "logical_or", "bitwise_and", "bitwise_or", "atan2", "hypot",
+)
+#: trailing dims each pooling / padding / interpolation op acts on (None: all but N and C)
+SPATIAL_OPS = {
+    "max_pool1d": 1, "max_pool2d": 2, "max_pool3d": 3, "max_pool1d_with_indices": 1,
+    "max_pool2d_with_indices": 2, "max_pool3d_with_indices": 3, "avg_pool1d": 1, "avg_pool2d": 2,
+    "avg_pool3d": 3, "adaptive_avg_pool1d": 1, "adaptive_avg_pool2d": 2, "adaptive_avg_pool3d": 3,
+    "_adaptive_avg_pool2d": 2, "_adaptive_avg_pool3d": 3, "adaptive_max_pool1d": 1, "adaptive_max_pool2d": 2,
+    "adaptive_max_pool3d": 3, "lp_pool1d": 1, "lp_pool2d": 2, "lp_pool3d": 3,
+    "upsample_nearest1d": 1, "upsample_nearest2d": 2, "upsample_nearest3d": 3, "_upsample_nearest_exact1d": 1,
+    "_upsample_nearest_exact2d": 2, "_upsample_nearest_exact3d": 3, "upsample_linear1d": 1,
+    "upsample_bilinear2d": 2, "upsample_bicubic2d": 2, "upsample_trilinear3d": 3, "_upsample_bilinear2d_aa": 2,
+    "_upsample_bicubic2d_aa": 2, "reflection_pad1d": 1, "reflection_pad2d": 2, "reflection_pad3d": 3,
+    "replication_pad1d": 1, "replication_pad2d": 2, "replication_pad3d": 3, "circular_pad1d": 1,
+    "circular_pad2d": 2, "circular_pad3d": 3, "constant_pad_nd": None, "pad": None,
+}
+REDUCE_OPS = (
+    "mean", "sum", "amax", "amin", "var", "std", "var_mean", "std_mean", "logsumexp", "norm",
+    "linalg_vector_norm", "argmax", "argmin", "prod", "any", "all", "max.dim", "min.dim", "max.default",
+    "min.default",
+)
+SOFTMAX_OPS = ("softmax", "_softmax", "log_softmax", "_log_softmax", "_safe_softmax", "cumsum", "cumprod")
+
+
+def pointwise(ctx: RuleContext, call: Call):
+    """Elementwise op with broadcasting: operands of full channel extent are coupled."""
+    result = call.result
+    if isinstance(result, tuple):  # native_dropout: (output, mask), both shaped like the input
+        info = pointwise_operands(ctx, call, call.operands, result[0])
+        return (info, info)
+    if not hasattr(result, "ndim"):
+        return None
+    return pointwise_operands(ctx, call, call.operands, result)
+
+
+def pointwise_operands(ctx: RuleContext, call: Call, operands, result):
+    out_nd = result.ndim
+    layouts = []
+    for value, info in operands:
+        if isinstance(info, Layout):
+            d = info.dim + out_nd - value.ndim
+            if value.shape[info.dim] == 1 and result.shape[d] > 1:
+                continue  # a broadcast single-channel map (e.g. spatial attention)
+            layouts.append(info.at(d))
+    if not layouts:
+        for _, info in operands:
+            if isinstance(info, ParamRef):
+                ctx.b.pin(info.target, f"used in elementwise op {ctx.where(call)} without tracked channels")
+        return OPAQUE if result.ndim or operands else opaque_like(result)
+    if len({layout.dim for layout in layouts}) > 1:
+        for layout in layouts:
+            ctx.b.freeze(layout, f"elementwise op aten.{call.op} {ctx.where(call)} broadcasts channels against another dim")
+        return OPAQUE
+    base = layouts[0]
+    why = f"elementwise op aten.{call.op} {ctx.where(call)}"
+    for other in layouts[1:]:
+        ctx.b.unify(base, other, why)
+    d = base.dim
+    for value, info in operands:
+        if isinstance(info, Layout):
+            continue
+        aligned = d - (out_nd - value.ndim)
+        if aligned < 0 or value.shape[aligned] == 1:
+            continue
+        if isinstance(info, ParamRef) and info.dims[aligned] is not None and value.shape[aligned] == base.extent:
+            ctx.b.add_slice(SliceSpec(info.target, info.dims[aligned], base, "param"))
+        else:
+            ctx.b.freeze(base, f"{why} mixes the channels with an untracked tensor")
+            if isinstance(info, ParamRef):
+                ctx.b.pin(info.target, f"used in {why}")
+    return base
+
+
+def spatial(ctx: RuleContext, call: Call):
+    """Pooling / padding / upsampling over trailing dims: channels pass through."""
+    x, xi = call.v["self"] if "self" in call.v else call.v["input"], call.i.get("self", call.i.get("input"))
+    k = SPATIAL_OPS[call.op]
+    if k is None:
+        k = len(call.v["pad"]) // 2
+    result = call.result[0] if isinstance(call.result, tuple) else call.result
+    if isinstance(xi, Layout):
+        if xi.dim >= x.ndim - k or result.ndim != x.ndim:
+            ctx.b.freeze(xi, f"aten.{call.op} {ctx.where(call)} pools or pads across the channel dimension")
+            return opaque_like(call.result)
+        if isinstance(call.result, tuple):  # (values, indices)
+            return (xi, OPAQUE)
+        return xi
+    if isinstance(xi, ParamRef):
+        ctx.b.pin(xi.target, f"pooled by aten.{call.op} {ctx.where(call)}")
+    return opaque_like(call.result)
+
+
+def _dims_arg(call: Call, ndim: int) -> list[int] | None:
+    dim = call.v.get("dim", call.v.get("dims"))
+    if dim is None:
+        return None
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    return [norm_dim(int(d), max(ndim, 1)) for d in dims] or None
+
+
+def reduce(ctx: RuleContext, call: Call):
+    """Reductions keep the channel space unless they reduce over it."""
+    x, xi = call.v["self"], call.i["self"]
+    if isinstance(xi, ParamRef):
+        ctx.b.pin(xi.target, f"reduced by aten.{call.op} {ctx.where(call)}")
+        return opaque_like(call.result)
+    if not isinstance(xi, Layout):
+        return opaque_like(call.result)
+    dims = _dims_arg(call, x.ndim)
+    if dims is None or xi.dim in dims:
+        ctx.b.freeze(xi, f"reduction aten.{call.op} {ctx.where(call)} over the channel dimension")
+        return opaque_like(call.result)
+    keepdim = bool(call.v.get("keepdim") or False)
+    out = xi if keepdim else xi.at(xi.dim - sum(1 for d in dims if d < xi.dim))
+    if isinstance(call.result, tuple):
+        return tuple(out for _ in call.result)
+    return out
+
+
+def along_dims(ctx: RuleContext, call: Call):
+    """Softmax / cumsum / roll / flip: per channel unless they act along the channel dim."""
+    x, xi = call.v["self"], call.i["self"]
+    if isinstance(xi, ParamRef):
+        ctx.b.pin(xi.target, f"used by aten.{call.op} {ctx.where(call)}")
+        return opaque_like(call.result)
+    if not isinstance(xi, Layout):
+        return opaque_like(call.result)
+    dims = _dims_arg(call, x.ndim)
+    if dims is None or xi.dim in dims:
+        ctx.b.freeze(xi, f"aten.{call.op} {ctx.where(call)} acts across the channel dimension")
+        return opaque_like(call.result)
+    return xi
+
+
+def rules() -> dict:
+    table = {op: pointwise for op in UNARY_OPS + BINARY_OPS}
+    table.update({op: spatial for op in SPATIAL_OPS})
+    table.update({op: reduce for op in REDUCE_OPS})
+    table.update({op: along_dims for op in SOFTMAX_OPS + ("roll", "flip")})
+    return table

@@ -1,0 +1,176 @@
+"""Rules for the ATen ops that mix channels: convolutions and dense products.
+
+A conv or dense op whose weight is a parameter read as it is opens a new channel
+space (its output channels, the group id is the weight's owner module) and
+CONSUMES its input channels: the input side of the weight is sliced with the input
+layout and the instrumented graph masks that input. Depthwise convs carry the input
+space through; grouped convs keep both sides with a divisor. A weight that is
+computed (weight standardization, a reshaped parameter) freezes both sides.
+"""
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from ..graph import ConstantEntry, ConstantSite, MacRecord, MaskSite, ModuleEdit, SliceSpec
+from ..layout import Layout, ParamRef
+from .common import Call, RuleContext, is_whole_param, layout_of, pin_refs, unknown
+
+
+def _producer_id(ctx: RuleContext, weight: str) -> str:
+    module, _ = ctx.owner(weight)
+    return module or weight
+
+
+def _per_image(ctx: RuleContext, numel: int, channels: int) -> int:
+    return numel // channels // ctx.batch
+
+
+def _edit(ctx: RuleContext, weight: str, kinds: tuple[type, ...], kind: str, layout: Layout | None = None) -> None:
+    """Record that the weight's owner module's attributes must follow its slices."""
+    name, module = ctx.owner(weight)
+    if isinstance(module, kinds) and name:
+        ctx.b.add_edit(ModuleEdit(name, kind, layout))
+
+
+def conv(ctx: RuleContext, call: Call):
+    x, xi, w, wi = call.v["input"], call.i["input"], call.v["weight"], call.i["weight"]
+    if call.v.get("transposed"):
+        return unknown(ctx, call, "transposed convolution")
+    if not is_whole_param(wi, w):
+        return unknown(ctx, call, f"convolution aten.{call.op} with a computed weight")
+    groups = int(call.v["groups"])
+    out_ch, in_ch = w.shape[0], w.shape[1] * groups
+    cdim = x.ndim - (w.ndim - 2) - 1
+    lin = layout_of(xi)
+    if isinstance(xi, ParamRef):
+        ctx.b.pin(xi.target, f"the input of a convolution {ctx.where(call)}")
+    if lin is not None and lin.dim != cdim:
+        ctx.b.freeze(lin, f"convolution {ctx.where(call)} slides over the channel dimension")
+        lin = None
+    if lin is not None and lin.block != 1 and groups > 1:
+        ctx.b.freeze(lin, f"grouped convolution {ctx.where(call)} reads flattened channels")
+        lin = None
+    bias_ok = call.v.get("bias") is None or is_whole_param(call.i.get("bias"), call.v["bias"])
+    gid = _producer_id(ctx, wi.target)
+    spatial = _per_image(ctx, call.result.numel(), out_ch)
+    kernel = math.prod(w.shape[2:])
+    convs = (nn.modules.conv._ConvNd,)
+    if groups > 1 and groups == in_ch == out_ch:  # depthwise: output space == input space
+        if lin is None:
+            out = ctx.b.producer_layout(gid, out_ch, cdim)
+            ctx.b.freeze(out, f"depthwise convolution {ctx.where(call)} has untracked input channels")
+        else:
+            out = lin
+        _slice_out(ctx, call, out, "dw", bias_ok)
+        _edit(ctx, wi.target, convs, "dwconv")
+        ctx.b.constant_sites.append(ConstantSite(ctx.tag, call.node.name, "literal", (ConstantEntry(_arg_index(call, "groups"), None, out),)))
+        if ctx.tag == "eval":
+            ctx.b.macs.append(MacRecord(gid, "dwconv", spatial, kernel, groups, in_ch, out_ch, None, out))
+        return out
+    out = ctx.b.producer_layout(gid, out_ch, cdim)
+    kind = "conv"
+    if groups > 1:
+        kind = "gconv"
+        if w.shape[1] == 1:  # depthwise with a channel multiplier: out j reads in j // k
+            reason = f"convolution {ctx.where(call)} has a depthwise channel multiplier"
+            ctx.b.freeze(out, reason)
+            if lin is not None:
+                ctx.b.freeze(lin, reason)
+            lin = None
+        ctx.b.add_conv_groups(out, groups)
+        if lin is not None and not ctx.b.add_conv_groups(lin, groups):
+            lin = None
+    if lin is not None:
+        ctx.b.add_slice(SliceSpec(wi.target, 1, lin, "in", grouped=groups if groups > 1 else 1))
+        ctx.b.mask_sites.append(MaskSite(ctx.tag, call.node.name, 0, lin, "consumer"))
+    _slice_out(ctx, call, out, "out", bias_ok)
+    _edit(ctx, wi.target, convs, "conv")
+    if ctx.tag == "eval":
+        ctx.b.macs.append(MacRecord(gid, kind, spatial, kernel, groups, in_ch, out_ch, lin, out))
+    return out
+
+
+def _arg_index(call: Call, name: str) -> int:
+    return [a.name for a in call.node.target._schema.arguments].index(name)
+
+
+def _slice_out(ctx: RuleContext, call: Call, out: Layout, role: str, bias_ok: bool) -> None:
+    ctx.b.add_slice(SliceSpec(call.i["weight"].target, 0, out, role))
+    bias = call.i.get("bias")
+    if isinstance(bias, ParamRef) and bias_ok:
+        ctx.b.add_slice(SliceSpec(bias.target, 0, out, role))
+    elif call.v.get("bias") is not None:
+        ctx.b.freeze(out, f"the bias of {ctx.where(call)} is computed")
+
+
+def _dense(ctx: RuleContext, call: Call, x, xi, w, wi: ParamRef, in_dim: int, out_dim: int, bias_name: str | None):
+    """``x @ W``: dim ``in_dim`` of the weight tensor ``w`` is contracted, ``out_dim`` produces.
+
+    ``wi.dims`` maps those tensor dims to the parameter's own dims (a ``.t()`` swaps them).
+    """
+    wt = wi.target
+    out_features, in_features = w.shape[out_dim], w.shape[in_dim]
+    result = call.result
+    lin = layout_of(xi)
+    if isinstance(xi, ParamRef):
+        ctx.b.pin(xi.target, f"the input of a dense product {ctx.where(call)}")
+    spatial = _per_image(ctx, result.numel(), out_features)
+    gid = _producer_id(ctx, wt)
+    if lin is not None and lin.dim != x.ndim - 1:
+        # the channels sit on another dim: this product mixes features, not channels
+        if ctx.tag == "eval":
+            ctx.b.macs.append(MacRecord(gid, "linear", spatial, 1, 1, in_features, out_features, None, None))
+        return lin
+    out = ctx.b.producer_layout(gid, out_features, result.ndim - 1)
+    if lin is not None:
+        ctx.b.add_slice(SliceSpec(wt, wi.dims[in_dim], lin, "in"))
+        ctx.b.mask_sites.append(MaskSite(ctx.tag, call.node.name, _arg_index(call, _input_name(call)), lin, "consumer"))
+    ctx.b.add_slice(SliceSpec(wt, wi.dims[out_dim], out, "out"))
+    if bias_name is not None and call.v.get(bias_name) is not None:
+        bias = call.i.get(bias_name)
+        if isinstance(bias, ParamRef) and bias.dims == (0,):
+            ctx.b.add_slice(SliceSpec(bias.target, 0, out, "out"))
+        else:
+            ctx.b.freeze(out, f"the bias of {ctx.where(call)} is computed")
+    _edit(ctx, wt, (nn.Linear,), "linear")
+    if ctx.tag == "eval":
+        ctx.b.macs.append(MacRecord(gid, "linear", spatial, 1, 1, in_features, out_features, lin, out))
+    return out
+
+
+def _input_name(call: Call) -> str:
+    return {"linear": "input", "addmm": "mat1", "mm": "self", "matmul": "self", "bmm": "self"}[call.op]
+
+
+def linear(ctx: RuleContext, call: Call):
+    x, xi, w, wi = call.v["input"], call.i["input"], call.v["weight"], call.i["weight"]
+    if not is_whole_param(wi, w) or w.ndim != 2:
+        return unknown(ctx, call, "linear with a computed weight")
+    return _dense(ctx, call, x, xi, w, wi, in_dim=1, out_dim=0, bias_name="bias")
+
+
+def matmul(ctx: RuleContext, call: Call):
+    """``mm`` / ``matmul`` / ``bmm`` / ``addmm``: a parameter on the right acts as a linear weight."""
+    left = "mat1" if call.op == "addmm" else "self"
+    right = "mat2" if call.op in ("addmm", "mm", "bmm") else "other"
+    x, xi, w, wi = call.v[left], call.i[left], call.v[right], call.i[right]
+    if isinstance(wi, ParamRef) and w.ndim == 2 and None not in wi.dims and not isinstance(xi, ParamRef):
+        if call.op == "addmm" and isinstance(call.i.get("self"), ParamRef) and call.v["self"].ndim != 1:
+            return unknown(ctx, call, "addmm with a 2-d bias")
+        bias = "self" if call.op == "addmm" else None
+        if call.op == "addmm" and (call.v.get("beta", 1) != 1 or call.v.get("alpha", 1) != 1):
+            return unknown(ctx, call, "addmm with scaling factors")
+        return _dense(ctx, call, x, xi, w, wi, in_dim=0, out_dim=1, bias_name=bias)
+    pin_refs(ctx, call, "multiplied by a tensor")
+    return unknown(ctx, call, f"product aten.{call.op} of two activations")
+
+
+def rules() -> dict:
+    table = {op: conv for op in ("conv1d", "conv2d", "conv3d", "convolution", "_convolution")}
+    table.update({"linear": linear, "addmm": matmul, "mm": matmul, "matmul": matmul, "bmm": matmul})
+    table.update({op: (lambda ctx, call, _op=op: unknown(ctx, call, f"transposed convolution aten.{_op}"))
+                  for op in ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")})
+    return table
+
