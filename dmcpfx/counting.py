@@ -1,10 +1,17 @@
-"""Independent FLOPs / parameter counters (forward hooks on the real modules).
+"""Independent FLOPs / parameter counters (DESIGN.md section 4).
 
-MACs (multiply-accumulates) of conv and linear modules, the papers' convention:
-``conv: out.numel() * (in_channels / groups) * prod(kernel_size)``,
-``linear: out.numel() * in_features``; biases, norms and activations are not
-counted. Counts are PER IMAGE: the MACs of one forward pass on ``example_inputs``
-divided by its batch size (dim 0); torchvision resnet50 at 224x224 gives about 4.09e9.
+MACs (multiply-accumulates) PER IMAGE, the papers' convention, counted at the ATen
+dispatch level while the model runs, so they measure whatever module is passed (the
+original class, a compact model or a GraphModule) without using the analysis:
+
+- every convolution: ``out.numel() * (in_channels / groups) * prod(kernel)``;
+- every matrix product (``mm`` / ``addmm`` / ``bmm``, which ``linear`` dispatches to)
+  with an operand stored in one of the model's parameters:
+  ``out.numel() * contracted_dim``.
+
+Products of two activations (attention scores), biases, norms and activations are
+not counted. The total of one eval-mode forward on ``example_inputs`` is divided by
+its batch size (dim 0): torchvision resnet50 at 224x224 gives about 4.09e9.
 """
 from __future__ import annotations
 
@@ -12,33 +19,54 @@ import math
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .analysis.export import as_tuple
 
+_aten = torch.ops.aten
+_CONVS = {_aten.convolution.default, _aten._convolution.default, _aten.convolution_overrideable.default}
+_PRODUCTS = {_aten.mm.default: (0, 1), _aten.addmm.default: (1, 2), _aten.bmm.default: (0, 1)}
+
+
+class _MacCounter(TorchDispatchMode):
+    def __init__(self, param_storages: set[int]) -> None:
+        super().__init__()
+        self.params = param_storages
+        self.total = 0
+
+    def _is_param(self, t) -> bool:
+        return isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in self.params
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in _CONVS:
+            weight = args[1]
+            if not args[6]:  # not transposed
+                self.total += out.numel() * weight.shape[1] * math.prod(weight.shape[2:])
+        elif func is _aten._native_multi_head_attention.default:  # nn.MultiheadAttention's fast path
+            tokens, embed = args[0].shape[-2] * args[0].shape[0], args[3]
+            self.total += tokens * 4 * embed * embed
+        elif func in _PRODUCTS:
+            a, b = (args[i] for i in _PRODUCTS[func])
+            if self._is_param(a) or self._is_param(b):
+                self.total += out.numel() * a.shape[-1]
+        return out
+
 
 def count_flops(model: nn.Module, example_inputs) -> int:
-    """MACs per image of conv/linear modules in an eval-mode forward on ``example_inputs``."""
-    total = 0
-
-    def hook(module, _inputs, output):
-        nonlocal total
-        if isinstance(module, nn.modules.conv._ConvNd):
-            total += output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
-        elif isinstance(module, nn.Linear):
-            total += output.numel() * module.in_features
-
+    """MACs per image of convolutions and parameter products in an eval-mode forward."""
     inputs = as_tuple(example_inputs)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    was_training = model.training
+    storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    modes = {m: m.training for m in model.modules()}
+    counter = _MacCounter(storages)
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             model(*inputs)
     finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return int(total) // int(inputs[0].shape[0])
+        for m, mode in modes.items():
+            m.training = mode
+    return int(counter.total) // int(inputs[0].shape[0])
 
 
 def count_params(model: nn.Module) -> int:

@@ -147,13 +147,30 @@ def _matches(module: nn.Module, inputs, reference, rtol: float) -> bool:
     return True
 
 
+#: ATen ops whose ``training`` / ``train`` flag the fallback GraphModule reads from ``self.training``
+_MODE_FLAGS = {
+    torch.ops.aten.batch_norm.default: 5, torch.ops.aten.instance_norm.default: 5,
+    torch.ops.aten.dropout.default: 2, torch.ops.aten.feature_dropout.default: 2,
+    torch.ops.aten.alpha_dropout.default: 2, torch.ops.aten.feature_alpha_dropout.default: 2,
+}
+
+
 def _graph_module_fallback(compact: nn.Module, graph, widths) -> nn.Module:
-    modules = graph.graph_modules
-    if modules["train"] is not modules["eval"]:
-        raise MaterializeError(
-            "the model's forward holds channel counts as constants and differs between train and eval mode; "
-            "cannot build a GraphModule replacement"
-        )
-    gm = fx.GraphModule(compact, copy.deepcopy(modules["eval"].graph), type(compact).__name__)
+    """The exported eval-mode graph over ``compact``'s sliced weights, literals rewritten.
+
+    BatchNorm and dropout follow ``.train()`` / ``.eval()`` of the returned module;
+    Python branches on ``self.training`` of the original forward keep their eval form.
+    """
+    fx_graph = copy.deepcopy(graph.graph_modules["eval"].graph)
+    flag = None
+    for node in list(fx_graph.nodes):
+        pos = _MODE_FLAGS.get(node.target)
+        if pos is None or len(node.args) <= pos:
+            continue
+        if flag is None:
+            with fx_graph.inserting_before(next(n for n in fx_graph.nodes if n.op != "placeholder")):
+                flag = fx_graph.get_attr("training")
+        node.update_arg(pos, flag)
+    gm = fx.GraphModule(compact, fx_graph, type(compact).__name__)
     patch_constants(gm, graph, widths, "eval")
     return gm

@@ -69,6 +69,17 @@ def _update_attributes(m: nn.Module, edit, channel_graph, widths) -> None:
         m.num_parameters = m.weight.shape[0]
 
 
+def _spell_out_args(node: fx.Node, last: int) -> None:
+    """Give ``node`` positional arguments up to index ``last`` (schema defaults filled in)."""
+    schema = node.target._schema.arguments
+    args = list(node.args)
+    for pos in range(len(args), last + 1):
+        name = schema[pos].name
+        args.append(node.kwargs[name] if name in node.kwargs else schema[pos].default_value)
+    node.args = tuple(args)
+    node.kwargs = {k: v for k, v in node.kwargs.items() if k not in {a.name for a in schema[:last + 1]}}
+
+
 def patch_constants(gm: fx.GraphModule, channel_graph, widths: dict[str, int], tag: str) -> None:
     """Rewrite the literal channel counts in ``gm``'s arguments (view sizes, split sizes,
     slice bounds, depthwise ``groups``, GroupNorm ``num_groups``, LayerNorm shapes)."""
@@ -83,6 +94,7 @@ def patch_constants(gm: fx.GraphModule, channel_graph, widths: dict[str, int], t
             node.target = torch.ops.aten.split_with_sizes.default
             node.args, node.kwargs = (node.args[0], sizes, dim), {}
             continue
+        _spell_out_args(node, max(e.arg for e in site.entries))
         for entry in site.entries:
             value = int(channel_graph.kept_extent(entry.layout, widths)) // entry.divide
             if entry.index is None:

@@ -38,11 +38,12 @@ def test_shufflenet_freezes_the_shuffle_but_keeps_branch_convs():
     assert "splits or merges the channel dimension" in reasons
 
 
-def test_vit_keeps_mlp_hidden_prunable_and_freezes_attention():
+def test_vit_prunes_mlp_hidden_and_residual_and_freezes_attention_heads():
     graph = dmcpfx.analyze(torchvision.models.vit_b_32(), torch.randn(1, 3, 224, 224))
     assert graph.groups["encoder.layers.encoder_layer_0.mlp.0"].prunable
-    residual = graph.groups["conv_proj"]
-    assert residual.frozen and any("self_attention" in r for r in residual.frozen_reasons)
+    assert graph.groups["conv_proj"].prunable  # the residual stream, through width-aware LayerNorms
+    qkv = graph.groups["encoder.layers.encoder_layer_0.self_attention"]
+    assert qkv.frozen and any("self_attention" in r and "splits" in r for r in qkv.frozen_reasons)
 
 
 def test_convnext_residual_goes_through_width_aware_layernorm():

@@ -217,7 +217,7 @@ def test_literal_flatten_returns_a_graph_module():
     model = LiteralFlatten().eval()
     compact = dmcpfx.materialize(model, {"features.2.0": 6}, X)
     assert isinstance(compact, torch.fx.GraphModule)
-    assert compact.fc1.in_features == 6 * 9
+    assert compact.fc1.weight.shape[1] == 6 * 9  # the sliced weights under their own names
 
 
 def test_same_class_and_state_dict_keys_when_possible():
@@ -341,10 +341,9 @@ def test_channel_count_read_for_itself_stays_prunable():
     [
         (Shuffle, "c1.0", "splits or merges the channel dimension"),
         (GroupNormOverConcat, "b", "straddle"),
-        (WrappedFunction, "c1", "unsupported function opaque_fn"),
+        (WrappedFunction, "c1", "aten.flip"),
         (TwoOutputs, "c1", "model output"),
         (AddOfConcatGrouped, "a", "do not line up"),
-        (SizeReadElsewhere, "c1", "channel count shapes another tensor"),
     ],
     ids=lambda v: getattr(v, "__name__", str(v)),
 )

@@ -83,6 +83,11 @@ def bind(node: fx.Node, args, kwargs, ainfo, kinfo, result) -> Call:
     return Call(node, target.overloadpacket.__name__, target._overloadname, values, infos, result)
 
 
+def arg_index(call: "Call", name: str) -> int:
+    """Position of argument ``name`` in the op's schema."""
+    return [a.name for a in call.node.target._schema.arguments].index(name)
+
+
 def module_path(node: fx.Node) -> str:
     """Qualified name of the innermost module whose forward produced ``node``."""
     stack = node.meta.get("nn_module_stack") or {}

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..graph import ConstantEntry, ConstantSite, MacRecord, MaskSite, ModuleEdit, SliceSpec
 from ..layout import Layout, ParamRef
-from .common import Call, RuleContext, is_whole_param, layout_of, pin_refs, unknown
+from .common import Call, RuleContext, arg_index, is_whole_param, layout_of, pin_refs, unknown
 
 
 def _producer_id(ctx: RuleContext, weight: str) -> str:
@@ -65,7 +65,7 @@ def conv(ctx: RuleContext, call: Call):
             out = lin
         _slice_out(ctx, call, out, "dw", bias_ok)
         _edit(ctx, wi.target, convs, "dwconv")
-        ctx.b.constant_sites.append(ConstantSite(ctx.tag, call.node.name, "literal", (ConstantEntry(_arg_index(call, "groups"), None, out),)))
+        ctx.b.constant_sites.append(ConstantSite(ctx.tag, call.node.name, "literal", (ConstantEntry(arg_index(call, "groups"), None, out),)))
         if ctx.tag == "eval":
             ctx.b.macs.append(MacRecord(gid, "dwconv", spatial, kernel, groups, in_ch, out_ch, None, out))
         return out
@@ -90,10 +90,6 @@ def conv(ctx: RuleContext, call: Call):
     if ctx.tag == "eval":
         ctx.b.macs.append(MacRecord(gid, kind, spatial, kernel, groups, in_ch, out_ch, lin, out))
     return out
-
-
-def _arg_index(call: Call, name: str) -> int:
-    return [a.name for a in call.node.target._schema.arguments].index(name)
 
 
 def _slice_out(ctx: RuleContext, call: Call, out: Layout, role: str, bias_ok: bool) -> None:
@@ -126,7 +122,7 @@ def _dense(ctx: RuleContext, call: Call, x, xi, w, wi: ParamRef, in_dim: int, ou
     out = ctx.b.producer_layout(gid, out_features, result.ndim - 1)
     if lin is not None:
         ctx.b.add_slice(SliceSpec(wt, wi.dims[in_dim], lin, "in"))
-        ctx.b.mask_sites.append(MaskSite(ctx.tag, call.node.name, _arg_index(call, _input_name(call)), lin, "consumer"))
+        ctx.b.mask_sites.append(MaskSite(ctx.tag, call.node.name, arg_index(call, _input_name(call)), lin, "consumer"))
     ctx.b.add_slice(SliceSpec(wt, wi.dims[out_dim], out, "out"))
     if bias_name is not None and call.v.get(bias_name) is not None:
         bias = call.i.get(bias_name)

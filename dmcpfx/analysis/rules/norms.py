@@ -15,7 +15,7 @@ from torch import nn
 
 from ..graph import ConstantEntry, ConstantSite, MaskSite, ModuleEdit, SliceSpec
 from ..layout import Layout, ParamRef
-from .common import Call, RuleContext, is_whole_param, opaque_like, unknown
+from .common import Call, RuleContext, arg_index, is_whole_param, opaque_like, unknown
 
 _PARAMS = ("weight", "bias", "running_mean", "running_var")
 
@@ -92,7 +92,7 @@ def group_norm(ctx: RuleContext, call: Call):
         return xi
     if ctx.b.add_norm_groups(xi, per_group) and _affine(ctx, call, ("weight", "bias"), xi, "norm"):
         _owner_edit(ctx, call, ("weight", "bias"), (nn.GroupNorm,), "groupnorm", xi)
-        entry = ConstantEntry(3, None, xi, divide=per_group)  # group_norm(input, weight, bias, num_groups, ...)
+        entry = ConstantEntry(arg_index(call, "num_groups"), None, xi, divide=per_group)
         ctx.b.constant_sites.append(ConstantSite(ctx.tag, call.node.name, "literal", (entry,)))
     return xi
 
@@ -112,7 +112,7 @@ def layer_norm(ctx: RuleContext, call: Call):
         return xi
     _owner_edit(ctx, call, ("weight", "bias"), (nn.LayerNorm,), "layernorm", xi)
     ctx.b.mask_sites.append(MaskSite(ctx.tag, call.node.name, 0, xi, "layernorm"))
-    ctx.b.constant_sites.append(ConstantSite(ctx.tag, call.node.name, "literal", (ConstantEntry(1, 0, xi),)))
+    ctx.b.constant_sites.append(ConstantSite(ctx.tag, call.node.name, "literal", (ConstantEntry(arg_index(call, "normalized_shape"), 0, xi),)))
     return xi
 
 

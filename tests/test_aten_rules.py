@@ -1,0 +1,140 @@
+"""Hand-written networks for the ATen rules that the exported graph needs (DESIGN.md section 2).
+
+Each network with prunable groups must satisfy the section 8 properties; the rest
+freeze the right groups with a reason that names the op and the module.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dmcpfx
+from equivalence import check_properties, randomize_norms
+from test_rules import SizeReadElsewhere
+
+X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+class FunctionalBNAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: a BatchNorm subclass that calls F.batch_norm itself, then an activation."""
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         self.training, self.momentum, self.eps)
+        return F.silu(x)
+
+
+class BNActNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), FunctionalBNAct(16)
+        self.dw, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), FunctionalBNAct(16)
+        self.c2 = nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        return self.c2(self.bn2(self.dw(self.bn1(self.c1(x)))))
+
+
+class SplitBranches(nn.Module):
+    """res2net / MixConv wiring: split the channels, run a conv per piece, concat."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 24, 1)
+        self.b1, self.b2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.c2 = nn.Conv2d(24, 6, 1)
+
+    def forward(self, x):
+        a, b = torch.split(F.relu(self.c1(x)), [8, 16], dim=1)
+        return self.c2(torch.cat([self.b1(a), self.b2(b)], 1))
+
+
+class ChunkAndSlice(nn.Module):
+    """GhostNet / CSP wiring: chunk into halves, slice a prefix of a concat."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 1)
+        self.c2, self.c3 = nn.Conv2d(8, 12, 1), nn.Conv2d(8, 4, 1)
+        self.c4 = nn.Conv2d(20, 5, 1)
+
+    def forward(self, x):
+        a, b = self.c1(x).chunk(2, dim=1)
+        y = torch.cat([self.c2(a), self.c3(b)], 1)
+        return self.c4(torch.cat([y[:, :12], y[:, 12:], b[:, :4]], 1))
+
+
+class ParamMatmulAndGroupNorm(nn.Module):
+    """A channels-last MLP written with matmul against raw parameters, and functional group_norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 1)
+        self.gn_w, self.gn_b = nn.Parameter(torch.rand(16) + 0.5), nn.Parameter(torch.randn(16))
+        self.w1 = nn.Parameter(torch.randn(16, 32) * 0.2)
+        self.w2 = nn.Parameter(torch.randn(32, 7) * 0.2)
+
+    def forward(self, x):
+        y = F.group_norm(self.c1(x), 4, self.gn_w, self.gn_b)
+        y = y.permute(0, 2, 3, 1)
+        return F.gelu(y @ self.w1) @ self.w2
+
+
+class StackedHeads(nn.Module):
+    """Two branches of one space stacked on a new dim, then averaged."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        a = self.c1(x)
+        return self.head(torch.stack([a, self.c2(a)], 0).mean(0))
+
+
+@pytest.mark.parametrize(
+    "factory", [BNActNet, SplitBranches, ChunkAndSlice, ParamMatmulAndGroupNorm, StackedHeads, SizeReadElsewhere],
+    ids=lambda f: f.__name__)
+def test_aten_wiring_is_equivalent(factory):
+    torch.manual_seed(0)
+    check_properties(randomize_norms(factory().eval()), X)
+
+
+def test_functional_batchnorm_is_per_channel_and_sliced():
+    graph = dmcpfx.analyze(BNActNet(), X)
+    group = graph.groups["c1"]
+    assert group.prunable
+    assert {m.tensor for m in group.members} >= {"bn1.running_mean", "bn2.running_var", "dw.weight"}
+
+
+def test_split_pieces_become_sub_spaces():
+    graph = dmcpfx.analyze(SplitBranches(), X)
+    widths = sorted(g.width for g in graph.prunable.values())
+    assert 8 in widths and 16 in widths  # c1 cut into its two pieces
+    compact = dmcpfx.materialize(SplitBranches().eval(), {gid: g.width // 2 for gid, g in graph.prunable.items()
+                                                          if g.width % 2 == 0 and g.divisor == 1}, X)
+    assert compact(X).shape == (2, 6, 16, 16)
+
+
+def test_unsupported_op_freezes_naming_op_and_module():
+    class PixelShuffle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 16, 1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.c2(F.pixel_shuffle(self.c1(x), 2))
+
+    graph = dmcpfx.analyze(PixelShuffle(), X)
+    reasons = graph.groups["c1"].frozen_reasons
+    assert any("pixel_shuffle" in r and "node" in r for r in reasons), reasons
+
+
+def test_macs_are_per_image_whatever_the_batch():
+    model = BNActNet().eval()
+    one, four = torch.randn(1, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    assert dmcpfx.count_flops(model, four) == dmcpfx.count_flops(model, one) > 0
+    assert dmcpfx.analyze(model, four).full_flops == dmcpfx.analyze(model, one).full_flops == dmcpfx.count_flops(model, one)
+    space = dmcpfx.instrument(model, four)
+    assert space.full_flops == dmcpfx.count_flops(model, one)
