@@ -6,7 +6,7 @@ class DmcpfxError(Exception):
 
 
 class TraceError(DmcpfxError):
-    """The model could not be traced with torch.fx (e.g. data-dependent control flow)."""
+    """The model could not be exported with torch.export (e.g. data-dependent control flow)."""
 
 
 class AnalysisError(DmcpfxError):

@@ -168,13 +168,22 @@ def instrument(
     step: float = 0.1,
     divisor: int = 1,
     model_name: str | None = None,
+    submodule: str | None = None,
 ) -> SearchSpace:
     """Insert one Markov gate per prunable group (DESIGN.md sections 2-3).
 
     ``min_ratio``/``step``: the gate split (official 0.1/0.1); ``divisor``: every
     candidate width is a multiple of it (and of a grouped conv's group count).
-    The model is copied; the original is left untouched.
+    The model is copied; the original is left untouched. ``submodule``: gate only the
+    submodule at this path (see :func:`~dmcpfx.analysis.analyze`); the space then runs
+    that submodule, on its own inputs captured from one run of ``model``.
     """
+    if submodule:
+        from .analysis.submodule import capture_inputs, resolve_submodule
+
+        inputs = capture_inputs(model, example_inputs, submodule)
+        return instrument(resolve_submodule(model, submodule), inputs, min_ratio=min_ratio, step=step,
+                          divisor=divisor, model_name=model_name)
     inputs = as_tuple(example_inputs)
     work = copy.deepcopy(model)
     graph = analyze(work, inputs, model_name=model_name)

@@ -29,7 +29,7 @@ class MaterializeError(DmcpfxError):
 
 
 def materialize(model, arch, example_inputs, *, graph: ChannelGraph | None = None, verify: bool = True,
-                rtol: float = 1e-3) -> nn.Module:
+                rtol: float = 1e-3, submodule: str | None = None) -> nn.Module:
     """Return a compact copy of ``model`` keeping ``arch``'s widths (LEADING channels).
 
     ``model``: an ``nn.Module`` or a :class:`~dmcpfx.instrument.SearchSpace` (its
@@ -38,8 +38,19 @@ def materialize(model, arch, example_inputs, *, graph: ChannelGraph | None = Non
     ``graph``: the ``dmcpfx.analyze(model, example_inputs)`` result when the caller
     has it (a SearchSpace brings its own), so the model is not analyzed again; it is
     used only when it was made on inputs of the same shapes and parameters of the
-    same names and shapes, else the model is analyzed afresh.
+    same names and shapes, else the model is analyzed afresh. ``submodule``: prune only
+    the submodule at this path, in place inside a copy of the whole model (its outputs
+    keep their shapes); ``arch`` then names that submodule's groups.
     """
+    if submodule:
+        from .analysis.submodule import capture_inputs, replace_submodule, resolve_submodule
+
+        sub_inputs = capture_inputs(model, example_inputs, submodule)
+        compact_sub = materialize(resolve_submodule(model, submodule), arch, sub_inputs, graph=graph,
+                                  verify=verify, rtol=rtol)
+        compact = copy.deepcopy(model)
+        replace_submodule(compact, submodule, compact_sub)
+        return compact
     inputs = as_tuple(example_inputs)
     if hasattr(model, "to_model") and hasattr(model, "gates"):
         if graph is None:

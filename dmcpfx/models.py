@@ -1,7 +1,8 @@
-"""Model specs on the command line: ``torchvision:NAME`` or ``package.module:factory``."""
+"""Model specs on the command line: ``torchvision:NAME``, ``timm:NAME`` or ``package.module:factory``."""
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from torch import nn
 
@@ -11,11 +12,14 @@ from .errors import ConfigError
 def load_model(spec: str, **kwargs) -> nn.Module:
     """Build the model named by ``spec`` (no pretrained weights are downloaded).
 
-    ``torchvision:resnet50`` calls ``torchvision.models.get_model("resnet50", weights=None)``;
+    ``torchvision:resnet50`` calls ``torchvision.models.get_model("resnet50", weights=None)``
+    (segmentation and detection builders also get ``weights_backbone=None``);
+    ``timm:resnet50`` calls ``timm.create_model("resnet50", pretrained=False)`` (the
+    optional ``timm`` extra);
     ``package.module:factory`` imports the module and calls ``factory(**kwargs)``.
     """
     if ":" not in spec:
-        raise ConfigError(f"model spec {spec!r} must look like 'torchvision:NAME' or 'package.module:factory'")
+        raise ConfigError(f"model spec {spec!r} must look like 'torchvision:NAME', 'timm:NAME' or 'package.module:factory'")
     source, _, name = spec.partition(":")
     if source == "torchvision":
         import torchvision
@@ -23,7 +27,12 @@ def load_model(spec: str, **kwargs) -> nn.Module:
         known = torchvision.models.list_models()
         if name not in known:
             raise ConfigError(f"unknown torchvision model {name!r} (see torchvision.models.list_models())")
-        return torchvision.models.get_model(name, weights=None, **kwargs)
+        builder = torchvision.models.get_model_builder(name)
+        if "weights_backbone" in inspect.signature(builder).parameters:
+            kwargs.setdefault("weights_backbone", None)
+        return builder(weights=None, **kwargs)
+    if source == "timm":
+        return _timm_model(name, kwargs)
     try:
         module = importlib.import_module(source)
     except ImportError as exc:
@@ -35,6 +44,16 @@ def load_model(spec: str, **kwargs) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{spec} returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _timm_model(name: str, kwargs) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError("model spec 'timm:...' needs timm: pip install 'dmcpfx[timm]'") from None
+    if not timm.list_models(name):
+        raise ConfigError(f"unknown timm model {name!r} (see timm.list_models())")
+    return timm.create_model(name, pretrained=False, **kwargs)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

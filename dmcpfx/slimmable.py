@@ -85,11 +85,12 @@ class SlicedRunner:
     def supported(self) -> bool:
         return self.reason is None
 
-    def _module_for(self) -> tuple[str, fx.GraphModule]:
+    def _graphs(self) -> list[tuple[str, fx.GraphModule]]:
         space = self.space
-        if space.training and space._separate_train:
-            return "train", space.graph_train
-        return "eval", space.graph_eval
+        graphs = [("eval", space.graph_eval)]
+        if space._separate_train:
+            graphs.append(("train", space.graph_train))
+        return graphs
 
     def _plan(self, tag: str, gm: fx.GraphModule) -> tuple[list[_Slot], list[tuple[nn.Module, object]]]:
         if tag not in self._slots:
@@ -105,9 +106,11 @@ class SlicedRunner:
                         slots.append(_Slot(owner, attr, spec, self.graph))
             for edit in self.graph.edits.values():
                 try:
-                    edits.append((gm.get_submodule(edit.module), edit))
+                    module = gm.get_submodule(edit.module)
                 except AttributeError:
                     continue
+                if type(module) is not nn.Module:  # an exported graph's holder of tensors reads no attributes
+                    edits.append((module, edit))
             self._slots[tag], self._edits[tag] = slots, edits
         return self._slots[tag], self._edits[tag]
 
@@ -116,8 +119,11 @@ class SlicedRunner:
         """Within the block, ``space(x)`` runs the sub-net ``widths`` (missing groups: full)."""
         if self.reason is not None:
             raise RuntimeError(f"slimmable execution is not available: {self.reason}")
-        tag, gm = self._module_for()
-        slots, edits = self._plan(tag, gm)
+        slots, edits = [], []
+        for tag, gm in self._graphs():  # both exported graphs: train() / eval() may switch inside the block
+            more_slots, more_edits = self._plan(tag, gm)
+            slots += more_slots
+            edits += more_edits
         gates = self.space.gates()
         modes = {gid: (g.mode, g.hard_width) for gid, g in gates.items()}
         saved_attrs = [(m, {a: m.__dict__[a] for a in _ATTRIBUTES if a in m.__dict__}) for m, _ in edits]

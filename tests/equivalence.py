@@ -58,9 +58,36 @@ def random_widths(space: dmcpfx.SearchSpace, seed: int) -> dict[str, int]:
     return widths
 
 
+def state_snapshot(model: nn.Module) -> dict:
+    """An independent copy of everything analyze / instrument / materialize must not touch."""
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
+        "modes": [m.training for m in model.modules()],
+        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()],
+    }
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).contiguous().view(torch.uint8)
+
+
+def assert_untouched(model: nn.Module, before: dict) -> None:
+    """Property 6: parameters and buffers bit-identical, same modes and hooks."""
+    after = model.state_dict(keep_vars=True)
+    assert list(after) == list(before["state"]), "state_dict keys changed"
+    for key, value in before["state"].items():
+        now = after[key].detach()
+        same = now.shape == value.shape and now.dtype == value.dtype and torch.equal(_bits(now), _bits(value))
+        assert same, f"the caller's '{key}' was changed"
+    assert [m.training for m in model.modules()] == before["modes"], "train/eval modes changed"
+    assert [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()] == before["hooks"]
+
+
 def check_properties(model: nn.Module, x, seeds=(0, 1, 2)) -> dict:
-    """Properties 1-3 of DESIGN.md section 8 for random widths; returns figures."""
+    """Properties 1-3 and 6 of DESIGN.md section 8 for random widths; returns figures."""
     model.eval()
+    before = state_snapshot(model)
+    graph = dmcpfx.analyze(model, x)
     space = dmcpfx.instrument(model, x)
     space.eval()
     with torch.no_grad():
@@ -76,7 +103,7 @@ def check_properties(model: nn.Module, x, seeds=(0, 1, 2)) -> dict:
         space.set_widths(widths)
         with torch.no_grad():
             masked = first_tensor(space(*dmcpfx.analysis.as_tuple(x)))
-        compact = dmcpfx.materialize(model, widths, x)
+        compact = dmcpfx.materialize(model, widths, x, graph=graph)
         compact.eval()
         with torch.no_grad():
             out = first_tensor(compact(*dmcpfx.analysis.as_tuple(x)))
@@ -92,5 +119,6 @@ def check_properties(model: nn.Module, x, seeds=(0, 1, 2)) -> dict:
         figures["p1"] = max(figures["p1"], d)
         compacts.append((widths, compact))
     space.set_mode("max")
+    assert_untouched(model, before)  # property 6: the references above came from the untouched model
     figures["compacts"] = compacts
     return figures

@@ -20,7 +20,7 @@ import torch
 from torch import fx, nn
 from torch.fx.node import map_arg
 
-from ..errors import AnalysisError, ConfigError
+from ..errors import AnalysisError
 from .export import EXPORT_BATCH, as_tuple, batch_of, export_both_modes
 from .graph import ChannelGraph, GraphBuilder
 from .layout import iter_layouts, iter_paramrefs
@@ -66,25 +66,24 @@ def preserved_state(model: nn.Module):
             m.training = mode
 
 
-def resolve_submodule(model: nn.Module, path: str | None) -> nn.Module:
-    """The submodule at ``path`` (e.g. ``backbone``), or ``model`` itself for None / ''."""
-    if not path:
-        return model
-    try:
-        return model.get_submodule(path)
-    except AttributeError:
-        raise ConfigError(f"submodule '{path}' does not exist in {type(model).__name__}") from None
-
-
-def analyze(model: nn.Module, example_inputs, *, model_name: str | None = None) -> ChannelGraph:
+def analyze(model: nn.Module, example_inputs, *, model_name: str | None = None,
+            submodule: str | None = None) -> ChannelGraph:
     """Export ``model`` and discover its coupled channel groups (DESIGN.md section 2).
 
     ``example_inputs``: a tensor or a tuple of tensors the model accepts, dim 0 the
     batch (its size does not matter: counts are per image). The model is left
     bit-identical. Raises :class:`~dmcpfx.errors.TraceError` if the model cannot be
     exported and :class:`~dmcpfx.errors.AnalysisError` if the graph fails on the
-    example input.
+    example input. ``submodule``: analyze only the submodule at this path (for a model
+    that cannot be exported whole, e.g. ``backbone`` of a detector); its inputs are
+    captured from one run of ``model`` on ``example_inputs``, its outputs are frozen,
+    and the group and tensor names stay relative to the submodule.
     """
+    if submodule:
+        from .submodule import capture_inputs, resolve_submodule
+
+        inputs = capture_inputs(model, example_inputs, submodule)
+        return analyze(resolve_submodule(model, submodule), inputs, model_name=model_name)
     inputs = as_tuple(example_inputs)
     batch = batch_of(inputs, EXPORT_BATCH)
     builder = GraphBuilder()
@@ -102,4 +101,4 @@ def analyze(model: nn.Module, example_inputs, *, model_name: str | None = None) 
     )
 
 
-__all__ = ["analyze", "as_tuple", "iter_layouts", "iter_paramrefs", "preserved_state", "resolve_submodule"]
+__all__ = ["analyze", "as_tuple", "iter_layouts", "iter_paramrefs", "preserved_state"]

@@ -17,7 +17,7 @@ import torch
 from torch import fx, nn
 from torch.export import Dim
 
-from ..errors import ConfigError, TraceError
+from ..errors import AnalysisError, ConfigError, TraceError
 
 #: batch size of the inputs the graphs are exported (and analyzed) with
 EXPORT_BATCH = 2
@@ -95,10 +95,25 @@ def export_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...], training: b
     return gm
 
 
+def check_runs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Run ``model`` once eagerly (eval mode); a failure is an AnalysisError naming the module."""
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model(*inputs)
+    except Exception as exc:  # noqa: BLE001 - re-raised as one line with the module named
+        where = _failing_module(exc, model) or "<top-level forward>"
+        raise AnalysisError(
+            f"running {type(model).__name__} on example_inputs of shape {[tuple(t.shape) for t in inputs]} failed "
+            f"in module '{where}': {_one_line(exc)}. Check that example_inputs has the shape the model expects."
+        ) from None
+
+
 def export_both_modes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, fx.GraphModule]:
     """``{"eval": gm, "train": gm}`` exported from ``model``; its mode flags are restored."""
     modes = {m: m.training for m in model.modules()}
     try:
+        check_runs(model, inputs)
         return {"eval": export_graph(model, inputs, False), "train": export_graph(model, inputs, True)}
     finally:
         for m, mode in modes.items():
