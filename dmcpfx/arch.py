@@ -24,8 +24,10 @@ import yaml
 
 from .errors import ArchError
 from .fileio import write_text_atomic
+from .yamlio import first_line, safe_load
 
 FORMAT = "dmcpfx-arch/1"
+TOP_KEYS = ("format", "model", "input_shape", "flops", "params", "groups")
 
 
 @dataclass
@@ -80,11 +82,16 @@ def load_arch(path: str | os.PathLike) -> Arch:
     if not p.is_file():
         raise ArchError(f"arch file not found: {p}")
     try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+        doc = safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ArchError(f"{p} is not valid YAML: {exc}") from exc
+        raise ArchError(f"{p} is not valid YAML: {first_line(exc)}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArchError(f"cannot read arch file {p}: {exc}") from exc
     if not isinstance(doc, dict):
         raise ArchError(f"{p}: expected a mapping with keys format/groups, got {type(doc).__name__}")
+    unknown = sorted(str(k) for k in doc if k not in TOP_KEYS)
+    if unknown:
+        raise ArchError(f"{p}: unknown top-level key(s) {unknown} (an arch file has {', '.join(TOP_KEYS)})")
     fmt = doc.get("format")
     if fmt != FORMAT:
         raise ArchError(f"{p}: unsupported format {fmt!r} (expected {FORMAT!r})")

@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_retrain)
     p = sub.add_parser("demo", help="the whole pipeline on the bundled digits (a few minutes on CPU)",
                        description="analyze -> search (50%% MACs) -> derive -> materialize -> retrain -> report on "
-                                   "scikit-learn's digits with examples.models:small_resnet at 32x32; prints the "
+                                   "scikit-learn's digits with dmcpfx.demo_models:small_resnet at 32x32; prints the "
                                    "report table and the run directory (default runs/digits_demo).")
     _add_run_args(p, config_required=False)
     p.set_defaults(func=_cmd_demo)
@@ -172,9 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .pipeline import ensure_examples_importable
-
-    ensure_examples_importable()  # model specs like examples.models:small_resnet, as with python -m
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

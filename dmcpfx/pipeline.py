@@ -23,8 +23,6 @@ with ``run.resume=true`` continues it (and first removes a stale ``report.md``).
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,17 +51,6 @@ class PipelineResult:
     seconds: float = 0.0
 
 
-def ensure_examples_importable() -> None:
-    """Make ``examples.models`` importable: the working directory first (as ``python -m`` does),
-    then the repository this package lives in (editable install)."""
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
-    repo = Path(__file__).resolve().parent.parent
-    if (repo / "examples" / "models.py").is_file() and str(repo) not in sys.path:
-        sys.path.append(str(repo))
-
-
 def make_data(cfg: Config, distributed: bool):
     """The :class:`~dmcpfx.data.DataBundle` of ``cfg.data`` (sharded when ``distributed``)."""
     from . import data
@@ -87,7 +74,6 @@ def build_model(cfg: Config, bundle) -> tuple[torch.nn.Module, torch.Tensor]:
     """The model of ``cfg.model`` (fresh weights) in eval mode and a random example input."""
     from .models import load_model
 
-    ensure_examples_importable()
     kwargs = dict(cfg.model.kwargs)
     kwargs.setdefault("num_classes", cfg.model.num_classes or bundle.num_classes)
     model = load_model(cfg.model.spec, **kwargs).eval()
