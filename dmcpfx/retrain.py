@@ -22,7 +22,6 @@ Accuracies are percentages in [0, 100]; losses are mean per-sample nats.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from torch import nn
 
 from dmcpfx.errors import ConfigError
 from dmcpfx.fileio import write_text_atomic
+from dmcpfx.finite import FirstBadStep, check_parameters
 from dmcpfx.training import (
     MetricsWriter,
     capture_rng_state,
@@ -135,10 +135,9 @@ def _is_sharded(loader: Iterable) -> bool:
 _LOG_EVERY = 10  # steps between progress-bar updates (each one syncs with the device)
 
 
-def _check_finite(loss: torch.Tensor, where: str) -> None:
-    value = loss.item()
-    if not math.isfinite(value):
-        raise FloatingPointError(f"{where}: training loss became {value}; try a lower lr")
+def _lr_hint(optimizer: torch.optim.Optimizer) -> str:
+    return (f"the learning rate (peak retrain.lr, now {optimizer.param_groups[0]['lr']:.3g}) is likely too high, "
+            f"lower it (or check the data for NaN/inf)")
 
 
 def _all_rng_states() -> list[dict]:
@@ -259,12 +258,14 @@ class _EpochLoop:
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss * n, correct, n
         bar = tqdm(loader, total=steps, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
         loss = torch.zeros(())
+        watch = FirstBadStep(self.device)  # NaN/inf losses, found without a sync per step
         for i, (images, labels) in enumerate(bar):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             with _autocast(self.amp, self.device):
                 logits = self.model(images)
                 loss = self.criterion(logits.float(), labels)
+            watch.update(loss, i + 1)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -276,10 +277,11 @@ class _EpochLoop:
                 sums[1] += logits.argmax(1).eq(labels).sum()
                 sums[2] += n
             if i % _LOG_EVERY == 0 or i == steps - 1:  # a host sync, so only now and then
-                _check_finite(loss, desc)
+                watch.check(desc, _lr_hint(self.optimizer))
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
         bar.close()
-        _check_finite(loss, desc)
+        watch.check(desc, _lr_hint(self.optimizer))
+        check_parameters(self.model, desc, _lr_hint(self.optimizer))
         loss_sum, correct, seen = _dist_sum(sums.tolist(), self.device)
         if seen == 0:
             raise ConfigError(f"{desc}: the train loader yielded no batch")
@@ -418,7 +420,7 @@ def retrain(
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         started = time.perf_counter()
-        train_loss, train_top1 = loop.run(train_loader, steps_per_epoch, f"retrain {epoch + 1}/{epochs}", show)
+        train_loss, train_top1 = loop.run(train_loader, steps_per_epoch, f"retrain epoch {epoch + 1}/{epochs}", show)
         step += steps_per_epoch
         record: dict[str, Any] = {
             "epoch": epoch + 1,
