@@ -41,7 +41,6 @@ from dmcpfx.training import (
     cosine_schedule,
     ddp_wrap,
     distributed_context,
-    load_checkpoint,
     param_groups,
     restore_rng_state,
     save_checkpoint,
@@ -215,9 +214,12 @@ def _check_args(epochs: int, warmup_epochs: int, momentum: float, nesterov: bool
 
 
 def _load_resume_state(path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    state = load_checkpoint(path)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path}: not a dmcpfx retrain checkpoint (format {state.get('format')!r})")
+    from dmcpfx.product import load_checked  # a corrupt file: an error naming it, not a traceback
+
+    state = load_checked(path, "retrain checkpoint")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path}: not a dmcpfx retrain checkpoint (format "
+                          f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
     for key, value in config.items():
         if state["config"].get(key) != value:
             raise ConfigError(
