@@ -38,6 +38,7 @@ from .config import Config, config_to_dict
 from .config_checks import validate_config
 from .errors import ConfigError
 from .fileio import write_json_atomic, write_text_atomic
+from .progress import bars_enabled, is_terminal, print_search_epoch
 from .product import ONNX_NAME, SLICE_NAME, WEIGHTS_NAME, load_checked, load_weights, save_weights
 
 __all__ = ["STAGES", "run_pipeline", "PipelineResult"]
@@ -220,13 +221,21 @@ class _Run:
             run_dir=self.dir, resume=r.resume, device=r.device, amp=s.amp, channels_last=s.channels_last,
             seed=s.seed, warmup_epochs=s.warmup_epochs, lr=s.lr, min_lr=s.min_lr, lr_warmup_steps=s.lr_warmup_steps,
             weight_decay=s.weight_decay, arch_lr=s.arch_lr, arch_min_lr=s.arch_min_lr, budget_weight=s.budget_weight,
-            num_random=s.num_random, label_smoothing=s.label_smoothing, calib_batches=s.calib_batches, log_interval=s.log_interval, progress=r.progress,
+            num_random=s.num_random, label_smoothing=s.label_smoothing, calib_batches=s.calib_batches,
+            log_interval=s.log_interval, progress=bars_enabled(r.progress), callback=self._epoch_line(),
         )
         last = result.history[-1] if result.history else {}
         if "val_top1" in last:
             self.summary["supernet_top1"] = 100.0 * float(last["val_top1"])
         self.summary.update(expected_macs=float(result.expected), search_epochs=result.epochs)
         self.save_summary()
+
+    def _epoch_line(self):
+        """Without a terminal (a log file): one plain line per search epoch instead of the bars."""
+        if not (self.cfg.run.progress and self.main) or is_terminal():
+            return None
+        epochs = self.cfg.search.epochs
+        return lambda record: print_search_epoch(record, epochs)
 
     def derive(self) -> None:
         from .derive import derive

@@ -35,6 +35,7 @@ from torch import nn
 from dmcpfx.errors import ConfigError
 from dmcpfx.fileio import write_text_atomic
 from dmcpfx.finite import FirstBadStep, check_parameters
+from dmcpfx.progress import bars_enabled
 from dmcpfx.training import (
     MetricsWriter,
     capture_rng_state,
@@ -415,7 +416,7 @@ def retrain(
             writer.write(record)
 
     step = start_epoch * steps_per_epoch
-    show = progress and ctx.is_main
+    show = bars_enabled(progress) and ctx.is_main  # no \r bars in a log file; epoch lines still print
     loop = _EpochLoop(train_model, optimizer, scheduler, scaler, criterion, amp, device)
     for epoch in range(start_epoch, epochs):
         sampler = getattr(train_loader, "sampler", None)
