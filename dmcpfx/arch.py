@@ -173,3 +173,28 @@ def validate_widths(widths: Mapping[str, int], graph) -> dict[str, int]:
             raise ArchError(f"group '{gid}': width {width} is not a multiple of its divisor {group.divisor}")
         out[gid] = int(width)
     return out
+
+
+def validate_count_widths(widths: Mapping[str, object] | None, graph) -> None:
+    """Check the widths given to ``SearchSpace.flops/params`` (errors name the group).
+
+    Integer widths get every check of :func:`validate_widths` (unknown group, frozen group
+    asked to shrink, width outside ``[1, full]``, divisor). Tensor widths (the differentiable
+    expected count) must name known prunable groups; their values are not read (no sync).
+    Anything else (a float, a bool, a string) is an error.
+    """
+    if not widths:
+        return
+    ints = {gid: w for gid, w in widths.items() if _is_int(w)}
+    validate_widths(ints, graph)
+    for gid, width in widths.items():
+        if gid in ints:
+            continue
+        group = graph.groups.get(gid)
+        if group is None:
+            validate_widths({gid: 1}, graph)  # raises: unknown group, with the closest ids
+        if not hasattr(width, "detach"):
+            raise ArchError(f"group '{gid}': width must be an integer (or a tensor for an expected count), "
+                            f"got {width!r}")
+        if group.frozen:
+            raise ArchError(f"group '{gid}' is frozen ({group.frozen_reasons[0]}); it has no width to set")
