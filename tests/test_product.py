@@ -33,9 +33,13 @@ def _sets(items):
 
 def test_same_config_and_seed_give_the_same_run_in_two_processes(tmp_path):
     runs = [tmp_path / "a", tmp_path / "b"]
-    for run in runs:
-        proc = _cli("demo", "--run-dir", str(run), *_sets(TINY))
+    for run, progress in zip(runs, ("true", "false")):
+        proc = _cli("demo", "--run-dir", str(run), *_sets(TINY + [f"run.progress={progress}"]))
         assert proc.returncode == 0, proc.stderr[-2000:]
+        if progress == "true":  # a log file (not a terminal): one plain line per epoch, no \r bars
+            assert "\r" not in proc.stdout + proc.stderr
+            assert sum(ln.startswith("search epoch ") for ln in proc.stdout.splitlines()) == 2
+            assert sum(ln.startswith("retrain epoch 1/1") for ln in proc.stdout.splitlines()) == 1
     a, b = runs
     assert (a / "arch.yaml").read_bytes() == (b / "arch.yaml").read_bytes()
     for name in ("supernet_slice.pt", "compact.pt"):
