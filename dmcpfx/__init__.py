@@ -6,7 +6,7 @@ Pipeline (DESIGN.md section 1): ``analyze`` -> ``instrument`` -> ``search`` ->
 from .analysis import analyze
 from .arch import Arch, load_arch, save_arch, validate_widths
 from .counting import count_flops, count_params
-from .errors import AnalysisError, ArchError, ConfigError, DmcpfxError, TraceError
+from .errors import AnalysisError, ArchError, ConfigError, DmcpfxError, NonFiniteError, TraceError
 from .gates import MarkovGate, split_channels
 from .analysis.graph import ChannelGraph, Group
 from .instrument import GroupInfo, SearchSpace, instrument
@@ -15,6 +15,7 @@ from .onnx_export import OnnxExportError, export_onnx
 from .budget import budget_loss, expected_flops, parse_target
 from .derive import derive
 from .plots import plot_widths
+from .product import load
 from .retrain import retrain
 from .search import search
 
@@ -22,7 +23,7 @@ __all__ = [
     "analyze", "instrument", "materialize", "export_onnx", "count_flops", "count_params",
     "load_arch", "save_arch", "validate_widths", "Arch", "ChannelGraph", "Group", "GroupInfo",
     "SearchSpace", "MarkovGate", "split_channels", "search", "derive", "retrain", "plot_widths",
-    "expected_flops", "budget_loss", "parse_target",
-    "DmcpfxError", "TraceError", "AnalysisError", "ArchError", "ConfigError", "MaterializeError", "OnnxExportError",
+    "expected_flops", "budget_loss", "parse_target", "load",
+    "DmcpfxError", "TraceError", "AnalysisError", "ArchError", "ConfigError", "NonFiniteError", "MaterializeError", "OnnxExportError",
 ]
 __version__ = "0.1.0"

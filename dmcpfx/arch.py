@@ -24,8 +24,10 @@ import yaml
 
 from .errors import ArchError
 from .fileio import write_text_atomic
+from .yamlio import first_line, safe_load
 
 FORMAT = "dmcpfx-arch/1"
+TOP_KEYS = ("format", "model", "input_shape", "flops", "params", "groups")
 
 
 @dataclass
@@ -80,11 +82,16 @@ def load_arch(path: str | os.PathLike) -> Arch:
     if not p.is_file():
         raise ArchError(f"arch file not found: {p}")
     try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+        doc = safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ArchError(f"{p} is not valid YAML: {exc}") from exc
+        raise ArchError(f"{p} is not valid YAML: {first_line(exc)}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArchError(f"cannot read arch file {p}: {exc}") from exc
     if not isinstance(doc, dict):
         raise ArchError(f"{p}: expected a mapping with keys format/groups, got {type(doc).__name__}")
+    unknown = sorted(str(k) for k in doc if k not in TOP_KEYS)
+    if unknown:
+        raise ArchError(f"{p}: unknown top-level key(s) {unknown} (an arch file has {', '.join(TOP_KEYS)})")
     fmt = doc.get("format")
     if fmt != FORMAT:
         raise ArchError(f"{p}: unsupported format {fmt!r} (expected {FORMAT!r})")
@@ -166,3 +173,28 @@ def validate_widths(widths: Mapping[str, int], graph) -> dict[str, int]:
             raise ArchError(f"group '{gid}': width {width} is not a multiple of its divisor {group.divisor}")
         out[gid] = int(width)
     return out
+
+
+def validate_count_widths(widths: Mapping[str, object] | None, graph) -> None:
+    """Check the widths given to ``SearchSpace.flops/params`` (errors name the group).
+
+    Integer widths get every check of :func:`validate_widths` (unknown group, frozen group
+    asked to shrink, width outside ``[1, full]``, divisor). Tensor widths (the differentiable
+    expected count) must name known prunable groups; their values are not read (no sync).
+    Anything else (a float, a bool, a string) is an error.
+    """
+    if not widths:
+        return
+    ints = {gid: w for gid, w in widths.items() if _is_int(w)}
+    validate_widths(ints, graph)
+    for gid, width in widths.items():
+        if gid in ints:
+            continue
+        group = graph.groups.get(gid)
+        if group is None:
+            validate_widths({gid: 1}, graph)  # raises: unknown group, with the closest ids
+        if not hasattr(width, "detach"):
+            raise ArchError(f"group '{gid}': width must be an integer (or a tensor for an expected count), "
+                            f"got {width!r}")
+        if group.frozen:
+            raise ArchError(f"group '{gid}' is frozen ({group.frozen_reasons[0]}); it has no width to set")

@@ -45,23 +45,42 @@ def _cmd_analyze(args) -> int:
     return 0
 
 
+OUTPUT_SUFFIXES = (".pt", ".pth", ".onnx")
+
+
 def _cmd_materialize(args) -> int:
+    from pathlib import Path
+
+    from .arch import load_arch
     from .counting import count_flops, count_params
-    from .fileio import torch_save_atomic
+    from .errors import ConfigError
     from .materialize import materialize
     from .models import load_model, parse_shape
     from .onnx_export import export_onnx
+    from .product import save_weights
 
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise ConfigError(f"--output {args.output!r}: the suffix must be .pt or .pth (a state dict) or .onnx, "
+                          f"got {suffix or 'none'!r}")
+    if args.onnx and Path(args.onnx).suffix.lower() != ".onnx":
+        raise ConfigError(f"--onnx {args.onnx!r}: the file name must end in .onnx")
+    shape = parse_shape(args.input_shape)
+    load_arch(args.arch)  # a bad arch file fails before the model is built
     model = load_model(args.model).eval()
-    x = torch.randn(*parse_shape(args.input_shape))
+    x = torch.randn(*shape)
     compact = materialize(model, args.arch, x)
-    torch_save_atomic(compact, args.output) if args.output.endswith(".pt") else None
     line = (f"MACs {count_flops(model, x) / 1e6:.1f}M -> {count_flops(compact, x) / 1e6:.1f}M, "
             f"params {count_params(model) / 1e6:.2f}M -> {count_params(compact) / 1e6:.2f}M")
-    if args.onnx:
-        diff = export_onnx(compact, x, args.onnx)
-        line += f"; ONNX {args.onnx} matches PyTorch (max abs diff {diff:.2e})"
-    print(line)
+    written = []
+    for path in [args.output] + ([args.onnx] if args.onnx else []):
+        if Path(path).suffix.lower() == ".onnx":
+            diff = export_onnx(compact, x, path)
+            written.append(f"{path} (ONNX, dynamic batch, matches PyTorch: max abs diff {diff:.2e})")
+        else:
+            save_weights(compact, path)
+            written.append(f"{path} (state dict; dmcpfx.load({args.model!r}, {args.arch!r}, {path!r}))")
+    print(line + "; wrote " + ", ".join(written))
     return 0
 
 
@@ -90,7 +109,7 @@ def _run_stages(args, stages) -> int:
         print(result.table)
     elif "pruned_macs" in s:
         print(f"derived arch: {s['pruned_macs'] / 1e6:.2f}M MACs of {s['full_macs'] / 1e6:.2f}M "
-              f"(target {s['target_macs'] / 1e6:.2f}M); compact model and ONNX written")
+              f"(target {s['target_macs'] / 1e6:.2f}M); arch.yaml and supernet_slice.pt written")
     done = "report.md written" if result.table else "next: `dmcpfx retrain` with the same config"
     print(f"run directory: {result.run_dir} ({done}; {result.seconds:.0f}s)")
     return 0
@@ -130,6 +149,9 @@ def _add_run_args(p: argparse.ArgumentParser, config_required: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmcpfx", description="Differentiable Markov Channel Pruning for any traceable PyTorch model.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"dmcpfx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("analyze", help="print the channel groups of a model", description="Trace a model and print its coupled channel groups (prunable or frozen, with the reason).")
     p.add_argument("model", help="model spec: torchvision:NAME or package.module:factory")
@@ -140,23 +162,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model spec: torchvision:NAME or package.module:factory")
     p.add_argument("arch", help="arch YAML (format dmcpfx-arch/1)")
     p.add_argument("--input-shape", default="1,3,224,224", help="example input shape (default 1,3,224,224)")
-    p.add_argument("--output", default="compact.pt", help="where to write the compact model (torch.save of the module)")
+    p.add_argument("--output", default="compact.pt",
+                   help="where to write the compact model: .pt/.pth = its state dict (rebuild it with "
+                        "dmcpfx.load(spec, arch, file)), .onnx = ONNX checked with onnxruntime")
     p.add_argument("--onnx", default=None, help="also export ONNX here and check it with onnxruntime")
     p.set_defaults(func=_cmd_materialize)
     p = sub.add_parser("search", help="analyze, search, derive and materialize from a config",
                        description="DMCP search from a run config: analyze -> search -> derive (arch.yaml, widths.png) "
-                                   "-> materialize (compact.pt, compact.onnx), all in the run directory. "
+                                   "-> materialize (supernet_slice.pt), all in the run directory. "
                                    "Runs data-parallel under torchrun (rank 0 writes).")
     _add_run_args(p, config_required=True)
     p.set_defaults(func=_cmd_search)
     p = sub.add_parser("retrain", help="retrain the compact model of a searched run and write report.md",
-                       description="Retrain <run dir>/compact.pt (init scratch or inherit) and write report.md. "
+                       description="Retrain the compact model of arch.yaml (init scratch, or inherit "
+                                   "supernet_slice.pt), write compact.pt (state dict), compact.onnx and report.md. "
                                    "Use the config given to `dmcpfx search`. Runs data-parallel under torchrun.")
     _add_run_args(p, config_required=True)
     p.set_defaults(func=_cmd_retrain)
     p = sub.add_parser("demo", help="the whole pipeline on the bundled digits (a few minutes on CPU)",
-                       description="analyze -> search (50%% MACs) -> derive -> materialize -> retrain -> report on "
-                                   "scikit-learn's digits with examples.models:small_resnet at 32x32; prints the "
+                       description="analyze -> search (50% MACs) -> derive -> materialize -> retrain -> report on "
+                                   "scikit-learn's digits with dmcpfx.demo_models:small_resnet at 32x32; prints the "
                                    "report table and the run directory (default runs/digits_demo).")
     _add_run_args(p, config_required=False)
     p.set_defaults(func=_cmd_demo)
@@ -172,9 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .pipeline import ensure_examples_importable
-
-    ensure_examples_importable()  # model specs like examples.models:small_resnet, as with python -m
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -182,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     except DmcpfxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (OSError, ValueError, MemoryError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"error: {first}", file=sys.stderr)
         return 2
 
 

@@ -2,7 +2,7 @@
 
 A config file has up to six sections (every key optional; the defaults are the digits demo)::
 
-    model:   {spec: examples.models:small_resnet, input_shape: null, num_classes: null, kwargs: {}}
+    model:   {spec: dmcpfx.demo_models:small_resnet, input_shape: null, num_classes: null, kwargs: {}}
     data:    {kind: digits, root: null, image_size: 32, batch_size: 64, train_subset: null, ...}
     search:  {target: 50%, epochs: 8, divisor: 1, lr: 0.2, ...}
     derive:  {mode: expected, tolerance: 0.01, samples: 5}
@@ -26,6 +26,7 @@ from typing import Any, Iterable, Union
 import yaml
 
 from .errors import ConfigError
+from .yamlio import first_line, safe_load
 
 __all__ = ["Config", "load_config", "apply_overrides", "config_to_dict"]
 
@@ -36,7 +37,7 @@ class ModelConfig:
     input ``[1, C, H, W]`` in pixels (null: the data's shape). ``num_classes``: passed to the
     factory (null: the data's class count). ``kwargs``: further factory arguments."""
 
-    spec: str = "examples.models:small_resnet"
+    spec: str = "dmcpfx.demo_models:small_resnet"
     input_shape: Union[list, None] = None
     num_classes: Union[int, None] = None
     kwargs: dict = field(default_factory=dict)
@@ -207,9 +208,9 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. search.epochs=2")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = safe_load(text) if text.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({str(exc).splitlines()[0]})") from exc
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({first_line(exc)})") from exc
         _set(cfg, key.strip(), value)
     return cfg
 
@@ -222,9 +223,11 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+            doc = safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+            raise ConfigError(f"{p} is not valid YAML: {first_line(exc)}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc}") from exc
         if doc is None:
             doc = {}
         if not isinstance(doc, dict):

@@ -320,6 +320,9 @@ def imagefolder_loaders(
             f"class folders differ between {root / 'train'} and {root / 'val'}: "
             f"only in train {only_train}, only in val {only_val}"
         )
+    if len(train_ds.classes) < 2:
+        raise ConfigError(f"{root / 'train'} holds {len(train_ds.classes)} class folder(s) "
+                          f"{train_ds.classes}; classification needs at least 2")
     persistent = workers > 0
     train_sampler = _train_sampler(train_ds, distributed, seed)
     train = DataLoader(

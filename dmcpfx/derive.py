@@ -146,6 +146,9 @@ def derive(
         raise ConfigError(f"budget_metric must be 'flops' or 'params', got {budget_metric!r}")
     if not 0.0 < tolerance < 1.0:
         raise ConfigError(f"tolerance must be in (0, 1), got {tolerance}")
+    from .finite import check_alphas  # non-finite alphas: a diverged search, no arch
+
+    check_alphas(space)
     count = exact_flops if budget_metric == "flops" else exact_params
     full = int(space.full_flops) if budget_metric == "flops" else int(space.params())
     target = parse_target(target_flops, full, unit="MACs" if budget_metric == "flops" else "params")

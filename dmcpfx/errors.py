@@ -19,3 +19,7 @@ class ArchError(DmcpfxError):
 
 class ConfigError(DmcpfxError):
     """A configuration file or value is invalid."""
+
+
+class NonFiniteError(DmcpfxError):
+    """A loss, gradient or parameter became NaN or infinite during search or retraining."""

@@ -44,3 +44,22 @@ def torch_save_atomic(obj, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def _finite_or_none(value):
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as strict JSON (NaN/inf become ``null``, never a bare ``NaN``) atomically."""
+    import json
+
+    write_text_atomic(path, json.dumps(_finite_or_none(obj), indent=2, allow_nan=False) + "\n")

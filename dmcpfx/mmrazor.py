@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import ArchError
+from .yamlio import first_line, safe_load
 
 __all__ = ["RESNET50_UNITS", "import_mmrazor", "parse_mmrazor"]
 
@@ -109,9 +110,9 @@ def import_mmrazor(path: str | os.PathLike, output: str | os.PathLike, *,
     if not p.is_file():
         raise ArchError(f"MMRazor file not found: {p}")
     try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))  # YAML is a superset of JSON
+        doc = safe_load(p.read_text(encoding="utf-8"))  # YAML is a superset of JSON
     except yaml.YAMLError as exc:
-        raise ArchError(f"{p} is neither YAML nor JSON: {str(exc).splitlines()[0]}") from exc
+        raise ArchError(f"{p} is neither YAML nor JSON: {first_line(exc)}") from exc
     raw = parse_mmrazor(doc, str(p))
     shape = parse_shape(input_shape) if isinstance(input_shape, str) else tuple(input_shape)
     graph = analyze(torchvision.models.resnet50().eval(), torch.randn(*shape), model_name=MODEL_SPEC)

@@ -1,4 +1,5 @@
-"""ONNX export of a (compact) model, checked against PyTorch with onnxruntime."""
+"""ONNX export of a (compact) model with a dynamic batch dimension, checked against PyTorch
+with onnxruntime at batch 1 and at batch 3 (NaN or inf counts as a mismatch)."""
 from __future__ import annotations
 
 import io
@@ -7,25 +8,48 @@ import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
+from .compare import max_abs_diff, output_scale
 from .errors import DmcpfxError
 from .fileio import atomic_path
 from .analysis.export import as_tuple
+
+__all__ = ["OnnxExportError", "export_onnx", "run_and_compare", "CHECK_BATCHES"]
+
+CHECK_BATCHES = (1, 3)  # the exported file is run at these batch sizes
 
 
 class OnnxExportError(DmcpfxError):
     """Export failed, or onnxruntime disagrees with PyTorch."""
 
 
-def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, check: bool = True, rtol: float = 1e-4) -> float:
+def _at_batch(inputs: tuple[torch.Tensor, ...], n: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """The inputs with batch size ``n``: the example's first rows, then seeded random rows."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in inputs:
+        if t.dim() == 0 or not t.is_floating_point():
+            out.append(t)
+            continue
+        rows = t[:n]
+        if rows.shape[0] < n:
+            extra = torch.randn((n - rows.shape[0], *t.shape[1:]), generator=g, dtype=t.dtype)
+            rows = torch.cat([rows, extra * t.float().std().clamp_min(1e-3).to(t.dtype)])
+        out.append(rows.contiguous())
+    return tuple(out)
+
+
+def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, check: bool = True,
+                rtol: float = 1e-4, dynamic_batch: bool = True) -> float:
     """Export ``model`` (eval mode) to ``path`` atomically; return the max abs difference.
 
-    With ``check`` the file is run with onnxruntime (CPU) on ``example_inputs`` and
-    compared with PyTorch: a difference above ``rtol`` times the output scale raises
-    :class:`OnnxExportError` (and no file is left behind).
+    With ``dynamic_batch`` (the default) dimension 0 of every input and output is a symbol
+    ``batch``. With ``check`` the file is run with onnxruntime (CPU) at batch sizes
+    :data:`CHECK_BATCHES` (only the example's own batch when ``dynamic_batch`` is False)
+    and compared with PyTorch: a difference above ``rtol`` times the output scale, or any
+    NaN/inf mismatch, raises :class:`OnnxExportError` and no file is left behind.
     """
     inputs = tuple(t.detach().cpu() for t in as_tuple(example_inputs))
     was_training = model.training
@@ -33,21 +57,32 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, ch
     target = Path(path)
     try:
         with atomic_path(target) as tmp:
-            _export(model, inputs, tmp)
-            diff = run_and_compare(model, inputs, tmp, rtol) if check else float("nan")
+            export_inputs = _at_batch(inputs, 2, seed=1) if dynamic_batch else inputs
+            _export(model, export_inputs, tmp, dynamic_batch)
+            diff = float("nan")
+            if check:
+                batches = CHECK_BATCHES if dynamic_batch else (None,)
+                diff = max(run_and_compare(model, inputs if n is None else _at_batch(inputs, n, seed=n), tmp, rtol)
+                           for n in batches)
     finally:
         model.train(was_training)
     return diff
 
 
-def _export(model: nn.Module, inputs, tmp: Path) -> None:
+def _export(model: nn.Module, inputs, tmp: Path, dynamic_batch: bool) -> None:
     errors = []
+    names = [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
     for dynamo in (True, False):
         try:
             with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
-                torch.onnx.export(model, inputs, str(tmp), dynamo=dynamo, external_data=False) if dynamo else \
-                    torch.onnx.export(model, inputs, str(tmp), dynamo=False)
+                if dynamo:
+                    shapes = tuple({0: torch.export.Dim("batch")} for _ in inputs) if dynamic_batch else None
+                    torch.onnx.export(model, inputs, str(tmp), dynamo=True, external_data=False,
+                                      input_names=names, dynamic_shapes=shapes)
+                else:
+                    axes = {n: {0: "batch"} for n in names} if dynamic_batch else None
+                    torch.onnx.export(model, inputs, str(tmp), dynamo=False, input_names=names, dynamic_axes=axes)
             return
         except Exception as exc:  # noqa: BLE001 - try the other exporter, then report both
             errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
@@ -55,21 +90,35 @@ def _export(model: nn.Module, inputs, tmp: Path) -> None:
 
 
 def run_and_compare(model: nn.Module, inputs, onnx_path, rtol: float = 1e-4) -> float:
-    """Max abs difference between onnxruntime and PyTorch outputs (raises above tolerance)."""
+    """Max abs difference between onnxruntime and PyTorch outputs on ``inputs``.
+
+    Raises :class:`OnnxExportError` above ``rtol`` times the output scale, for a NaN or an
+    unmatched infinity on either side, or when onnxruntime rejects the inputs."""
     import onnxruntime as ort
 
+    inputs = tuple(as_tuple(inputs))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
-    got = session.run(None, feeds)
+    feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), inputs)}
+    batch = tuple(inputs[0].shape)[:1] if inputs and inputs[0].dim() else ()
+    try:
+        got = session.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are plain RuntimeErrors
+        raise OnnxExportError(f"onnxruntime cannot run {Path(onnx_path).name} at batch {batch}: "
+                              f"{str(exc).splitlines()[0]}") from exc
     with torch.no_grad():
         want = model(*inputs)
     want = [want] if isinstance(want, torch.Tensor) else list(want)
+    if len(got) != len(want):
+        raise OnnxExportError(f"onnxruntime returned {len(got)} outputs, PyTorch {len(want)}")
     diff = 0.0
     for a, b in zip(got, want):
-        b = b.detach().cpu().numpy()
-        d = float(np.abs(a - b).max()) if b.size else 0.0
-        scale = float(np.abs(b).max()) if b.size else 1.0
-        if d > rtol * max(scale, 1.0):
-            raise OnnxExportError(f"onnxruntime output differs from PyTorch by {d:.3g} (output scale {scale:.3g})")
+        try:
+            d = max_abs_diff(a, b)
+        except ValueError as exc:
+            raise OnnxExportError(f"onnxruntime output shape differs from PyTorch at batch {batch}: {exc}") from exc
+        scale = output_scale(b)
+        if not d <= rtol * max(scale, 1.0):  # `not <=`: a NaN difference fails too
+            raise OnnxExportError(f"onnxruntime output differs from PyTorch by {d:.3g} at batch {batch} "
+                                  f"(output scale {scale:.3g}; inf means a NaN or inf on one side)")
         diff = max(diff, d)
     return diff

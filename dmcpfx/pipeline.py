@@ -8,23 +8,24 @@ Run directory (rank 0 writes, every file atomically)::
     metrics.jsonl        search metrics; checkpoint.pt: search checkpoint (resumable)
     arch.yaml            derived widths with exact MACs/params (format dmcpfx-arch/1)
     widths.png           kept vs full channels per group
-    compact.pt           the compact model (torch.save of the module, supernet weights)
-    compact.onnx         its ONNX export, checked against PyTorch with onnxruntime
+    supernet_slice.pt    the supernet's weights sliced to arch.yaml, before retraining (state dict)
     retrain_metrics.jsonl, retrain_checkpoint.pt   retraining
+    compact.pt           THE PRODUCT: the retrained compact model's state dict (dmcpfx.load(run_dir))
+    compact.onnx         the retrained model in ONNX (dynamic batch), checked with onnxruntime
     summary.json         numbers the stages hand on (supernet top-1, retrain top-1, ...)
     report.md            written LAST: a run directory without report.md is not complete
 
-Completeness rule: every check that needs no training (model spec, data path, input shape,
-a target above the full model's MACs or below the smallest sub-net, an existing finished
-run) runs before the directory is created, and ``report.md`` is written last, atomically.
-So a failed or interrupted run never leaves a directory with a ``report.md``; re-running
-with ``run.resume=true`` continues it (and first removes a stale ``report.md``).
+Completeness rule: every check that needs no training (every config value, model spec, data
+path, input shape, a target above the full model's MACs or below the smallest sub-net, an
+existing finished run, the checkpoints a resume would read) runs before the directory is
+created, and ``report.md`` is written last, atomically. So a failed or interrupted run never
+leaves a directory with a ``report.md``; re-running with ``run.resume=true`` continues it (and,
+once every check has passed, removes a stale ``report.md``). Nothing is unpickled: weights
+are state dicts read with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,11 @@ import torch
 import yaml
 
 from .config import Config, config_to_dict
+from .config_checks import validate_config
 from .errors import ConfigError
-from .fileio import torch_save_atomic, write_text_atomic
+from .fileio import write_json_atomic, write_text_atomic
+from .progress import bars_enabled, is_terminal, print_search_epoch
+from .product import ONNX_NAME, SLICE_NAME, WEIGHTS_NAME, load_checked, load_weights, save_weights
 
 __all__ = ["STAGES", "run_pipeline", "PipelineResult"]
 
@@ -51,17 +55,6 @@ class PipelineResult:
     summary: dict = field(default_factory=dict)
     table: str | None = None
     seconds: float = 0.0
-
-
-def ensure_examples_importable() -> None:
-    """Make ``examples.models`` importable: the working directory first (as ``python -m`` does),
-    then the repository this package lives in (editable install)."""
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
-    repo = Path(__file__).resolve().parent.parent
-    if (repo / "examples" / "models.py").is_file() and str(repo) not in sys.path:
-        sys.path.append(str(repo))
 
 
 def make_data(cfg: Config, distributed: bool):
@@ -85,17 +78,23 @@ def make_data(cfg: Config, distributed: bool):
 
 def build_model(cfg: Config, bundle) -> tuple[torch.nn.Module, torch.Tensor]:
     """The model of ``cfg.model`` (fresh weights) in eval mode and a random example input."""
-    from .models import load_model
+    from .models import check_input_shape, load_model
 
-    ensure_examples_importable()
+    shape = check_input_shape(cfg.model.input_shape or list(bundle.input_shape), "model.input_shape")
+    torch.manual_seed(cfg.search.seed)  # before the factory: the same seed gives the same weights
+    model = load_model(cfg.model.spec, **model_kwargs(cfg, bundle)).eval()
+    try:
+        x = torch.randn(*shape)
+    except (RuntimeError, MemoryError) as exc:
+        raise ConfigError(f"model.input_shape {list(shape)}: cannot allocate the example input ({exc})") from exc
+    return model, x
+
+
+def model_kwargs(cfg: Config, bundle) -> dict:
+    """The factory arguments: ``model.kwargs`` plus ``num_classes`` (the data's, by default)."""
     kwargs = dict(cfg.model.kwargs)
     kwargs.setdefault("num_classes", cfg.model.num_classes or bundle.num_classes)
-    model = load_model(cfg.model.spec, **kwargs).eval()
-    shape = cfg.model.input_shape or list(bundle.input_shape)
-    if not all(isinstance(v, int) and v > 0 for v in shape):
-        raise ConfigError(f"model.input_shape must be positive integers like [1, 3, 224, 224], got {shape}")
-    torch.manual_seed(cfg.search.seed)
-    return model, torch.randn(*shape)
+    return kwargs
 
 
 class _Run:
@@ -108,6 +107,7 @@ class _Run:
         if unknown:
             raise ConfigError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
         self.cfg, self.stages = cfg, [s for s in STAGES if s in stages]
+        validate_config(cfg)
         if cfg.run.threads:
             torch.set_num_threads(int(cfg.run.threads))
         self.ctx = distributed_context()
@@ -116,6 +116,8 @@ class _Run:
         self.model, self.x = build_model(cfg, self.bundle)
         self.space = self.widths = self.compact = None
         self.summary: dict[str, Any] = {}
+        self.model_info = {"spec": cfg.model.spec, "kwargs": model_kwargs(cfg, self.bundle),
+                           "input_shape": list(self.x.shape)}
 
     # --- helpers
     @property
@@ -127,17 +129,44 @@ class _Run:
 
     def save_summary(self) -> None:
         if self.main:
-            write_text_atomic(self.path("summary.json"), json.dumps(self.summary, indent=2) + "\n")
+            write_json_atomic(self.path("summary.json"), {**self.summary, "model": self.model_info})
+
+    def rebuild(self, weights: str) -> torch.nn.Module:
+        """factory (the seeded ``self.model``) -> materialize(arch.yaml) -> the weights of ``weights``."""
+        from .product import _apply, build_compact
+
+        state = load_weights(self.path(weights), "weights file")
+        compact = build_compact(self.cfg.model.spec, self.path("arch.yaml"), list(self.x.shape), model=self.model)
+        return _apply(compact, state, str(self.path(weights))).cpu()
+
+    def _check_resume_files(self) -> None:
+        """Everything a resume or a later stage reads must load, before anything is changed."""
+        if "search" in self.stages and self.path("checkpoint.pt").exists():
+            if not self.cfg.run.resume:
+                raise ConfigError(f"{self.path('checkpoint.pt')} exists (an unfinished search); set run.resume=true "
+                                  f"to continue it, or choose another run.name or --run-dir")
+            load_checked(self.path("checkpoint.pt"), "search checkpoint")
+        if "retrain" in self.stages and self.cfg.run.resume and self.path("retrain_checkpoint.pt").exists():
+            load_checked(self.path("retrain_checkpoint.pt"), "retrain checkpoint")
+        if "derive" not in self.stages:  # retrain/report read what search wrote
+            needed = ["arch.yaml", SLICE_NAME] if "retrain" in self.stages else ["arch.yaml", WEIGHTS_NAME]
+            for name in needed:
+                if not self.path(name).is_file():
+                    raise ConfigError(f"{self.path(name)} not found: run `dmcpfx search` with this config first")
+            from .arch import load_arch
+
+            load_arch(self.path("arch.yaml"))
+            load_weights(self.path(needed[1]), "weights file")
 
     def validate(self) -> None:
         """Everything checkable without training, before the run directory exists."""
         from .budget import parse_target
 
         cfg = self.cfg
-        if cfg.derive.mode not in ("expected", "direct"):
-            raise ConfigError(f"derive.mode must be 'expected' or 'direct', got {cfg.derive.mode!r}")
-        if cfg.retrain.init not in ("scratch", "inherit"):
-            raise ConfigError(f"retrain.init must be 'scratch' or 'inherit', got {cfg.retrain.init!r}")
+        for name, loader in (("train", self.bundle.train), ("val", self.bundle.val)):
+            if hasattr(loader, "__len__") and len(loader) == 0:
+                raise ConfigError(f"the {name} loader of data.kind={cfg.data.kind!r} is empty "
+                                  f"(fewer images than data.batch_size={cfg.data.batch_size}?)")
         finished = self.path("report.md")
         if finished.exists() and not cfg.run.resume:
             raise ConfigError(f"{self.dir} already holds a finished run (report.md); choose another run.name, "
@@ -149,10 +178,23 @@ class _Run:
             self.space = instrument(self.model, self.x, min_ratio=s.min_ratio, step=s.step, divisor=s.divisor,
                                     model_name=cfg.model.spec)
             self.target = parse_target(s.target, self.space.full_flops)
-        elif not self.path("compact.pt").is_file():
-            raise ConfigError(f"{self.path('compact.pt')} not found: run `dmcpfx search` with this config first")
+            self._check_target()
+        self._check_resume_files()
         if self.path("summary.json").is_file():
-            self.summary = json.loads(self.path("summary.json").read_text(encoding="utf-8"))
+            try:
+                self.summary = json.loads(self.path("summary.json").read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise ConfigError(f"{self.path('summary.json')} is not valid JSON ({exc}); start over in a new "
+                                  f"run directory") from exc
+            self.summary.pop("model", None)
+
+    def _check_target(self) -> None:
+        from .budget import min_widths
+
+        smallest = self.space.flops(min_widths(self.space))
+        if self.target < smallest:
+            raise ConfigError(f"search.target {self.cfg.search.target!r} = {self.target:,.0f} MACs is below the "
+                              f"smallest sub-net ({smallest:,} MACs at search.min_ratio={self.cfg.search.min_ratio})")
 
     def start(self) -> None:
         if self.main:
@@ -179,13 +221,21 @@ class _Run:
             run_dir=self.dir, resume=r.resume, device=r.device, amp=s.amp, channels_last=s.channels_last,
             seed=s.seed, warmup_epochs=s.warmup_epochs, lr=s.lr, min_lr=s.min_lr, lr_warmup_steps=s.lr_warmup_steps,
             weight_decay=s.weight_decay, arch_lr=s.arch_lr, arch_min_lr=s.arch_min_lr, budget_weight=s.budget_weight,
-            num_random=s.num_random, label_smoothing=s.label_smoothing, calib_batches=s.calib_batches, log_interval=s.log_interval, progress=r.progress,
+            num_random=s.num_random, label_smoothing=s.label_smoothing, calib_batches=s.calib_batches,
+            log_interval=s.log_interval, progress=bars_enabled(r.progress), callback=self._epoch_line(),
         )
         last = result.history[-1] if result.history else {}
         if "val_top1" in last:
             self.summary["supernet_top1"] = 100.0 * float(last["val_top1"])
         self.summary.update(expected_macs=float(result.expected), search_epochs=result.epochs)
         self.save_summary()
+
+    def _epoch_line(self):
+        """Without a terminal (a log file): one plain line per search epoch instead of the bars."""
+        if not (self.cfg.run.progress and self.main) or is_terminal():
+            return None
+        epochs = self.cfg.search.epochs
+        return lambda record: print_search_epoch(record, epochs)
 
     def derive(self) -> None:
         from .derive import derive
@@ -204,20 +254,20 @@ class _Run:
 
     def materialize(self) -> None:
         from .materialize import materialize
-        from .onnx_export import export_onnx
 
         base = self.space.to_model().cpu().eval()
         self.compact = materialize(base, self.widths, self.x)
         if self.main:
-            torch_save_atomic(self.compact, self.path("compact.pt"))
-            self.summary["onnx_max_abs_diff"] = export_onnx(self.compact, self.x, self.path("compact.onnx"))
+            save_weights(self.compact, self.path(SLICE_NAME))
             self.save_summary()
 
     def retrain(self) -> None:
         from .retrain import retrain
 
+        from .onnx_export import export_onnx
+
         if self.compact is None:
-            self.compact = torch.load(self.path("compact.pt"), map_location="cpu", weights_only=False)
+            self.compact = self.rebuild(SLICE_NAME)
         t, r = self.cfg.retrain, self.cfg.run
         result = retrain(
             self.compact, self.bundle.train, epochs=t.epochs, val_loader=self.bundle.val, lr=t.lr,
@@ -230,6 +280,9 @@ class _Run:
             retrain_top1=result.top1, retrain_top5=result.top5, retrain_epochs=result.epochs,
             retrain_top1_history=[h.get("val_top1") for h in result.history],
         )
+        if self.main:  # the product: the retrained weights and their ONNX export
+            save_weights(self.compact, self.path(WEIGHTS_NAME))
+            self.summary["onnx_max_abs_diff"] = export_onnx(self.compact, self.x, self.path(ONNX_NAME))
         self.save_summary()
 
     def report(self) -> str | None:
@@ -238,7 +291,8 @@ class _Run:
         if not self.main:
             return None
         if self.compact is None:
-            self.compact = torch.load(self.path("compact.pt"), map_location="cpu", weights_only=False)
+            self.compact = self.rebuild(WEIGHTS_NAME)
+        self.summary["model"] = self.model_info
         return write_report(self.dir, self.cfg, self.summary, self.model, self.compact, self.x)
 
 
@@ -246,7 +300,8 @@ def run_pipeline(cfg: Config, stages: Sequence[str] = STAGES) -> PipelineResult:
     """Run ``stages`` (a subset of :data:`STAGES`, always in pipeline order) for ``cfg``.
 
     ``search``/``derive`` need ``analyze`` in the same call (the search space lives in
-    memory); ``retrain``/``report`` alone read ``compact.pt`` from the run directory.
+    memory); ``retrain`` alone rebuilds the compact model from ``arch.yaml`` and
+    ``supernet_slice.pt``, ``report`` alone from ``arch.yaml`` and ``compact.pt``.
     Raises :class:`~dmcpfx.errors.ConfigError` for bad input before anything is written.
     """
     start = time.perf_counter()

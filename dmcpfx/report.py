@@ -7,7 +7,6 @@ CPU latency in milliseconds (median of ``run.latency_runs`` runs, batch 1, after
 """
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -17,7 +16,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .fileio import write_text_atomic
+from .fileio import write_json_atomic, write_text_atomic
 
 __all__ = ["onnx_latency_ms", "report_table", "write_report"]
 
@@ -123,12 +122,21 @@ def write_report(run_dir: str | Path, cfg, summary: dict, full_model: nn.Module,
         "",
         "Retrain top-1 per epoch (%): " + ", ".join(f"{v:.1f}" for v in hist if v is not None),
         "",
-        "Files: `arch.yaml` (widths), `compact.pt`, `compact.onnx`, `metrics.jsonl` (search), "
-        "`retrain_metrics.jsonl`, `config.yaml`.",
+        "Files (what this report shows, and where it is):",
+        "",
+        "- `compact.pt`: the retrained compact model (the pruned column), a state dict; rebuild it with "
+        "`dmcpfx.load(run_dir)` (factory -> materialize(`arch.yaml`) -> `load_state_dict`).",
+        "- `compact.onnx`: the same retrained model in ONNX, dynamic batch, checked against PyTorch with "
+        "onnxruntime at batch 1 and 3.",
+        "- `arch.yaml`: the widths per group and their exact MACs and params.",
+        "- `summary.json`: every number of the table; `retrain_metrics.jsonl`: the pruned top-1 per epoch; "
+        "`metrics.jsonl`: the search (the full top-1 is its last `val_top1`).",
+        "- `supernet_slice.pt`: the supernet's weights sliced to `arch.yaml`, before retraining (not the product).",
+        "- `config.yaml`: the resolved config of this run.",
         "",
         "![kept vs full channels per group](widths.png)",
         "",
     ]
-    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(run_dir / "summary.json", summary)
     write_text_atomic(run_dir / "report.md", "\n".join(lines))
     return table

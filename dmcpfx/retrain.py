@@ -22,7 +22,6 @@ Accuracies are percentages in [0, 100]; losses are mean per-sample nats.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -35,13 +34,14 @@ from torch import nn
 
 from dmcpfx.errors import ConfigError
 from dmcpfx.fileio import write_text_atomic
+from dmcpfx.finite import FirstBadStep, check_parameters
+from dmcpfx.progress import bars_enabled
 from dmcpfx.training import (
     MetricsWriter,
     capture_rng_state,
     cosine_schedule,
     ddp_wrap,
     distributed_context,
-    load_checkpoint,
     param_groups,
     restore_rng_state,
     save_checkpoint,
@@ -135,10 +135,9 @@ def _is_sharded(loader: Iterable) -> bool:
 _LOG_EVERY = 10  # steps between progress-bar updates (each one syncs with the device)
 
 
-def _check_finite(loss: torch.Tensor, where: str) -> None:
-    value = loss.item()
-    if not math.isfinite(value):
-        raise FloatingPointError(f"{where}: training loss became {value}; try a lower lr")
+def _lr_hint(optimizer: torch.optim.Optimizer) -> str:
+    return (f"the learning rate (peak retrain.lr, now {optimizer.param_groups[0]['lr']:.3g}) is likely too high, "
+            f"lower it (or check the data for NaN/inf)")
 
 
 def _all_rng_states() -> list[dict]:
@@ -216,9 +215,12 @@ def _check_args(epochs: int, warmup_epochs: int, momentum: float, nesterov: bool
 
 
 def _load_resume_state(path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    state = load_checkpoint(path)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path}: not a dmcpfx retrain checkpoint (format {state.get('format')!r})")
+    from dmcpfx.product import load_checked  # a corrupt file: an error naming it, not a traceback
+
+    state = load_checked(path, "retrain checkpoint")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path}: not a dmcpfx retrain checkpoint (format "
+                          f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
     for key, value in config.items():
         if state["config"].get(key) != value:
             raise ConfigError(
@@ -259,12 +261,14 @@ class _EpochLoop:
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss * n, correct, n
         bar = tqdm(loader, total=steps, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
         loss = torch.zeros(())
+        watch = FirstBadStep(self.device)  # NaN/inf losses, found without a sync per step
         for i, (images, labels) in enumerate(bar):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             with _autocast(self.amp, self.device):
                 logits = self.model(images)
                 loss = self.criterion(logits.float(), labels)
+            watch.update(loss, i + 1)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -276,10 +280,11 @@ class _EpochLoop:
                 sums[1] += logits.argmax(1).eq(labels).sum()
                 sums[2] += n
             if i % _LOG_EVERY == 0 or i == steps - 1:  # a host sync, so only now and then
-                _check_finite(loss, desc)
+                watch.check(desc, _lr_hint(self.optimizer))
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
         bar.close()
-        _check_finite(loss, desc)
+        watch.check(desc, _lr_hint(self.optimizer))
+        check_parameters(self.model, desc, _lr_hint(self.optimizer))
         loss_sum, correct, seen = _dist_sum(sums.tolist(), self.device)
         if seen == 0:
             raise ConfigError(f"{desc}: the train loader yielded no batch")
@@ -411,14 +416,14 @@ def retrain(
             writer.write(record)
 
     step = start_epoch * steps_per_epoch
-    show = progress and ctx.is_main
+    show = bars_enabled(progress) and ctx.is_main  # no \r bars in a log file; epoch lines still print
     loop = _EpochLoop(train_model, optimizer, scheduler, scaler, criterion, amp, device)
     for epoch in range(start_epoch, epochs):
         sampler = getattr(train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         started = time.perf_counter()
-        train_loss, train_top1 = loop.run(train_loader, steps_per_epoch, f"retrain {epoch + 1}/{epochs}", show)
+        train_loss, train_top1 = loop.run(train_loader, steps_per_epoch, f"retrain epoch {epoch + 1}/{epochs}", show)
         step += steps_per_epoch
         record: dict[str, Any] = {
             "epoch": epoch + 1,

@@ -781,6 +781,9 @@ def search(
             if in_arch:
                 stats.update(stepper.arch_step(x, y))
                 scheds["arch_scheduler"].step()
+            from .finite import check_search_step  # NaN/inf loss or alpha: stop, naming epoch and step
+
+            check_search_step(stats, space, epoch=epoch + 1, step=step + 1, lr=lr_now, arch_lr=arch_lr_now)
             epoch_meter.add(stats)
             interval_meter.add(stats)
             images += x.shape[0] * ctx.world_size

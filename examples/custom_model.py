@@ -5,13 +5,13 @@ trace works. This script resolves such a spec the way the CLI does
 (:func:`dmcpfx.models.load_model`), builds the model, traces it and prints what
 the channel analysis sees. Run from the repo root::
 
-    python examples/custom_model.py                              # examples.models:custom_net
-    python examples/custom_model.py examples.models:small_resnet
+    python examples/custom_model.py                              # dmcpfx.demo_models:custom_net
+    python examples/custom_model.py dmcpfx.demo_models:small_resnet
     python examples/custom_model.py mypkg.nets:my_net --num-classes 100
 
 The same spec drives the command line, e.g.::
 
-    dmcpfx analyze examples.models:custom_net --input-shape 1,3,32,32
+    dmcpfx analyze dmcpfx.demo_models:custom_net --input-shape 1,3,32,32
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # make ``dmcpfx`` and ``examples.models`` importable as a script
+if str(REPO_ROOT) not in sys.path:  # make ``dmcpfx`` and examples importable as a script
     sys.path.insert(0, str(REPO_ROOT))
 
 from dmcpfx.errors import DmcpfxError  # noqa: E402
@@ -31,7 +31,7 @@ from dmcpfx.models import load_model  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("spec", nargs="?", default="examples.models:custom_net", help="package.module:factory")
+    parser.add_argument("spec", nargs="?", default="dmcpfx.demo_models:custom_net", help="package.module:factory")
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--no-analyze", action="store_true", help="only build, trace and print the model")

@@ -127,3 +127,141 @@ def test_cli_bad_input_is_one_line(args, match):
     assert proc.returncode == 2
     assert match in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# --- issue 10: every bad input is a one-line error (exit 2) before anything is written
+
+def _main(capsys, *args):
+    from dmcpfx.cli import main
+
+    code = main(list(args))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), (code, err)
+    return err[0]
+
+
+def _demo(tmp_path, *sets):
+    return ("demo", "--run-dir", str(tmp_path / "run"), *[a for s in sets for a in ("--set", s)])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("run.device=tpu", "run.device"),
+    ("search.num_random=-1", "search.num_random"),
+    ("search.divisor=0", "search.divisor"),
+    ("run.threads=0", "run.threads"),
+    ("derive.tolerance=-1", "derive.tolerance"),
+    ("search.epochs=0", "search.epochs"),
+    ("search.amp=fp8", "search.amp"),
+    ("retrain.amp=yes", "retrain.amp"),
+    ("search.warmup_epochs=9", "search.warmup_epochs"),
+    ("retrain.warmup_epochs=8", "retrain.warmup_epochs"),
+    ("retrain.lr=-1", "retrain.lr"),
+    ("search.lr=.nan", "search.lr"),
+    ("model.input_shape=[1, 3, 100000, 100000]", "model.input_shape"),
+    ("model.kwargs.nope=1", "does not accept|cannot be called"),
+    ("model.kwargs.width=0", "raised ValueError"),
+    ("search.target=1%", "below the smallest sub-net"),
+])
+def test_bad_config_values_fail_before_the_run_directory(tmp_path, capsys, override, match, one_thread):
+    import re
+
+    line = _main(capsys, *_demo(tmp_path, "data.train_subset=64", "data.image_size=8", override))
+    assert re.search(match, line), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_cuda_device_without_cuda(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert "CUDA is not available" in _main(capsys, *_demo(tmp_path, "run.device=cuda"))
+
+
+def test_duplicate_yaml_keys_name_the_key(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("search:\n  epochs: 2\nsearch:\n  lr: 0.1\n")
+    assert "duplicate key 'search'" in _main(capsys, "search", "--config", str(cfg), "--run-dir", str(tmp_path / "r"))
+    arch = tmp_path / "a.yaml"
+    arch.write_text("format: dmcpfx-arch/1\ngroups:\n  conv1: {channels: 8, of: 64}\n  conv1: 4\n")
+    with pytest.raises(dmcpfx.ArchError, match="duplicate key 'conv1'"):
+        dmcpfx.load_arch(arch)
+    arch.write_text("format: dmcpfx-arch/1\ngroups: {}\nwidths: {}\n")
+    with pytest.raises(dmcpfx.ArchError, match=r"unknown top-level key\(s\) \['widths'\]"):
+        dmcpfx.load_arch(arch)
+    assert not (tmp_path / "r").exists()
+
+
+def test_factory_needing_an_argument_from_a_file(tmp_path, capsys):
+    (tmp_path / "net.py").write_text("import torch\n\ndef make(depth):\n    return torch.nn.Conv2d(3, depth, 3)\n")
+    line = _main(capsys, "analyze", f"{tmp_path / 'net.py'}:make", "--input-shape", "1,3,8,8")
+    assert "make" in line and "depth" in line
+
+
+def test_spec_is_not_imported_from_the_working_directory(tmp_path, monkeypatch, capsys):
+    (tmp_path / "evil.py").write_text("raise SystemExit('imported from the cwd')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    assert "cannot import module 'evil'" in _main(capsys, "analyze", "evil:make", "--input-shape", "1,3,8,8")
+
+
+def test_one_class_image_folder(tmp_path, capsys):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (tmp_path / "data" / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "data" / split / "cat" / "0.png")
+    line = _main(capsys, *_demo(tmp_path, "data.kind=imagefolder", f"data.root={tmp_path / 'data'}", "data.workers=0"))
+    assert "1 class folder" in line and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name,command", [("checkpoint.pt", "demo"), ("retrain_checkpoint.pt", "retrain")])
+@pytest.mark.parametrize("content", [b"", b"\x80\x02 truncated"])
+def test_corrupt_checkpoint_on_resume_deletes_nothing(tmp_path, capsys, name, command, content, one_thread):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.md").write_text("# finished\n")
+    (run / name).write_bytes(content)
+    before = sorted(p.name for p in run.iterdir())
+    args = [command, "--run-dir", str(run), "--set", "run.resume=true", "--set", "data.image_size=8"]
+    if command == "retrain":
+        args[1:1] = ["--config", str(tmp_path / "c.yaml")]
+        (tmp_path / "c.yaml").write_text("search: {epochs: 2}\n")
+    line = _main(capsys, *args)
+    assert name in line and ("empty" in line or "corrupt" in line) and "delete" in line
+    assert sorted(p.name for p in run.iterdir()) == before  # report.md is still there
+
+
+@pytest.mark.parametrize("suffix", [".onnxx", ".pkl", ""])
+def test_materialize_rejects_unknown_output_suffixes(tmp_path, capsys, suffix):
+    arch = tmp_path / "arch.yaml"
+    arch.write_text("format: dmcpfx-arch/1\ngroups: {conv1: {channels: 8, of: 16}}\n")
+    out = tmp_path / f"c{suffix}"
+    assert "suffix" in _main(capsys, "materialize", "dmcpfx.demo_models:small_resnet", str(arch),
+                             "--input-shape", "1,3,8,8", "--output", str(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arch.yaml"]
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".onnx"])
+def test_materialize_writes_pth_and_onnx(tmp_path, capsys, suffix):
+    from dmcpfx.cli import main
+
+    arch = tmp_path / "arch.yaml"
+    arch.write_text("format: dmcpfx-arch/1\ngroups: {conv1: {channels: 8, of: 16}}\n")
+    out = tmp_path / f"c{suffix}"
+    assert main(["materialize", "dmcpfx.demo_models:small_resnet", str(arch), "--input-shape", "1,3,8,8",
+                 "--output", str(out)]) == 0
+    assert out.is_file() and str(out) in capsys.readouterr().out
+    if suffix == ".pth":
+        model = dmcpfx.load("dmcpfx.demo_models:small_resnet", arch, out, input_shape=[1, 3, 8, 8])
+        assert model.conv1.out_channels == 8
+
+
+def test_version_and_help(capsys):
+    from dmcpfx.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--version"])
+    assert dmcpfx.__version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--help"])
+    text = capsys.readouterr().out
+    assert "50% MACs" in text and "%%" not in text

@@ -21,7 +21,8 @@ FAST = [
     "search.epochs=2", "search.calib_batches=1", "retrain.epochs=3", "run.latency_runs=3", "run.progress=false",
 ]
 RUN_FILES = [
-    "config.yaml", "analysis.txt", "metrics.jsonl", "checkpoint.pt", "arch.yaml", "widths.png", "compact.pt",
+    "config.yaml", "analysis.txt", "metrics.jsonl", "checkpoint.pt", "arch.yaml", "widths.png", "supernet_slice.pt",
+    "compact.pt",
     "compact.onnx", "retrain_metrics.jsonl", "retrain_checkpoint.pt", "summary.json", "report.md",
 ]
 
@@ -46,20 +47,40 @@ def test_demo_pipeline_reduced(tmp_path):
     assert abs(arch["flops"]["pruned"] / arch["flops"]["target"] - 1) <= 0.02
     assert abs(arch["flops"]["target"] / arch["flops"]["full"] - 0.5) < 1e-6
     # the exact MACs of the saved compact model are the arch's
+    import dmcpfx
     from dmcpfx import count_flops
 
-    compact = torch.load(run / "compact.pt", weights_only=False).eval()
+    compact = dmcpfx.load(run)  # factory -> materialize(arch.yaml) -> load_state_dict(compact.pt, strict)
     x = torch.randn(1, 3, 16, 16)
     assert count_flops(compact, x) == arch["flops"]["pruned"]
+    state = torch.load(run / "compact.pt", weights_only=True)  # a plain state dict, no pickled module
+    assert set(state) == set(compact.state_dict())
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(run / "compact.onnx"), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    with torch.no_grad():
-        want = compact(x).numpy()
-    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+    for batch in (1, 5):  # dynamic batch dimension
+        xb = torch.randn(batch, 3, 16, 16)
+        got = sess.run(None, {sess.get_inputs()[0].name: xb.numpy()})[0]
+        with torch.no_grad():
+            want = compact(xb).numpy()
+        assert np.isfinite(got).all() and np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
     top1 = [json.loads(line)["val_top1"] for line in (run / "retrain_metrics.jsonl").read_text().splitlines()]
     assert len(top1) == 3 and top1[-1] > top1[0]
+    summary = json.loads((run / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    # the shipped ONNX file gives the top-1 the report prints (the retrained model, not the supernet slice)
+    from dmcpfx.data import digits_loaders
+
+    val = digits_loaders(batch_size=64, image_size=16).val
+    hits = n = 0
+    for images, labels in val:
+        logits = sess.run(None, {sess.get_inputs()[0].name: images.numpy()})[0]
+        hits += int((logits.argmax(1) == labels.numpy()).sum())
+        n += len(labels)
+    onnx_top1 = 100.0 * hits / n
+    assert abs(onnx_top1 - summary["retrain_top1"]) <= 0.5, (onnx_top1, summary["retrain_top1"])
+    assert f"{summary['retrain_top1']:.2f}" in (run / "report.md").read_text()
+    sliced = torch.load(run / "supernet_slice.pt", weights_only=True)
+    assert any(not torch.equal(sliced[k], state[k]) for k in state if state[k].is_floating_point())
     report = (run / "report.md").read_text()
     assert "ONNX Runtime" in report and "widths.png" in report
     # a finished run is never overwritten silently

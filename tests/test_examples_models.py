@@ -1,4 +1,4 @@
-"""examples.models: both demo models trace with torch.fx and run; the custom-model script works."""
+"""dmcpfx.demo_models (re-exported by examples.models): both demo models trace with torch.fx and run; the custom-model script works."""
 from __future__ import annotations
 
 import operator
@@ -8,7 +8,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from examples.models import custom_net, small_resnet
+from dmcpfx.demo_models import custom_net, small_resnet
 
 
 @pytest.mark.parametrize("factory", [small_resnet, custom_net])

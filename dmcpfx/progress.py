@@ -1,0 +1,35 @@
+"""Progress output that suits both a terminal and a log file.
+
+On a terminal tqdm draws its bars (``\\r`` updates). When the output is a file or a pipe the
+bars are off and each epoch prints one plain line instead, so a log holds one line per epoch.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping
+
+__all__ = ["is_terminal", "bars_enabled", "print_search_epoch"]
+
+
+def is_terminal() -> bool:
+    """Whether tqdm's stream (stderr) is a terminal."""
+    stream = sys.stderr
+    return bool(getattr(stream, "isatty", None)) and stream.isatty()
+
+
+def bars_enabled(progress: bool) -> bool:
+    """tqdm bars only when ``progress`` is on and stderr is a terminal."""
+    return bool(progress) and is_terminal()
+
+
+def _f(record: Mapping[str, Any], key: str, fmt: str, scale: float = 1.0) -> str:
+    value = record.get(key)
+    return "n/a" if value is None else format(float(value) * scale, fmt)
+
+
+def print_search_epoch(record: Mapping[str, Any], epochs: int) -> None:
+    """One plain line for a search epoch record (as :func:`dmcpfx.search` passes to its callback)."""
+    val = f", val top1 {_f(record, 'val_top1', '.2f', 100.0)}%" if "val_top1" in record else ""
+    print(f"search epoch {record.get('epoch')}/{epochs} [{record.get('phase')}]: loss "
+          f"{_f(record, 'loss_max', '.4f')}, expected {_f(record, 'expected', '.4g')} of target "
+          f"{_f(record, 'target', '.4g')} MACs{val}, {_f(record, 'seconds', '.1f')}s", flush=True)

@@ -1,0 +1,54 @@
+"""YAML reading with ``yaml.safe_load`` semantics, where a duplicate key is an error.
+
+PyYAML keeps the last of two equal keys, so a second ``search:`` section silently replaces
+the first. :func:`safe_load` raises :class:`DuplicateKeyError` naming the key and its line.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+__all__ = ["UniqueKeyLoader", "DuplicateKeyError", "safe_load"]
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping holds the same key twice."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects duplicate mapping keys (``<<`` merges still work)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # the base class reports unhashable keys
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKeyError(
+                        None, None, f"duplicate key {key!r} (line {line}; first on line {seen[key]})",
+                        key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load(text)``, but a duplicate key raises :class:`DuplicateKeyError`."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def first_line(exc: yaml.YAMLError) -> str:
+    """A one-line description of a YAML error (the duplicate key, or the parser's problem)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem:
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None and "line" not in problem else ""
+        return f"{problem}{where}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
