@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .analysis import analyze
+from .arch import validate_count_widths
 from .errors import ArchError
 from .gates import MarkovGate, split_channels
 from .analysis.graph import ChannelGraph, Width
@@ -124,10 +125,14 @@ class SearchSpace(nn.Module):
 
     # counting (DESIGN.md section 4)
     def flops(self, widths: Mapping[str, Width] | None = None) -> Width:
-        """MACs for one forward on the example input; see :meth:`ChannelGraph.flops`."""
+        """MACs per image at ``widths``; see :meth:`ChannelGraph.flops`. Unknown, frozen or
+        out-of-range widths are an :class:`ArchError` naming the group."""
+        validate_count_widths(widths, self.graph)
         return self.graph.flops(widths or {})
 
     def params(self, widths: Mapping[str, Width] | None = None) -> Width:
+        """Parameter count at ``widths`` (validated like :meth:`flops`)."""
+        validate_count_widths(widths, self.graph)
         return self.graph.params(widths or {})
 
     @property
