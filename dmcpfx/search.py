@@ -289,6 +289,10 @@ def search(
         val_loader: if given, the max-width net is evaluated after every epoch (summed
             over ranks), its BatchNorm statistics first re-estimated on ``calib_batches``
             training batches (official: 5; the supernet's statistics are restored after).
+        calib_batches: also, after the last step, the max-width BatchNorm statistics are
+            re-estimated on that many training batches (rank 0's broadcast under torchrun),
+            so the returned supernet is consistent at max width; 0: keep the running
+            statistics of the search (which, with ``bn_stats="max"``, track the max net).
         run_dir: where ``metrics.jsonl`` and ``checkpoint.pt`` go (rank 0); None: no files.
         resume: continue from ``run_dir/checkpoint.pt`` when it exists. Without ``resume``
             an existing checkpoint there is an error (nothing is overwritten silently).
@@ -511,6 +515,13 @@ def search(
             callback(record)
 
     space.set_mode("max")
+    if calib_batches > 0 and step >= total_steps:  # the returned supernet: clean max-width BN statistics
+        recalibrate_bn(space, train_loader, calib_batches, device=device, amp=amp, channels_last=channels_last)
+        if ctx.distributed:
+            import torch.distributed as dist
+
+            for buf in space.buffers():
+                dist.broadcast(buf.data, src=0)
     space.train(was_training)
     return SearchResult(
         target=target, expected=current_expected(), full=full, budget_metric=budget_metric,
