@@ -37,6 +37,7 @@ Figures: ``python benchmarks/accuracy.py --jobs 2 --markdown benchmarks/results/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -161,7 +162,19 @@ def run_seed(s: Settings, seed: int) -> dict[str, Any]:
                 arm.top1[protocol].append(score)
                 log(f"{arm.label} [{protocol}]: {arm.macs[-1] / space.full_flops:.2%} MACs, top-1 {score:.2f}% "
                     f"({time.perf_counter() - t1:.0f}s)")
-    return {"arms": arms, "supernet": supernet}
+    # plain data only: a spawned worker's classes live in __mp_main__, which the parent cannot unpickle
+    return {"arms": [dataclasses.asdict(a) for a in arms.values()], "supernet": supernet}
+
+
+def _run_and_save(job: tuple[Settings, int, Path | None]) -> tuple[int, dict[str, Any]]:
+    s, seed, seed_dir = job
+    res = run_seed(s, seed)
+    if seed_dir is not None:
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        tmp = seed_dir / f"seed{seed}.pt.tmp"
+        torch.save(res, tmp)
+        tmp.replace(seed_dir / f"seed{seed}.pt")
+    return seed, res
 
 
 def _copy(model):
@@ -175,13 +188,13 @@ def merge(results: Sequence[Mapping[str, Any]]) -> tuple[dict[tuple, Arm], list[
     arms: dict[tuple, Arm] = {}
     supernet: list[dict] = []
     for res in results:
-        for key, arm in res["arms"].items():
-            into = arms.setdefault(key, Arm(arm.kind, arm.target))
-            into.macs += arm.macs
-            into.params += arm.params
-            into.widths += arm.widths
+        for arm in res["arms"]:
+            into = arms.setdefault((arm["kind"], arm["target"]), Arm(arm["kind"], arm["target"]))
+            into.macs += arm["macs"]
+            into.params += arm["params"]
+            into.widths += arm["widths"]
             for p in PROTOCOLS:
-                into.top1[p] += arm.top1[p]
+                into.top1[p] += arm["top1"][p]
         supernet += res["supernet"]
     return arms, supernet
 
@@ -262,7 +275,7 @@ def plot_wider(arms: Mapping[tuple, Arm], ids: Sequence[str], full: Sequence[int
 
 
 # --------------------------------------------------------------------------- command line
-def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None, int]:
+def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None, tuple[int, Path | None, bool]]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.25], help="ratios of the full MACs")
@@ -281,6 +294,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None, int]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in that many processes")
     ap.add_argument("--markdown", type=Path, default=None, help="also write the report there (+ a widths PNG)")
+    ap.add_argument("--seed-dir", type=Path, default=None,
+                    help="save each finished seed there (seed<N>.pt) and reuse the saved ones (a killed run resumes)")
+    ap.add_argument("--report-only", action="store_true", help="with --seed-dir: report the saved seeds, run nothing")
     ap.add_argument("--smoke", action="store_true", help="tiny run for the test")
     a = ap.parse_args(argv)
     if a.smoke:
@@ -290,21 +306,34 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None, int]:
         batch_size=a.batch_size, train_subset=a.train_subset or None, augment=a.augment, noise=a.noise,
         image_size=a.image_size, width=a.width, val_fraction=a.val_fraction, data_seed=a.data_seed,
         threads=a.threads, holdout=a.holdout,
-    ), a.markdown, a.jobs
+    ), a.markdown, (a.jobs, a.seed_dir, a.report_only)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run; print the report; return ``{"arms": {label: {...}}, "supernet": [...]}``."""
-    s, markdown, jobs = parse_args(argv)
+    s, markdown, (jobs, seed_dir, report_only) = parse_args(argv)
     torch.set_num_threads(s.threads)
     started = time.perf_counter()
-    if jobs > 1:
+    saved = {}
+    if seed_dir is not None:
+        for seed in s.seeds:
+            f = seed_dir / f"seed{seed}.pt"
+            if f.is_file():
+                saved[seed] = torch.load(f, weights_only=False)
+    todo = [] if report_only else [seed for seed in s.seeds if seed not in saved]
+    if jobs > 1 and len(todo) > 1:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(jobs) as pool:
-            results = pool.starmap(run_seed, [(s, seed) for seed in s.seeds])
+            for seed, res in pool.imap_unordered(_run_and_save, [(s, seed, seed_dir) for seed in todo]):
+                saved[seed] = res
     else:
-        results = [run_seed(s, seed) for seed in s.seeds]
+        for seed in todo:
+            saved[seed] = _run_and_save((s, seed, seed_dir))[1]
+    if not saved:
+        raise SystemExit("no seed finished")
+    results = [saved[seed] for seed in s.seeds if seed in saved]
+    s = dataclasses.replace(s, seeds=tuple(seed for seed in s.seeds if seed in saved))
     arms, supernet = merge(results)
     x = torch.randn(1, 3, s.image_size, s.image_size)
     space = dmcpfx.instrument(fresh_model(s, 0), (x,))

@@ -17,6 +17,7 @@ leave them alone too, so the running statistics follow the max net only.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any, Mapping
 
 import torch
@@ -138,6 +139,24 @@ class SearchStep:
         self.runner = self._sliced_runner() if slimmable else None
         self.bn_stats = bn_stats
         self.frozen_bn = FrozenStats(space)
+        #: ``{phase: seconds}`` accumulated when set to a dict (benchmarks); None: no timing
+        self.timings: dict[str, float] | None = None
+
+    @contextlib.contextmanager
+    def _clock(self, phase: str):
+        """Adds the block's wall time to ``timings[phase]`` (device-synchronized) when timing."""
+        if self.timings is None:
+            yield
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
 
     def _sliced_runner(self) -> SlicedRunner | None:
         """A checked :class:`SlicedRunner`, or None (masks) with the reason in ``slimmable_reason``."""
@@ -203,7 +222,7 @@ class SearchStep:
         for i, kind in enumerate(kinds):
             last = i == len(kinds) - 1
             sync = net.no_sync() if (is_ddp and not last) else contextlib.nullcontext()
-            with sync:
+            with sync, self._clock(kind):
                 widths = None
                 if kind == "random":
                     widths, _ = self.sample_widths(markov_prob, probs)
@@ -234,11 +253,12 @@ class SearchStep:
                 self._backward(loss, self.weight_scaler)
         if rand_losses:
             stats["loss_random"] = torch.stack(rand_losses).mean()
-        if self.weight_scaler is not None:
-            self.weight_scaler.step(self.weight_optimizer)
-            self.weight_scaler.update()
-        else:
-            self.weight_optimizer.step()
+        with self._clock("weight optimizer"):
+            if self.weight_scaler is not None:
+                self.weight_scaler.step(self.weight_optimizer)
+                self.weight_scaler.update()
+            else:
+                self.weight_optimizer.step()
         space.set_mode("max")
         return stats
 
@@ -253,14 +273,16 @@ class SearchStep:
         space = self.space
         space.set_mode("expected")
         try:
-            with self.frozen_bn(), _autocast(self.device, self.dtype):
+            with self._clock("arch forward"), self.frozen_bn(), _autocast(self.device, self.dtype):
                 out = space(x)  # the unwrapped module: no DDP hooks, alphas reduced below
-            ce = F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing)
-            e = self.expected(space)
-            bl = budget_loss(e, self.target, band=self.budget_band)
-            loss = ce + self.budget_weight * bl.to(ce.dtype)
-            scaled = self.arch_scaler.scale(loss) if self.arch_scaler is not None else loss
-            grads = torch.autograd.grad(scaled, self.alphas, allow_unused=True)
+            with self._clock("arch budget"):
+                ce = F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing)
+                e = self.expected(space)
+                bl = budget_loss(e, self.target, band=self.budget_band)
+                loss = ce + self.budget_weight * bl.to(ce.dtype)
+            with self._clock("arch backward"):
+                scaled = self.arch_scaler.scale(loss) if self.arch_scaler is not None else loss
+                grads = torch.autograd.grad(scaled, self.alphas, allow_unused=True)
         finally:
             space.set_mode("max")
         for a, g in zip(self.alphas, grads):
