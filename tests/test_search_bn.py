@@ -185,3 +185,20 @@ def test_split_holdout_is_disjoint_seeded_and_complete():
     assert b == [int(v) for x, _ in held2 for v in x.view(-1)]
     with pytest.raises(ConfigError):
         split_holdout(loader, 100)
+
+
+def test_official_recipes():
+    from pathlib import Path
+
+    from dmcpfx.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    r50 = load_config(root / "imagenet_resnet50.yaml")
+    assert (r50.search.weight_decay, r50.search.label_smoothing, r50.derive.mode) == (1e-4, 0.0, "expected")
+    assert (r50.search.lr, r50.search.min_lr, r50.search.markov_schedule) == (0.5, 0.08, "official")
+    mb = load_config(root / "imagenet_mobilenet_v2.yaml")
+    assert mb.model.kwargs == {"width_mult": 1.5} and mb.derive.mode == "expected"
+    assert (mb.search.lr_warmup_start, mb.search.lr, mb.search.lr_warmup_steps) == (0.2, 0.5, 1000)
+    assert (mb.search.weight_decay, mb.search.label_smoothing) == (4e-5, 0.1)
+    for path in (root / "imagenet_resnet50.yaml", root / "imagenet_mobilenet_v2.yaml"):
+        assert "deviations" in path.read_text(encoding="utf-8")
