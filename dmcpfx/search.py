@@ -37,8 +37,6 @@ seeded identically on every rank; a plain ``DataLoader`` is rebuilt with a
 """
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -46,7 +44,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .bn import BN_STATS, recalibrate_bn  # noqa: F401  (re-exported)
@@ -54,24 +51,29 @@ from .budget import exact_flops, exact_params, expected_flops, expected_params, 
 from .errors import ConfigError
 from .evaluation import evaluate
 from .schedule import check_markov_schedule, markov_prob
+from .search_state import (  # noqa: F401  (CHECKPOINT_FORMAT re-exported)
+    CHECKPOINT_FORMAT,
+    _check_resumable,
+    _distributed_loader,
+    _gather_rng,
+    _load_state,
+    _loader_generators,
+)
 from .search_step import SearchStep, _amp_dtype, _autocast, distill_loss, to_device  # noqa: F401  (re-exported)
 from .training import (
     DistContext,
     MetricsWriter,
-    capture_rng_state,
     cosine_schedule,
     ddp_wrap,
     distributed_context,
     load_checkpoint,
     param_groups,
-    restore_rng_state,
     save_checkpoint,
     seed_everything,
 )
 
 __all__ = ["SearchResult", "SearchStep", "evaluate", "search"]
 
-CHECKPOINT_FORMAT = "dmcpfx-search/1"
 
 
 # --- small helpers ---------------------------------------------------------------------
@@ -139,52 +141,6 @@ class SearchResult:
         return self.expected
 
 
-def _loader_generators(loader: Any) -> list[torch.Generator]:
-    gens: list[torch.Generator] = []
-    for obj in (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
-        g = getattr(obj, "generator", None)
-        if isinstance(g, torch.Generator) and all(g is not h for h in gens):
-            gens.append(g)
-    return gens
-
-
-def _distributed_loader(loader: Any, ctx: DistContext, seed: int) -> Any:
-    """Rebuild a plain DataLoader with a DistributedSampler (one shard per rank)."""
-    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
-
-    if not ctx.distributed or isinstance(getattr(loader, "sampler", None), DistributedSampler):
-        return loader
-    if not isinstance(loader, DataLoader) or loader.batch_size is None or type(loader.batch_sampler) is not BatchSampler:
-        raise ConfigError(
-            "under torchrun the train loader must be a DataLoader with batch_size (it is rebuilt with a "
-            "DistributedSampler) or already use a DistributedSampler"
-        )
-    sampler = DistributedSampler(
-        loader.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
-        shuffle=isinstance(loader.sampler, RandomSampler), seed=seed,
-    )
-    kwargs = dict(
-        batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-        timeout=loader.timeout, worker_init_fn=loader.worker_init_fn, generator=loader.generator,
-    )
-    if loader.num_workers > 0:
-        kwargs.update(persistent_workers=loader.persistent_workers, prefetch_factor=loader.prefetch_factor)
-    return DataLoader(loader.dataset, **kwargs)
-
-
-def _gather_rng(ctx: DistContext) -> list[dict]:
-    """Every rank's RNG state (rank order); a collective under torchrun."""
-    state = capture_rng_state()
-    if not ctx.distributed:
-        return [state]
-    import torch.distributed as dist
-
-    states: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(states, state)
-    return states
-
-
 def _expected_widths(space: Any) -> dict[str, float]:
     with torch.no_grad():
         return {gid: float(g.expected_width()) for gid, g in space.gates().items()}
@@ -205,35 +161,6 @@ def _check_budget(space: Any, target_flops: int | float | str, budget_metric: st
             f"(every group at its minimum width); raise the target or lower min_ratio in instrument()"
         )
     return target, full
-
-
-def _check_resumable(loaded: Mapping[str, Any], config: Mapping[str, Any], path: Path) -> None:
-    if loaded.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path} is not a dmcpfx search checkpoint (format {loaded.get('format')!r})")
-    for key, value in config.items():
-        old = loaded["config"].get(key)
-        same = old == value or (
-            isinstance(value, float) and isinstance(old, float) and math.isclose(old, value, rel_tol=1e-12)
-        )
-        if not same and key != "world_size":  # a different world size resumes, not bit-exactly
-            raise ConfigError(f"cannot resume {path}: {key} was {old!r}, now {value!r}")
-
-
-def _load_state(loaded: Mapping[str, Any], stateful: Mapping[str, Any], generator: torch.Generator,
-                train_loader: Any, ctx: DistContext, seed: int) -> None:
-    for key, obj in stateful.items():
-        if obj is not None and loaded.get(key):
-            obj.load_state_dict(loaded[key])
-    generator.set_state(loaded["subnet_rng"])
-    gens = _loader_generators(train_loader)
-    if len(gens) == len(loaded["loader_rng"]):
-        for g, s in zip(gens, loaded["loader_rng"]):
-            g.set_state(s)
-    rng = loaded["rng"]
-    if len(rng) == ctx.world_size:
-        restore_rng_state(rng[ctx.rank])
-    else:  # elastic resume: reproducible, not bit-identical to an uninterrupted run
-        seed_everything(seed + ctx.rank + 1000 * int(loaded["epoch"]))
 
 
 def search(
