@@ -202,3 +202,31 @@ def test_official_recipes():
     assert (mb.search.weight_decay, mb.search.label_smoothing) == (4e-5, 0.1)
     for path in (root / "imagenet_resnet50.yaml", root / "imagenet_mobilenet_v2.yaml"):
         assert "deviations" in path.read_text(encoding="utf-8")
+
+
+def test_pipeline_direct_derive_ranks_on_held_out_training_images(tmp_path, monkeypatch):
+    """The pipeline's direct derive gets a held-out TRAINING loader, never the validation split."""
+    import importlib
+
+    from dmcpfx.config import load_config
+    from dmcpfx.pipeline import run_pipeline
+
+    cfg = load_config(None, ["search.epochs=2", "data.train_subset=160", "data.image_size=16", "data.batch_size=32",
+                             "derive.mode=direct", "derive.holdout_images=32", "derive.tolerance=0.05",
+                             "run.progress=false", f"run.dir={tmp_path}", "run.name=direct"])
+    derive_mod = importlib.import_module("dmcpfx.derive")  # the package attribute is the function
+    seen = {}
+    real = derive_mod.derive
+
+    def spy(space, mode="expected", **kw):
+        seen.update(kw)
+        return real(space, mode, **kw)
+
+    monkeypatch.setattr(derive_mod, "derive", spy)
+    run_pipeline(cfg, stages=("analyze", "search", "derive"))
+    held, calib = seen["val_loader"], seen["calib_loader"]
+    held_idx = set(held.dataset.indices)
+    train_idx = set(calib.dataset.indices)
+    assert len(held_idx) == 32 and not held_idx & train_idx and len(held_idx | train_idx) == 160
+    assert seen["calib_batches"] == 5
+    assert (tmp_path / "direct" / "arch.yaml").is_file()
