@@ -1,84 +1,68 @@
-"""Accuracy at equal FLOPs: DMCP vs uniform width vs Torch-Pruning L1 (benchmark Table 1).
+"""Accuracy at equal FLOPs: DMCP (expected and direct) vs uniform width vs Torch-Pruning L1.
 
-Data and model: scikit-learn's bundled digits (embedded, offline) at 16x16 px with a
-CIFAR-style ``examples.models:small_resnet`` (width 16, blocks (2, 2, 2)). Digits alone
-is too easy (the demo reaches 100%, and a 25%-MACs net loses nothing), so the task is
-made hard: "noisy digits" -- grey Gaussian noise of std 2.0 (in units of the normalized
-image's std) on every image, fresh on each training sample and one fixed draw on the
-held-out split, plus random shifts of up to S/8 px on training images; all 1,078
-training images (val_fraction 0.4: 719 held out). Chosen in quick trials of the unpruned
-and uniform nets only (one or two seeds; DMCP and TP-L1 not run): with a 200-500-image
-subset and shifts, or noise std 1, the unpruned net reaches 94-99% and the 25% nets lose
-nothing; with noise std 2 on the full split it reaches about 81% and uniform 25% (from
-scratch) about 1-2 points less. Width 16 (not 8) because with 8-channel groups no single
-uniform ratio (nor a TP ratio) lands within 2% of 50% MACs. 16 px instead of the demo's
-32 px: the images are 8x8 originals, and it is 4x cheaper. The held-out split and the
-noise on it depend only on ``--data-seed``, so every arm and every seed sees the same
-images; the seeds change initialization, shuffling, training noise, sub-net sampling and
-the search.
+Data and model (:mod:`accuracy_arms`): scikit-learn's bundled digits at 16x16 px, "noisy
+digits" (grey Gaussian noise of std 2 in normalized units, fresh on each training sample,
+one fixed draw on the held-out split; random shifts of up to S/8 px on training images;
+val_fraction 0.4: 1,078 training and 719 held-out images), a CIFAR-style
+``examples.models:small_resnet`` (width 16, blocks (2, 2, 2)). The held-out split depends
+only on ``--data-seed``; the seeds change initialization, shuffling, noise, sub-net
+sampling and the search.
 
-Protocol, per seed ``s`` (every knob below is shared by all arms):
+Per seed ``s`` (every knob shared by all arms):
 
-- recipe R = ``dmcpfx.retrain``: SGD nesterov, lr ``--lr`` cosine to 0, weight decay 5e-4,
-  label smoothing 0.1, ``--epochs`` (20) epochs, batch ``--batch-size`` (64). Top-1 is measured once,
-  after the last epoch, on the held-out split (nothing is selected on it).
-- **unpruned**: ``small_resnet`` trained with R from scratch (``init="scratch"``).
-- **DMCP t**: ``instrument`` a fresh model, ``search`` to ``t`` of the full MACs for
-  ``--search-epochs`` (= ``--epochs``) epochs (first half weights only) with the digits demo's
-  hyper-parameters (lr 0.2 -> 0.01, arch lr 0.5 -> 0.1, budget weight 0.1),
-  ``derive(..., "expected")``, ``materialize`` the space (its supernet's sliced weights).
-- **uniform t**: one ratio ``r`` for every prunable group, width ``max(d, round(r*C/d)*d)``
-  (``d`` = the group's divisor); ``r`` by bisection on the exact MACs. Materialized from
-  the trained unpruned model (its LEADING channels).
-- **TP-L1 t**: Torch-Pruning ``MagnitudePruner`` + ``MagnitudeImportance(p=1)`` (local,
-  one pruning ratio per layer, the final ``fc`` ignored) applied to the trained unpruned
-  model; the pruning ratio by bisection on the exact MACs (fresh copy per try).
-- Init policy: every pruned arm then FINE-TUNES its inherited weights with R
-  (``init="inherit"``, same epochs and lr). Before that, DMCP had ``--search-epochs``
-  of search; uniform and TP-L1 had the unpruned model's ``--epochs`` of training.
-- The exact MACs of every compact model are counted with ``dmcpfx.count_flops`` on a
-  1x3xSxS input; an arm outside 2% of its target is flagged loudly.
+- recipe R = ``dmcpfx.retrain``: SGD nesterov, lr ``--lr`` cosine to 0, wd 5e-4, label
+  smoothing 0.1, ``--epochs`` (20) epochs, batch 64; top-1 once, after the last epoch, on
+  the held-out split (nothing is selected on it).
+- **unpruned**: trained with R from scratch. **plain S**: the same, for ``--search-epochs``
+  epochs: the yardstick of the supernet's max width (same epochs as the search).
+- **DMCP t**: ``instrument`` a fresh model; ``search`` to ``t`` of the full MACs for
+  ``--search-epochs`` (first half weights only; official Markov schedule; BN isolated in
+  the architecture step) on the training images minus ``--holdout`` held-out ones; then
+  ``derive`` ``expected`` and ``direct`` (5 in-band Markov samples ranked on the held-out
+  TRAINING images, BN re-estimated on 5 training batches for each). The supernet's max
+  width is scored twice: with the search's own BN statistics and after re-estimation.
+- **uniform t**: one ratio for every group (divisor-respecting), leading channels of the
+  trained unpruned model. **TP-L1 t**: Torch-Pruning ``MagnitudePruner`` (L1, local, fc
+  ignored) on the trained unpruned model; both ratios by bisection on the exact MACs.
+- Two protocols: **inherit** -- every pruned arm fine-tunes its inherited weights with R;
+  **paper** -- DMCP and uniform are retrained with R from scratch (the DMCP paper), TP-L1
+  fine-tunes (its method; the same numbers as in inherit).
+- Exact MACs per image (``dmcpfx.count_flops`` on 1x3xSxS); DMCP must lie within 1% of the
+  target, uniform/TP within 2% (their step functions cannot always do better).
 
-Goal: DMCP >= uniform + 1 point and DMCP >= TP-L1 at 25% MACs (reported, never tuned for).
-
-The official figures (``benchmarks/results/accuracy.md``) come from::
-
-    python benchmarks/accuracy.py --markdown benchmarks/results/accuracy.md
-
-Quick check (what ``tests/test_bench_accuracy.py`` runs)::
-
-    python benchmarks/accuracy.py --smoke
+Goal: DMCP >= uniform + 1 point at 25% MACs in both protocols (reported, never tuned for).
+Figures: ``python benchmarks/accuracy.py --jobs 2 --markdown benchmarks/results/accuracy.md``
+(also writes ``accuracy_widths.png`` next to it). Quick check: ``--smoke``.
 """
 from __future__ import annotations
 
 import argparse
-import copy
-import math
+import dataclasses
 import statistics
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dmcpfx  # noqa: E402
-from dmcpfx.data import DataBundle, digits_loaders  # noqa: E402
+from accuracy_arms import (  # noqa: E402
+    dmcp_search, fresh_model, make_data, tp_compact, train_and_score, uniform_compact,
+)
 from dmcpfx.fileio import write_text_atomic  # noqa: E402
-from dmcpfx.retrain import evaluate  # noqa: E402
-from examples.models import small_resnet  # noqa: E402
+from dmcpfx.holdout import split_holdout  # noqa: E402
 
-TOLERANCE = 0.02  # every arm's exact MACs must lie within 2% of its target
-ARMS = ("dmcp", "uniform", "tp")
-ARM_LABELS = {"full": "unpruned", "dmcp": "DMCP", "uniform": "uniform", "tp": "TP-L1"}
-# the digits demo's search hyper-parameters (examples/digits_demo.yaml)
-DEMO_SEARCH = dict(lr=0.2, min_lr=0.01, arch_lr=0.5, arch_min_lr=0.1, budget_weight=0.1)
+ARMS = ("dmcp", "dmcp_direct", "uniform", "tp")
+LABELS = {"full": "unpruned", "plain_s": "plain, search epochs", "dmcp": "DMCP expected",
+          "dmcp_direct": "DMCP direct", "uniform": "uniform", "tp": "TP-L1"}
+TOLERANCE = {"dmcp": 0.01, "dmcp_direct": 0.01, "uniform": 0.02, "tp": 0.02}
+PROTOCOLS = ("inherit", "paper")
 
 
 @dataclass(frozen=True)
@@ -87,7 +71,6 @@ class Settings:
 
     seeds: tuple[int, ...]
     targets: tuple[float, ...]
-    arms: tuple[str, ...]
     epochs: int
     search_epochs: int
     lr: float
@@ -100,349 +83,284 @@ class Settings:
     val_fraction: float
     data_seed: int
     threads: int
-    init: str = "inherit"  # "inherit": every pruned arm fine-tunes; "paper": DMCP/uniform from scratch, TP-L1 fine-tunes
+    holdout: int
 
 
 @dataclass
 class Arm:
-    """One row of the table: an arch (per seed) and its accuracies."""
+    """One row: per-seed MACs, params, widths and top-1 (%) per protocol."""
 
-    kind: str  # full | dmcp | uniform | tp
-    target: float | None  # ratio of the full MACs (None: unpruned)
+    kind: str
+    target: float | None
     macs: list[int] = field(default_factory=list)
     params: list[int] = field(default_factory=list)
-    top1: list[float] = field(default_factory=list)
     widths: list[list[int]] = field(default_factory=list)
+    top1: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PROTOCOLS})
 
     @property
     def label(self) -> str:
-        name = ARM_LABELS[self.kind]
-        return name if self.target is None else f"{name} {self.target:.0%}"
+        return LABELS[self.kind] if self.target is None else f"{LABELS[self.kind]} {self.target:.0%}"
 
-    def within(self, full_macs: int, tolerance: float = TOLERANCE) -> bool:
-        """Whether every seed's exact MACs lie within ``tolerance`` of the target."""
+    def within(self, full_macs: int) -> bool:
         if self.target is None:
             return True
-        goal = self.target * full_macs
-        return all(abs(m - goal) <= tolerance * goal for m in self.macs)
+        goal, tol = self.target * full_macs, TOLERANCE[self.kind]
+        return all(abs(m - goal) <= tol * goal for m in self.macs)
 
 
-# --------------------------------------------------------------------------- building blocks
-
-
-class GaussianNoise(Dataset):
-    """Adds fresh grey Gaussian noise (std ``sigma``, same on the 3 channels) to every
-    sample it serves; randomness from torch's global RNG (seeded by search / retrain)."""
-
-    def __init__(self, base: Dataset, sigma: float) -> None:
-        self.base, self.sigma = base, sigma
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.base[index]
-        noise = torch.randn(1, *image.shape[1:]) * self.sigma
-        return image + noise, label
-
-
-def fixed_noise(images: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
-    """``images`` plus one fixed draw of grey Gaussian noise (the held-out split)."""
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(images.shape[0], 1, *images.shape[2:], generator=generator) * sigma
-    return images + noise
-
-
-def make_data(s: Settings) -> DataBundle:
-    """Digits (split and subset fixed by ``data_seed``), with noise of std ``s.noise`` in
-    normalized units: fresh on every training sample, one fixed draw on the held-out split."""
-    bundle = digits_loaders(batch_size=s.batch_size, image_size=s.image_size, val_fraction=s.val_fraction,
-                            seed=s.data_seed, train_subset=s.train_subset, augment=s.augment)
-    if s.noise <= 0:
-        return bundle
-    train = DataLoader(GaussianNoise(bundle.train.dataset, s.noise), batch_size=s.batch_size, shuffle=True)
-    val_x, val_y = bundle.val.dataset.tensors
-    val = DataLoader(TensorDataset(fixed_noise(val_x, s.noise, s.data_seed + 12345), val_y),
-                     batch_size=s.batch_size, shuffle=False)
-    return DataBundle(train=train, val=val, num_classes=bundle.num_classes, input_shape=bundle.input_shape)
-
-
-def fresh_model(s: Settings, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return small_resnet(num_classes=10, width=s.width).eval()
-
-
-def train_and_score(model: nn.Module, data: DataBundle, s: Settings, seed: int, init: str) -> float:
-    """Recipe R (same for every arm); returns the held-out top-1 after the last epoch."""
-    dmcpfx.retrain(model, data.train, epochs=s.epochs, lr=s.lr, init=init, seed=seed, device="cpu",
-                   progress=False)
-    return evaluate(model, data.val, "cpu")["top1"]
-
-
-def group_widths(model: nn.Module, group_ids: Sequence[str]) -> list[int]:
-    """Output channels of each group's first producer (group ids are module names)."""
-    return [int(model.get_submodule(gid).out_channels) for gid in group_ids]
-
-
-def dmcp_compact(s: Settings, data: DataBundle, seed: int, target: float, x: torch.Tensor) -> nn.Module:
-    """Search, derive (expected) and materialize; the compact model carries supernet weights."""
-    space = dmcpfx.instrument(fresh_model(s, seed), (x,))
-    dmcpfx.search(space, data.train, target_flops=target, epochs=s.search_epochs, seed=seed, device="cpu",
-                  progress=False, **DEMO_SEARCH)
-    space = space.cpu().eval()
-    widths = dmcpfx.derive(space, "expected", target_flops=target)
-    return dmcpfx.materialize(space, widths, (x,))
-
-
-def bisect_ratio(macs_at: Callable[[float], int], goal: float, *, increasing: bool,
-                 iterations: int = 20, good_enough: float = 0.002) -> float:
-    """The ratio in [0, 1] whose (step-function) MACs are closest to ``goal``.
-
-    ``macs_at`` is monotone in the ratio (``increasing`` says which way). Stops early
-    when a ratio lands within ``good_enough`` (relative) of the goal.
-    """
-    lo, hi = 0.0, 1.0
-    best_ratio, best_err = 0.5, math.inf
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        macs = macs_at(mid)
-        err = abs(macs - goal) / goal
-        if err < best_err:
-            best_ratio, best_err = mid, err
-        if err <= good_enough:
-            break
-        if (macs < goal) == increasing:
-            lo = mid
-        else:
-            hi = mid
-    return best_ratio
-
-
-def uniform_widths(space: dmcpfx.SearchSpace, ratio: float) -> dict[str, int]:
-    """One width ratio for every prunable group, respecting each group's divisor."""
-    widths = {}
-    for gid, info in space.groups.items():
-        d = max(1, info.divisor)
-        widths[gid] = min(info.width, max(d, round(ratio * info.width / d) * d))
-    return widths
-
-
-def uniform_compact(space: dmcpfx.SearchSpace, trained: nn.Module, target: float, x: torch.Tensor) -> nn.Module:
-    goal = target * space.full_flops
-    ratio = bisect_ratio(lambda r: int(space.flops(uniform_widths(space, r))), goal, increasing=True)
-    return dmcpfx.materialize(trained, uniform_widths(space, ratio), (x,))
-
-
-def tp_prune(model: nn.Module, x: torch.Tensor, pruning_ratio: float) -> nn.Module:
-    """L1-magnitude channel pruning of a copy of ``model`` (Torch-Pruning, local ratios)."""
-    import torch_pruning as tp
-
-    pruned = copy.deepcopy(model).eval()
-    pruner = tp.pruner.MagnitudePruner(
-        pruned, x, importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=pruning_ratio, ignored_layers=[pruned.fc],
-    )
-    pruner.step()
-    return pruned
-
-
-def tp_compact(trained: nn.Module, x: torch.Tensor, full_macs: int, target: float) -> nn.Module:
-    goal = target * full_macs
-    ratio = bisect_ratio(lambda p: dmcpfx.count_flops(tp_prune(trained, x, p), x), goal, increasing=False)
-    return tp_prune(trained, x, ratio)
-
-
-# --------------------------------------------------------------------------- the protocol
-
-
-def record(arm: Arm, model: nn.Module, x: torch.Tensor, group_ids: Sequence[str], top1: float) -> None:
+def _record(arm: Arm, model, x, ids) -> None:
     arm.macs.append(dmcpfx.count_flops(model, x))
     arm.params.append(dmcpfx.count_params(model))
-    arm.widths.append(group_widths(model, group_ids))
-    arm.top1.append(top1)
+    arm.widths.append([int(model.get_submodule(g).out_channels) for g in ids])
 
 
-def run_seed(s: Settings, data: DataBundle, seed: int, arms: Mapping[tuple[str, float | None], Arm],
-             space: dmcpfx.SearchSpace, x: torch.Tensor, log: Callable[[str], None]) -> None:
-    """All arms of one seed; appends to ``arms``."""
-    ids = list(space.groups)
-    t0 = time.perf_counter()
-    full = fresh_model(s, seed)
-    top1 = train_and_score(full, data, s, seed, init="scratch")
-    record(arms[("full", None)], full, x, ids, top1)
-    full = full.cpu().eval()
-    log(f"seed {seed}: unpruned {top1:.2f}% ({time.perf_counter() - t0:.0f}s)")
-    for target in s.targets:
-        builders = {
-            "dmcp": lambda: dmcp_compact(s, data, seed, target, x),
-            "uniform": lambda: uniform_compact(space, full, target, x),
-            "tp": lambda: tp_compact(full, x, space.full_flops, target),
-        }
-        for kind in s.arms:
-            t0 = time.perf_counter()
-            compact = builders[kind]()
-            macs = dmcpfx.count_flops(compact, x)
-            init = "inherit" if (s.init == "inherit" or kind == "tp") else "scratch"
-            top1 = train_and_score(compact, data, s, seed, init=init)
-            record(arms[(kind, target)], compact.cpu(), x, ids, top1)
-            log(f"seed {seed}: {arms[(kind, target)].label}: {macs / space.full_flops:.1%} MACs, "
-                f"top-1 {top1:.2f}% ({time.perf_counter() - t0:.0f}s)")
-
-
-# --------------------------------------------------------------------------- reporting
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def header(s: Settings, full_macs: int, seconds: float | None = None) -> list[str]:
-    subset = "all" if s.train_subset is None else str(s.train_subset)
-    lines = [
-        f"Accuracy at equal FLOPs on digits ({s.image_size}x{s.image_size}), "
-        f"small_resnet(width={s.width}, blocks=(2,2,2)), full {full_macs / 1e6:.2f} MMACs",
-        f"data: train_subset={subset} augment={s.augment} (shift <= S/8) noise_std={s.noise} val_fraction={s.val_fraction} "
-        f"data_seed={s.data_seed}; seeds={list(s.seeds)}",
-        f"recipe R (all arms): dmcpfx.retrain {s.epochs} epochs, lr {s.lr} cosine, wd 5e-4, label smoothing 0.1, "
-        f"batch {s.batch_size}; top-1 after the last epoch on the held-out split",
-        f"before R: unpruned from scratch; DMCP: {s.search_epochs} search epochs (demo hyper-parameters), "
-        f"expected derivation, supernet weights; uniform / TP-L1: the unpruned model's {s.epochs} epochs, "
-        f"then pruned (uniform: leading channels; TP-L1: MagnitudePruner p=1, local, fc ignored)",
-        ("pruned arms: init=inherit (fine-tune with R); MACs" if s.init == "inherit" else
-         "pruned arms (--init paper, the DMCP paper's protocol): DMCP and uniform retrained with R from scratch, "
-         "TP-L1 fine-tunes its pruned trained model (its method); MACs")
-        + ": dmcpfx.count_flops at 1x3xSxS; "
-        f"tolerance {TOLERANCE:.0%} of the target",
-        f"torch {torch.__version__}, torch-pruning {_tp_version()}, threads {s.threads}"
-        + ("" if seconds is None else f", wall {seconds / 60:.1f} min"),
-    ]
-    return lines
-
-
-def _tp_version() -> str:
-    try:
-        import torch_pruning as tp
-
-        return str(getattr(tp, "__version__", "?"))
-    except ImportError:
-        return "not installed"
-
-
-def table(arms: Sequence[Arm], full_macs: int) -> list[str]:
-    """Markdown table: MACs, params, top-1 mean +- std, per-seed values."""
-    rows = ["| arch | MMACs | % of full | params (k) | top-1 % (mean ± std) | per seed |",
-            "|---|---:|---:|---:|---:|---|"]
-    for arm in arms:
-        macs = statistics.fmean(arm.macs)
-        mean, std = mean_std(arm.top1)
-        flag = "" if arm.within(full_macs) else " **(MACs off target!)**"
-        seeds = ", ".join(f"{v:.2f}" for v in arm.top1)
-        rows.append(f"| {arm.label}{flag} | {macs / 1e6:.2f} | {macs / full_macs:.1%} | "
-                    f"{statistics.fmean(arm.params) / 1e3:.1f} | {mean:.2f} ± {std:.2f} | {seeds} |")
-    return rows
-
-
-def widths_section(arms: Sequence[Arm], group_ids: Sequence[str]) -> list[str]:
-    lines = ["Widths per prunable group (" + ", ".join(group_ids) + "), one list per seed:"]
-    for arm in arms:
-        lines.append(f"- {arm.label}: " + "; ".join(str(w) for w in arm.widths))
-    return lines
-
-
-def verdict(arms: Mapping[tuple[str, float | None], Arm], targets: Sequence[float]) -> list[str]:
-    """The goal check: DMCP >= uniform + 1 point and >= TP-L1 at the smallest target."""
-    t = min(targets)
-    need = {"dmcp", "uniform", "tp"}
-    if not all((k, t) in arms and arms[(k, t)].top1 for k in need):
-        return []
-    d, u, p = (statistics.fmean(arms[(k, t)].top1) for k in ("dmcp", "uniform", "tp"))
-    ok_u, ok_p = d >= u + 1.0, d >= p
-    return [f"Goal at {t:.0%} MACs: DMCP >= uniform + 1 point: {'MET' if ok_u else 'NOT MET'} "
-            f"({d:.2f} vs {u:.2f}, {d - u:+.2f}); DMCP >= TP-L1: {'MET' if ok_p else 'NOT MET'} "
-            f"({d:.2f} vs {p:.2f}, {d - p:+.2f})"]
-
-
-def check_macs(arms: Sequence[Arm], full_macs: int) -> list[str]:
-    """Loud warnings for every arm whose exact MACs miss its target by more than 2%."""
-    out = []
-    for arm in arms:
-        if not arm.within(full_macs):
-            ratios = ", ".join(f"{m / full_macs:.2%}" for m in arm.macs)
-            out.append(f"WARNING: {arm.label} is NOT within {TOLERANCE:.0%} of its target "
-                       f"{arm.target:.0%}: MACs ratios {ratios}")
-    for line in out:
-        warnings.warn(line, stacklevel=2)
-    return out
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.25], help="ratios of the full MACs")
-    ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="pruned arms to run")
-    ap.add_argument("--epochs", type=int, default=20, help="recipe R: epochs of every (re)training")
-    ap.add_argument("--search-epochs", type=int, default=None, help="DMCP search epochs (default: --epochs)")
-    ap.add_argument("--lr", type=float, default=0.1, help="recipe R: peak learning rate")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--train-subset", type=int, default=0, help="training images kept (0: all)")
-    ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                    help="random shifts of up to S/8 px on training images")
-    ap.add_argument("--noise", type=float, default=2.0,
-                    help="std of the Gaussian noise on every image, in normalized units (0: none)")
-    ap.add_argument("--image-size", type=int, default=16)
-    ap.add_argument("--width", type=int, default=16, help="small_resnet base width")
-    ap.add_argument("--val-fraction", type=float, default=0.4)
-    ap.add_argument("--data-seed", type=int, default=0, help="seeds the split and the subset")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--markdown", type=Path, default=None, help="also write the table there (atomically)")
-    ap.add_argument("--init", choices=["inherit", "paper"], default="inherit",
-                    help="inherit: all pruned arms fine-tune inherited weights; paper: DMCP and uniform from scratch")
-    ap.add_argument("--smoke", action="store_true", help="tiny run for the test: 1 seed, 1 epoch, tiny subset")
-    args = ap.parse_args(argv)
-    if args.smoke:
-        args.seeds, args.epochs, args.search_epochs = args.seeds[:1], 1, 1
-        args.train_subset, args.image_size, args.width, args.batch_size = 40, 16, 16, 20
-    subset = args.train_subset or None
-    return Settings(
-        seeds=tuple(args.seeds), targets=tuple(args.targets), arms=tuple(args.arms), epochs=args.epochs,
-        search_epochs=args.search_epochs or args.epochs, lr=args.lr, batch_size=args.batch_size,
-        train_subset=subset, augment=args.augment, noise=args.noise, image_size=args.image_size, width=args.width,
-        val_fraction=args.val_fraction, data_seed=args.data_seed, threads=args.threads, init=args.init,
-    ), args.markdown
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
-    """Run the benchmark; print the table; return ``{label: {target, macs, top1, within}}``."""
-    s, markdown = parse_args(argv)
+def run_seed(s: Settings, seed: int) -> dict[str, Any]:
+    """Every arm of one seed (self-contained: a worker process can run it)."""
     torch.set_num_threads(s.threads)
-    started = time.perf_counter()
     data = make_data(s)
     x = torch.randn(1, 3, s.image_size, s.image_size)
     space = dmcpfx.instrument(fresh_model(s, 0), (x,))
-    full_macs = dmcpfx.count_flops(fresh_model(s, 0), x)
-    print("\n".join(header(s, full_macs)), flush=True)
-
-    arms: dict[tuple[str, float | None], Arm] = {("full", None): Arm("full", None)}
+    ids = list(space.groups)
+    arms: dict[tuple, Arm] = {("full", None): Arm("full", None), ("plain_s", None): Arm("plain_s", None)}
+    supernet: list[dict] = []
+    log = lambda m: print(f"seed {seed}: {m}", flush=True)  # noqa: E731
+    t0 = time.perf_counter()
+    full = fresh_model(s, seed)
+    top1 = train_and_score(full, data, s, seed, init="scratch")
+    _record(arms[("full", None)], full, x, ids)
+    for p in PROTOCOLS:
+        arms[("full", None)].top1[p].append(top1)
+    full = full.cpu().eval()
+    plain = fresh_model(s, seed)
+    plain_top1 = train_and_score(plain, data, s, seed, init="scratch", epochs=s.search_epochs)
+    _record(arms[("plain_s", None)], plain, x, ids)
+    for p in PROTOCOLS:
+        arms[("plain_s", None)].top1[p].append(plain_top1)
+    log(f"unpruned {top1:.2f}%, plain {s.search_epochs} epochs {plain_top1:.2f}% ({time.perf_counter() - t0:.0f}s)")
+    search_train, holdout = split_holdout(data.train, s.holdout, seed=s.data_seed)
     for target in s.targets:
-        for kind in s.arms:
-            arms[(kind, target)] = Arm(kind, target)
-    for seed in s.seeds:
-        run_seed(s, data, seed, arms, space, x, log=lambda m: print(m, flush=True))
+        t0 = time.perf_counter()
+        out = dmcp_search(s, data, search_train, holdout, seed, target, x)
+        supernet.append(dict(target=target, own=out.own_bn_top1, recal=out.recal_top1, plain=plain_top1,
+                             expected_widths=out.expected_widths))
+        log(f"search {target:.0%}: max width own BN {out.own_bn_top1:.2f}%, re-estimated {out.recal_top1:.2f}% "
+            f"({time.perf_counter() - t0:.0f}s)")
+        compacts = {"dmcp": out.expected, "dmcp_direct": out.direct,
+                    "uniform": uniform_compact(space, full, target, x),
+                    "tp": tp_compact(full, x, space.full_flops, target)}
+        for kind, compact in compacts.items():
+            arm = arms.setdefault((kind, target), Arm(kind, target))
+            _record(arm, compact, x, ids)
+            for protocol in PROTOCOLS:
+                t1 = time.perf_counter()
+                if protocol == "paper" and kind == "tp":  # TP-L1 always fine-tunes: same as inherit
+                    arm.top1["paper"].append(arm.top1["inherit"][-1])
+                    continue
+                init = "inherit" if protocol == "inherit" else "scratch"
+                model = compact if protocol == "paper" else _copy(compact)
+                score = train_and_score(model, data, s, seed, init=init)
+                arm.top1[protocol].append(score)
+                log(f"{arm.label} [{protocol}]: {arm.macs[-1] / space.full_flops:.2%} MACs, top-1 {score:.2f}% "
+                    f"({time.perf_counter() - t1:.0f}s)")
+    # plain data only: a spawned worker's classes live in __mp_main__, which the parent cannot unpickle
+    return {"arms": [dataclasses.asdict(a) for a in arms.values()], "supernet": supernet}
 
-    ordered = list(arms.values())
-    warn_lines = check_macs(ordered, full_macs)
-    lines = (header(s, full_macs, time.perf_counter() - started) + [""] + table(ordered, full_macs) + [""]
-             + verdict(arms, s.targets) + warn_lines + [""] + widths_section(ordered, list(space.groups)))
+
+def _run_and_save(job: tuple[Settings, int, Path | None]) -> tuple[int, dict[str, Any]]:
+    s, seed, seed_dir = job
+    res = run_seed(s, seed)
+    if seed_dir is not None:
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        tmp = seed_dir / f"seed{seed}.pt.tmp"
+        torch.save(res, tmp)
+        tmp.replace(seed_dir / f"seed{seed}.pt")
+    return seed, res
+
+
+def _copy(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def merge(results: Sequence[Mapping[str, Any]]) -> tuple[dict[tuple, Arm], list[dict]]:
+    """Per-seed results (seed order) -> one Arm per row, and the supernet records."""
+    arms: dict[tuple, Arm] = {}
+    supernet: list[dict] = []
+    for res in results:
+        for arm in res["arms"]:
+            into = arms.setdefault((arm["kind"], arm["target"]), Arm(arm["kind"], arm["target"]))
+            into.macs += arm["macs"]
+            into.params += arm["params"]
+            into.widths += arm["widths"]
+            for p in PROTOCOLS:
+                into.top1[p] += arm["top1"][p]
+        supernet += res["supernet"]
+    return arms, supernet
+
+
+# --------------------------------------------------------------------------- reporting
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(values: Sequence[float]) -> str:
+    m, sd = mean_std(values)
+    return f"{m:.2f} ± {sd:.2f}"
+
+
+def table(arms: Sequence[Arm], full_macs: int) -> list[str]:
+    rows = ["| arch | MMACs / image | % of full | params (k) | inherit: top-1 % | paper: top-1 % | per seed (inherit; paper) |",
+            "|---|---:|---:|---:|---:|---:|---|"]
+    for arm in arms:
+        macs = statistics.fmean(arm.macs)
+        flag = "" if arm.within(full_macs) else " **(MACs off target!)**"
+        seeds = "; ".join(", ".join(f"{v:.1f}" for v in arm.top1[p]) for p in PROTOCOLS)
+        rows.append(f"| {arm.label}{flag} | {macs / 1e6:.3f} | {macs / full_macs:.2%} | "
+                    f"{statistics.fmean(arm.params) / 1e3:.1f} | {fmt(arm.top1['inherit'])} | "
+                    f"{fmt(arm.top1['paper'])} | {seeds} |")
+    return rows
+
+
+def supernet_lines(supernet: Sequence[dict]) -> list[str]:
+    out = ["Supernet at max width after the search (top-1 %, mean ± std over seeds and targets):"]
+    own, recal, plain = ([r[k] for r in supernet] for k in ("own", "recal", "plain"))
+    gap_bn = [r["recal"] - r["own"] for r in supernet]
+    gap_plain = [r["plain"] - r["recal"] for r in supernet]
+    out += [f"- own BN statistics: {fmt(own)}; BN re-estimated (5 batches): {fmt(recal)}; "
+            f"re-estimated minus own: {fmt(gap_bn)} (target: within 5 points: "
+            f"{'MET' if max(abs(g) for g in gap_bn) <= 5 else 'NOT MET'})",
+            f"- plain model trained for the search's epochs: {fmt(plain)}; plain minus supernet (re-estimated): "
+            f"{fmt(gap_plain)} (target: within 1 point: {'MET' if statistics.fmean(gap_plain) <= 1 else 'NOT MET'})"]
+    return out
+
+
+def verdict(arms: Mapping[tuple, Arm], target: float) -> list[str]:
+    out = []
+    u = arms.get(("uniform", target))
+    for protocol in PROTOCOLS:
+        for kind in ("dmcp", "dmcp_direct"):
+            d = arms.get((kind, target))
+            if d is None or u is None:
+                continue
+            dm, um = statistics.fmean(d.top1[protocol]), statistics.fmean(u.top1[protocol])
+            out.append(f"Goal at {target:.0%} MACs [{protocol}]: {LABELS[kind]} >= uniform + 1 point: "
+                       f"{'MET' if dm >= um + 1.0 else 'NOT MET'} ({dm:.2f} vs {um:.2f}, {dm - um:+.2f})")
+    return out
+
+
+def plot_wider(arms: Mapping[tuple, Arm], ids: Sequence[str], full: Sequence[int], targets: Sequence[float],
+               path: Path) -> None:
+    """Bars: DMCP (expected) width / full width per group, mean over seeds, against uniform."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(targets), 1, figsize=(10, 3.2 * len(targets)), squeeze=False)
+    xs = range(len(ids))
+    for ax, t in zip(axes[:, 0], targets):
+        d = [statistics.fmean(w[i] for w in arms[("dmcp", t)].widths) / full[i] for i in xs]
+        u = [statistics.fmean(w[i] for w in arms[("uniform", t)].widths) / full[i] for i in xs]
+        ax.bar([i - 0.2 for i in xs], d, 0.4, label="DMCP expected (mean of seeds)",
+               color=["tab:green" if a > b else "tab:red" for a, b in zip(d, u)])
+        ax.bar([i + 0.2 for i in xs], u, 0.4, label="uniform", color="tab:gray")
+        ax.set_ylabel(f"kept / full at {t:.0%} MACs")
+        ax.set_xticks(list(xs), [f"{g}\n({c})" for g, c in zip(ids, full)], rotation=60, ha="right", fontsize=7)
+        ax.legend(fontsize=8, title="green: DMCP wider than uniform", title_fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- command line
+def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None, tuple[int, Path | None, bool]]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.25], help="ratios of the full MACs")
+    ap.add_argument("--epochs", type=int, default=20, help="recipe R: epochs of every (re)training")
+    ap.add_argument("--search-epochs", type=int, default=30, help="DMCP search epochs (and of the plain yardstick)")
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--train-subset", type=int, default=0, help="training images kept (0: all)")
+    ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--noise", type=float, default=2.0)
+    ap.add_argument("--image-size", type=int, default=16)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--val-fraction", type=float, default=0.4)
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--holdout", type=int, default=128, help="training images held out of the search for direct")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run in that many processes")
+    ap.add_argument("--markdown", type=Path, default=None, help="also write the report there (+ a widths PNG)")
+    ap.add_argument("--seed-dir", type=Path, default=None,
+                    help="save each finished seed there (seed<N>.pt) and reuse the saved ones (a killed run resumes)")
+    ap.add_argument("--report-only", action="store_true", help="with --seed-dir: report the saved seeds, run nothing")
+    ap.add_argument("--smoke", action="store_true", help="tiny run for the test")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.seeds, a.epochs, a.search_epochs, a.train_subset, a.batch_size, a.holdout = a.seeds[:1], 1, 2, 60, 20, 20
+    return Settings(
+        seeds=tuple(a.seeds), targets=tuple(a.targets), epochs=a.epochs, search_epochs=a.search_epochs, lr=a.lr,
+        batch_size=a.batch_size, train_subset=a.train_subset or None, augment=a.augment, noise=a.noise,
+        image_size=a.image_size, width=a.width, val_fraction=a.val_fraction, data_seed=a.data_seed,
+        threads=a.threads, holdout=a.holdout,
+    ), a.markdown, (a.jobs, a.seed_dir, a.report_only)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run; print the report; return ``{"arms": {label: {...}}, "supernet": [...]}``."""
+    s, markdown, (jobs, seed_dir, report_only) = parse_args(argv)
+    torch.set_num_threads(s.threads)
+    started = time.perf_counter()
+    saved = {}
+    if seed_dir is not None:
+        for seed in s.seeds:
+            f = seed_dir / f"seed{seed}.pt"
+            if f.is_file():
+                saved[seed] = torch.load(f, weights_only=False)
+    todo = [] if report_only else [seed for seed in s.seeds if seed not in saved]
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(jobs) as pool:
+            for seed, res in pool.imap_unordered(_run_and_save, [(s, seed, seed_dir) for seed in todo]):
+                saved[seed] = res
+    else:
+        for seed in todo:
+            saved[seed] = _run_and_save((s, seed, seed_dir))[1]
+    if not saved:
+        raise SystemExit("no seed finished")
+    results = [saved[seed] for seed in s.seeds if seed in saved]
+    s = dataclasses.replace(s, seeds=tuple(seed for seed in s.seeds if seed in saved))
+    arms, supernet = merge(results)
+    x = torch.randn(1, 3, s.image_size, s.image_size)
+    space = dmcpfx.instrument(fresh_model(s, 0), (x,))
+    full_macs, ids = int(space.full_flops), list(space.groups)
+    ordered = sorted(arms.values(), key=lambda a: (a.target is not None, -(a.target or 0), ARMS.index(a.kind)
+                                                     if a.kind in ARMS else -1))
+    warn = [f"WARNING: {a.label} NOT within {TOLERANCE[a.kind]:.0%} of its target" for a in ordered
+            if not a.within(full_macs)]
+    for line in warn:
+        warnings.warn(line, stacklevel=2)
+    lines = [
+        f"Accuracy at equal MACs, noisy digits {s.image_size}px, small_resnet(width={s.width}), "
+        f"full {full_macs / 1e6:.3f} MMACs/image; seeds {list(s.seeds)}; recipe R {s.epochs} epochs lr {s.lr}; "
+        f"search {s.search_epochs} epochs (demo hyper-parameters, official Markov schedule, BN isolated), "
+        f"{s.holdout} training images held out for direct; torch {torch.__version__}, threads {s.threads} x jobs {jobs}, "
+        f"wall {(time.perf_counter() - started) / 60:.1f} min", "",
+    ] + table(ordered, full_macs) + [""] + supernet_lines(supernet) + [""]
+    lines += verdict(arms, min(s.targets)) + warn + ["", "Widths per group (" + ", ".join(ids) + "), per seed:"]
+    lines += [f"- {a.label}: " + "; ".join(str(w) for w in a.widths) for a in ordered if a.target is not None]
     text = "\n".join(lines) + "\n"
     print("\n" + text, end="", flush=True)
     if markdown is not None:
         write_text_atomic(markdown, text)
-    return {arm.label: {"target": arm.target, "macs": arm.macs, "top1": arm.top1,
-                        "within": arm.within(full_macs)} for arm in ordered}
+        full = [int(space.groups[g].width) for g in ids]
+        plot_wider(arms, ids, full, s.targets, markdown.with_name(markdown.stem + "_widths.png"))
+    return {"arms": {a.label: {"target": a.target, "kind": a.kind, "macs": a.macs, "top1": a.top1,
+                               "within": a.within(full_macs)} for a in ordered}, "supernet": supernet}
 
 
 if __name__ == "__main__":

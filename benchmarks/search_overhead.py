@@ -139,9 +139,16 @@ def main(argv: list[str] | None = None) -> None:
 
     plain = time_steps(plain_step, args.steps, args.warmup, device)
     rows = [("plain", "-", plain)]
+    phases: dict[str, dict[str, float]] = {}
     for name, fn in (("warm-up step", warm_step), ("arch-phase step", arch_step)):
         for mode, stepper in steppers.items():
-            rows.append((name, mode, time_steps(lambda: fn(stepper), args.steps, args.warmup, device)))
+            for _ in range(args.warmup):
+                fn(stepper)
+            stepper.timings = {}
+            rows.append((name, mode, time_steps(lambda: fn(stepper), args.steps, 0, device)))
+            if name == "arch-phase step":
+                phases[mode] = {k: v / args.steps for k, v in stepper.timings.items()}
+            stepper.timings = None
 
     lines = [
         f"model={args.model} input={args.batch}x3x{args.size}x{args.size} device={device} amp={args.amp} "
@@ -156,6 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     by = {(n, m): s for n, m, s in rows}
     for name in ("warm-up step", "arch-phase step"):
         lines.append(f"{name}: sliced / masked = {by[(name, 'sliced')] / by[(name, 'masked')]:.2f}")
+    lines += ["", "Where the time of one arch-phase step goes (forward + backward of each sub-net; "
+              "`random` is both random sub-nets, Markov probability 0.5):", "",
+              "| phase | masked s | masked x plain | sliced s | sliced x plain |", "|---|---:|---:|---:|---:|"]
+    for phase in phases.get("sliced", {}):
+        m, sl = phases["masked"].get(phase, 0.0), phases["sliced"][phase]
+        lines.append(f"| {phase} | {m:.4f} | {m / plain:.2f} | {sl:.4f} | {sl / plain:.2f} |")
     text = "\n".join(lines)
     print(text)
     if args.markdown:

@@ -65,7 +65,11 @@ class DataConfig:
 class SearchConfig:
     """DMCP search (DESIGN.md section 5). ``target``: budget in MACs, ratio ``0.5``/``"50%"`` or
     absolute ``"2G"``/``"300M"``. ``epochs``: total, the first ``warmup_epochs`` (null: half)
-    train weights only. ``divisor``/``min_ratio``/``step``: gate candidates (instrument)."""
+    train weights only. ``divisor``/``min_ratio``/``step``: gate candidates (instrument).
+    ``lr_warmup_start``: weight lr at the first warm-up step. ``calib_batches``: training
+    batches for every BatchNorm re-estimation. ``markov_schedule``: official
+    (``1 - markov_decay^step``) | linear (to ``markov_prob_final``). ``bn_stats``: max | all
+    (which weight-step forwards update the BN running statistics; see dmcpfx.bn)."""
 
     target: Union[str, float, int] = "50%"
     epochs: int = 8
@@ -76,6 +80,7 @@ class SearchConfig:
     lr: float = 0.2
     min_lr: float = 0.01
     lr_warmup_steps: int = 0
+    lr_warmup_start: float = 0.0
     weight_decay: float = 4e-5
     arch_lr: float = 0.5
     arch_min_lr: float = 0.1
@@ -83,6 +88,10 @@ class SearchConfig:
     num_random: int = 2
     label_smoothing: float = 0.0
     calib_batches: int = 5
+    markov_schedule: str = "official"
+    markov_decay: float = 0.9999
+    markov_prob_final: float = 1.0
+    bn_stats: str = "max"
     amp: Union[str, None] = None
     channels_last: bool = False
     seed: int = 0
@@ -92,11 +101,13 @@ class SearchConfig:
 @dataclass
 class DeriveConfig:
     """``mode``: expected | direct. ``tolerance``: relative band around the target.
-    ``samples``: direct mode, in-band samples ranked on validation."""
+    ``samples``: direct mode, in-band samples ranked on ``holdout_images`` training images
+    held out from the search (never on the reported validation split)."""
 
     mode: str = "expected"
     tolerance: float = 0.01
     samples: int = 5
+    holdout_images: int = 256
 
 
 @dataclass

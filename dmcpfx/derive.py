@@ -3,14 +3,20 @@
 Two modes, both returning ``{group id: width}`` for every prunable group and meeting the
 budget (exact count ``<= target * (1 + tolerance)``):
 
-- ``"expected"``: round each gate's ``E[c]`` to the nearest candidate width of its group
-  (candidates are multiples of the gate step / divisor), then adjust greedily -- one
-  candidate up or down in one group per move -- until the exact count is within
-  ``tolerance`` of the target;
+- ``"expected"`` (official): round each gate's ``E[c]`` to the nearest multiple of its
+  group's divisor (the official code writes ``round(E[c])``; divisor 1 is exactly that),
+  clamped to ``[min_ch, C]``. When the exact count misses the band
+  ``[target * (1 - tolerance), target * (1 + tolerance)]``, make the SMALLEST change that
+  meets it: moves of one divisor step in one group, each time the move that lands in the
+  band (closest to the rounded widths, then to the target) or else the one that brings
+  the count furthest towards the band without jumping over it -- so as few channels as
+  possible move;
 - ``"direct"``: draw Markov samples from the gates (official rejection sampling) until
   ``samples`` distinct architectures lie within ``tolerance`` of the target, then pick the
-  best one on ``val_loader`` (lowest loss) or, without a loader, the one closest to the
-  target.
+  best one on ``val_loader`` (lowest loss; pass HELD-OUT TRAINING data, never the split a
+  report scores, see :func:`dmcpfx.holdout.split_holdout`) or, without a loader, the one
+  closest to the target. Each sample's BatchNorm statistics are re-estimated on
+  ``calib_batches`` batches of ``calib_loader`` first.
 
 With ``path`` the arch YAML (DESIGN.md section 6) is written by ``dmcpfx.save_arch``; with
 ``plot_path`` a kept-vs-full width bar chart (:func:`dmcpfx.plots.plot_widths`).
@@ -27,10 +33,6 @@ from .budget import exact_flops, exact_params, parse_target
 from .errors import ArchError, ConfigError
 
 __all__ = ["derive"]
-
-
-def _nearest(value: float, candidates: list[int]) -> int:
-    return min(candidates, key=lambda c: (abs(c - value), c))
 
 
 class _Adjuster:
@@ -96,6 +98,75 @@ class _Adjuster:
         return widths, f
 
 
+def _valid_widths(info: Any) -> list[int]:
+    """Multiples of the group's divisor in ``[min_ch, C]``, plus ``C`` itself (sorted)."""
+    d = max(1, int(info.divisor))
+    lo, full = int(info.candidates[0]), int(info.width)
+    out = list(range(((lo + d - 1) // d) * d, full + 1, d))
+    if not out or out[-1] != full:
+        out.append(full)
+    return out
+
+
+def round_expected(space: Any, expected: Mapping[str, float]) -> dict[str, int]:
+    """``E[c]`` of every group rounded to the nearest valid width (ties: the wider)."""
+    widths = {}
+    for gid, info in space.groups.items():
+        valid = _valid_widths(info)
+        widths[gid] = min(valid, key=lambda w: (abs(w - expected[gid]), -w))
+    return widths
+
+
+class _SmallestChange:
+    """Moves of one divisor step in one group towards the band (see the module docstring)."""
+
+    def __init__(self, space: Any, count: Callable[[Any, Mapping[str, int]], int], target: float, tolerance: float):
+        self.space, self.count, self.target = space, count, target
+        self.lo, self.hi = target * (1.0 - tolerance), target * (1.0 + tolerance)
+        self.valid = {gid: _valid_widths(info) for gid, info in space.groups.items()}
+        self.full = {gid: int(info.width) for gid, info in space.groups.items()}
+
+    def run(self, widths: dict[str, int]) -> tuple[dict[str, int], int]:
+        start = dict(widths)
+        f = self.count(self.space, widths)
+        going_up = False
+        while not self.lo <= f <= self.hi:
+            direction = -1 if f > self.hi else +1
+            going_up = going_up or direction > 0
+            if going_up and direction < 0:  # cannot happen: up-moves never exceed hi
+                break
+            moves = []
+            for gid, valid in self.valid.items():
+                i = valid.index(widths[gid]) + direction
+                if 0 <= i < len(valid):
+                    new = dict(widths)
+                    new[gid] = valid[i]
+                    fn = self.count(self.space, new)
+                    if direction > 0 and fn > self.hi:
+                        continue  # never leave the budget
+                    dev = sum(abs(new[g] - start[g]) / self.full[g] for g in new)  # relative change
+                    moves.append((fn, dev, new))
+            if not moves:
+                if direction < 0:
+                    raise ArchError(f"cannot meet the target {self.target:.4g}: every group is at its minimum "
+                                    f"width and the count is still {f}")
+                warnings.warn(f"derive: no move brings {f} into [{self.lo:.4g}, {self.hi:.4g}] without exceeding "
+                              f"the budget; keeping {f} ({f / self.target:.2%} of the target)", stacklevel=3)
+                break
+            inside = [m for m in moves if self.lo <= m[0] <= self.hi]
+            if inside:
+                f, _, widths = min(inside, key=lambda m: (m[1], abs(m[0] - self.target)))
+                break
+            short = [m for m in moves if (m[0] > self.hi if direction < 0 else m[0] < self.lo)]
+            if short:  # the biggest step that does not jump over the band
+                f, _, widths = max(short, key=lambda m: (abs(m[0] - f), -m[1]))
+            elif direction < 0:  # every move jumps below the band: the smallest jump, then step up
+                f, _, widths = max(moves, key=lambda m: (m[0], -m[1]))
+            else:
+                f, _, widths = min(moves, key=lambda m: (self.hi - m[0], m[1]))
+        return widths, f
+
+
 def _expected_widths(space: Any) -> dict[str, float]:
     with torch.no_grad():
         return {gid: float(g.expected_width()) for gid, g in space.gates().items()}
@@ -112,7 +183,7 @@ def derive(
     val_loader: Iterable | None = None,
     val_batches: int | None = None,
     calib_loader: Iterable | None = None,
-    calib_batches: int = 0,
+    calib_batches: int = 5,
     budget_metric: str = "flops",
     seed: int = 0,
     path: str | os.PathLike | None = None,
@@ -123,8 +194,9 @@ def derive(
 
     Args:
         space: a searched SearchSpace.
-        mode: ``"expected"`` (rounded ``E[c]`` + greedy adjustment) or ``"direct"``
-            (Markov samples within tolerance, best on validation).
+        mode: ``"expected"`` (``E[c]`` rounded to the divisor + the smallest change that
+            meets the band; official) or ``"direct"`` (Markov samples within tolerance,
+            best on held-out training data).
         target_flops: the budget, absolute or a ratio (:func:`dmcpfx.budget.parse_target`);
             MACs of one forward on the example input (a parameter count when
             ``budget_metric="params"``).
@@ -134,9 +206,12 @@ def derive(
         max_draws: ``direct`` only -- give up drawing after that many samples; then the
             sample closest to the target is adjusted greedily (with a warning).
         val_loader, val_batches: ``direct`` only -- rank the in-band samples by mean loss
-            on (the first ``val_batches`` batches of) this loader.
-        calib_loader, calib_batches: re-estimate BatchNorm statistics for each sample
-            before validating it (the supernet's statistics are restored afterwards).
+            on (the first ``val_batches`` batches of) this loader: a held-out part of the
+            TRAINING data (:func:`dmcpfx.holdout.split_holdout`), never the reported split.
+        calib_loader, calib_batches: ``direct`` only -- re-estimate BatchNorm statistics for
+            each sample on ``calib_batches`` (default 5, official) training batches before
+            ranking it (the supernet's statistics are restored afterwards); with a
+            ``val_loader`` and ``calib_batches > 0`` a ``calib_loader`` is required.
         seed: seed of the sampling generator.
         path: write the arch YAML there (``dmcpfx.save_arch``, exact full/pruned/target).
         plot_path: write a PNG bar chart of kept vs full width per group.
@@ -156,8 +231,7 @@ def derive(
     adjuster = _Adjuster(space, count, target, tolerance, preferred)
 
     if mode == "expected":
-        widths = {gid: _nearest(preferred[gid], list(info.candidates)) for gid, info in space.groups.items()}
-        widths, _ = adjuster.run(widths)
+        widths, _ = _SmallestChange(space, count, target, tolerance).run(round_expected(space, preferred))
     elif mode == "direct":
         widths = _direct(space, count, adjuster, samples=samples, max_draws=max_draws, seed=seed,
                          val_loader=val_loader, val_batches=val_batches, calib_loader=calib_loader,

@@ -216,13 +216,22 @@ class _Run:
         from .search import search
 
         s, r = self.cfg.search, self.cfg.run
+        self.search_train, self.holdout = self.bundle.train, None
+        if self.cfg.derive.mode == "direct":  # direct derive ranks on training images the search never sees
+            from .holdout import split_holdout
+
+            n = len(self.bundle.train.dataset)
+            held = max(1, min(self.cfg.derive.holdout_images, n // 5))  # at most a fifth of a small set
+            self.search_train, self.holdout = split_holdout(self.bundle.train, held, seed=s.seed)
         result = search(
-            self.space, self.bundle.train, target_flops=self.target, epochs=s.epochs, val_loader=self.bundle.val,
+            self.space, self.search_train, target_flops=self.target, epochs=s.epochs, val_loader=self.bundle.val,
             run_dir=self.dir, resume=r.resume, device=r.device, amp=s.amp, channels_last=s.channels_last,
             seed=s.seed, warmup_epochs=s.warmup_epochs, lr=s.lr, min_lr=s.min_lr, lr_warmup_steps=s.lr_warmup_steps,
             weight_decay=s.weight_decay, arch_lr=s.arch_lr, arch_min_lr=s.arch_min_lr, budget_weight=s.budget_weight,
             num_random=s.num_random, label_smoothing=s.label_smoothing, calib_batches=s.calib_batches,
             log_interval=s.log_interval, progress=bars_enabled(r.progress), callback=self._epoch_line(),
+            lr_warmup_start=s.lr_warmup_start, markov_schedule=s.markov_schedule, markov_decay=s.markov_decay,
+            markov_prob_final=s.markov_prob_final, bn_stats=s.bn_stats,
         )
         last = result.history[-1] if result.history else {}
         if "val_top1" in last:
@@ -243,8 +252,8 @@ class _Run:
         d = self.cfg.derive
         self.widths = derive(
             self.space, d.mode, target_flops=self.target, tolerance=d.tolerance, samples=d.samples,
-            val_loader=self.bundle.val if d.mode == "direct" else None, calib_loader=self.bundle.train,
-            calib_batches=self.cfg.search.calib_batches if d.mode == "direct" else 0, seed=self.cfg.search.seed,
+            val_loader=self.holdout if d.mode == "direct" else None, calib_loader=self.search_train,
+            calib_batches=self.cfg.search.calib_batches, seed=self.cfg.search.seed,
             path=self.path("arch.yaml") if self.main else None,
             plot_path=self.path("widths.png") if self.main else None, model_name=self.cfg.model.spec,
         )

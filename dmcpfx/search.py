@@ -6,14 +6,16 @@ One *iteration* on a batch ``(x, y)``:
    step -- the max width (cross-entropy with the labels), the min width and
    ``num_random`` random sub-nets. During warm-up a random sub-net draws every group's
    width uniformly from its candidates; after warm-up it is instead a Markov sample of
-   the gates with probability ``p`` that grows linearly from 0 (first architecture step)
-   to ``markov_prob_final`` (last step). The non-max sub-nets learn from the max net's
-   DETACHED logits (KL divergence, in-place distillation).
+   the gates with probability ``p`` (:mod:`dmcpfx.schedule`: official ``1 - 0.9999^s``,
+   ``s`` = steps since the architecture phase began; a linear ramp as an option). The
+   non-max sub-nets learn from the max net's DETACHED logits (KL divergence, in-place
+   distillation).
 2. **architecture step** (after the first ``warmup_epochs``, every iteration, same batch):
    gates in ``expected`` mode at max width, ``loss = CE + budget_weight * budget_loss``
    (:func:`dmcpfx.budget.budget_loss`), gradient wrt the alphas only, SGD (nesterov,
    momentum 0.9, no weight decay) with lr cosine from ``arch_lr`` to ``arch_min_lr`` over
-   the architecture phase.
+   the architecture phase. It leaves the BatchNorm running statistics bit-identical
+   (:mod:`dmcpfx.bn`); by default only the max net of the weight step updates them.
 
 Weights use SGD nesterov (momentum 0.9) with a per-step cosine schedule from ``lr`` to
 ``min_lr`` over the whole search, weight decay ``weight_decay`` on conv/linear weights and
@@ -35,8 +37,6 @@ seeded identically on every rank; a plain ``DataLoader`` is rebuilt with a
 """
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -44,30 +44,38 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .budget import budget_loss, exact_flops, exact_params, expected_flops, expected_params, min_widths, parse_target
+from .bn import BN_STATS, recalibrate_bn  # noqa: F401  (re-exported)
+from .budget import exact_flops, exact_params, expected_flops, expected_params, min_widths, parse_target
 from .errors import ConfigError
-from .slimmable import SlicedRunner
+from .evaluation import evaluate
+from .product import load_checked
+from .progress import is_terminal
+from .schedule import check_markov_schedule, markov_prob
+from .search_state import (  # noqa: F401  (CHECKPOINT_FORMAT re-exported)
+    CHECKPOINT_FORMAT,
+    _check_resumable,
+    _distributed_loader,
+    _gather_rng,
+    _load_state,
+    _loader_generators,
+)
+from .search_step import SearchStep, _amp_dtype, _autocast, distill_loss, to_device  # noqa: F401  (re-exported)
 from .training import (
     DistContext,
     MetricsWriter,
-    capture_rng_state,
     cosine_schedule,
     ddp_wrap,
     distributed_context,
     load_checkpoint,
     param_groups,
-    restore_rng_state,
     save_checkpoint,
     seed_everything,
 )
 
 __all__ = ["SearchResult", "SearchStep", "evaluate", "search"]
 
-CHECKPOINT_FORMAT = "dmcpfx-search/1"
-_AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
 # --- small helpers ---------------------------------------------------------------------
@@ -80,55 +88,12 @@ def human(n: float) -> str:
     return f"{n:.3g}"
 
 
-def _amp_dtype(amp: str | None) -> torch.dtype | None:
-    if amp not in _AMP_DTYPES:
-        raise ConfigError(f"amp must be one of 'bf16', 'fp16' or None, got {amp!r}")
-    return _AMP_DTYPES[amp]
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _resolve_device(device: str | torch.device | None, ctx: DistContext) -> torch.device:
     if device is not None:
         return torch.device(device)
     if ctx.distributed:
         return ctx.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _to_device(batch: Any, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise ConfigError(f"the loaders must yield (inputs, labels) pairs, got {type(batch).__name__}")
-    x, y = batch[0], batch[1]
-    x = x.to(device, non_blocking=True)
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y.to(device, non_blocking=True)
-
-
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``KL(softmax(teacher/T) || softmax(student/T)) * T^2``, mean over the batch.
-
-    ``student``/``teacher``: logits of shape ``(N, classes)``; ``teacher`` must be detached.
-    """
-    t = float(temperature)
-    log_p = F.log_softmax(student.float() / t, dim=1)
-    q = F.softmax(teacher.float() / t, dim=1)
-    return F.kl_div(log_p, q, reduction="batchmean") * (t * t)
-
-
-def _gate_state(space: Any) -> dict[str, tuple[str, int]]:
-    return {gid: (g.mode, g.hard_width) for gid, g in space.gates().items()}
-
-
-def _restore_gate_state(space: Any, state: Mapping[str, tuple[str, int]]) -> None:
-    for gid, g in space.gates().items():
-        mode, width = state[gid]
-        g.set_mode(mode, width if mode == "width" else None)
 
 
 class _Meter:
@@ -150,311 +115,6 @@ class _Meter:
         keys = list(self.sums)
         vals = torch.stack([self.sums[k] for k in keys]).tolist()  # one device->host transfer
         return {k: v / self.counts[k] for k, v in zip(keys, vals)}
-
-
-# --- evaluation --------------------------------------------------------------------------
-def _bn_modules(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-
-
-@torch.no_grad()
-def recalibrate_bn(space: nn.Module, loader: Iterable, batches: int, *, device: torch.device | None = None,
-                   amp: str | None = None, channels_last: bool = False) -> None:
-    """Re-estimate every BatchNorm's running statistics at the space's CURRENT widths.
-
-    Running stats are reset and averaged (cumulative, ``momentum=None``) over ``batches``
-    batches of ``loader`` with only the norm layers in train mode.
-    """
-    device = device or next(space.parameters()).device
-    bns = _bn_modules(space)
-    flags = {m: m.training for m in space.modules()}
-    momenta = {m: m.momentum for m in bns}
-    space.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    dtype = _amp_dtype(amp)
-    try:
-        for i, batch in enumerate(loader):
-            if i >= batches:
-                break
-            x, _ = _to_device(batch, device, channels_last)
-            with _autocast(device, dtype):
-                space(x)
-    finally:
-        for m, flag in flags.items():
-            m.train(flag)
-        for m, mom in momenta.items():
-            m.momentum = mom
-
-
-@torch.no_grad()
-def evaluate(
-    space: nn.Module,
-    loader: Iterable,
-    *,
-    widths: Mapping[str, int] | None = None,
-    mode: str = "max",
-    device: str | torch.device | None = None,
-    amp: str | None = None,
-    channels_last: bool = False,
-    max_batches: int | None = None,
-    calib_loader: Iterable | None = None,
-    calib_batches: int = 0,
-    all_reduce: bool = False,
-) -> dict[str, float]:
-    """Mean cross-entropy and top-1 accuracy of the space in eval mode.
-
-    The sub-net is ``widths`` (hard prefix masks, missing groups at full width) when given,
-    else the gate ``mode`` (``max``, ``min`` or ``expected``). With ``calib_loader`` and
-    ``calib_batches > 0`` the BatchNorm statistics are first re-estimated at that sub-net
-    (see :func:`recalibrate_bn`); the space's own statistics, gate modes and train/eval
-    flag are restored afterwards, so evaluating never changes the supernet.
-    ``all_reduce=True`` (under torch.distributed): sums over every rank's loader -- right
-    for sharded val loaders, and harmless for unsharded ones (same ratios).
-    Returns ``{"loss": mean CE, "top1": accuracy in [0, 1], "n": samples}``.
-    """
-    device = torch.device(device) if device is not None else next(space.parameters()).device
-    gate_state = _gate_state(space)
-    was_training = space.training
-    bn_backup = None
-    try:
-        if widths is not None:
-            space.set_widths(dict(widths))
-        else:
-            space.set_mode(mode)
-        if calib_loader is not None and calib_batches > 0:
-            bn_backup = [(m, {k: v.clone() for k, v in m.state_dict().items()}) for m in _bn_modules(space)]
-            recalibrate_bn(space, calib_loader, calib_batches, device=device, amp=amp, channels_last=channels_last)
-        space.eval()
-        dtype = _amp_dtype(amp)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        n = 0
-        for i, batch in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            x, y = _to_device(batch, device, channels_last)
-            with _autocast(device, dtype):
-                out = space(x)
-            out = out.float()
-            loss_sum += F.cross_entropy(out, y, reduction="sum").double()
-            correct += (out.argmax(1) == y).sum()
-            n += y.numel()
-    finally:
-        space.train(was_training)
-        _restore_gate_state(space, gate_state)
-        if bn_backup is not None:
-            for m, sd in bn_backup:
-                m.load_state_dict(sd)
-    totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(n), dtype=torch.float64, device=device)])
-    if all_reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(totals)
-    loss_total, correct_total, n_total = totals.tolist()
-    if n_total == 0:
-        raise ConfigError("evaluate() got an empty loader")
-    return {"loss": loss_total / n_total, "top1": correct_total / n_total, "n": int(n_total)}
-
-
-# --- one iteration -------------------------------------------------------------------------
-class SearchStep:
-    """One DMCP iteration on one batch (DESIGN.md section 5); exposed for benchmarks.
-
-    ``space`` is the (unwrapped) SearchSpace, ``net`` what the weight step calls (the DDP
-    wrapper under torchrun, else ``space``). ``target`` is the absolute budget in the unit
-    of ``budget_metric`` (``"flops"``: MACs, ``"params"``: parameter count).
-    """
-
-    def __init__(
-        self,
-        space: nn.Module,
-        *,
-        weight_optimizer: torch.optim.Optimizer,
-        arch_optimizer: torch.optim.Optimizer | None,
-        target: float,
-        device: torch.device,
-        net: nn.Module | None = None,
-        budget_weight: float = 0.1,
-        budget_band: float = 0.95,
-        budget_metric: str = "flops",
-        num_random: int = 2,
-        distill_temperature: float = 1.0,
-        label_smoothing: float = 0.0,
-        amp: str | None = None,
-        generator: torch.Generator | None = None,
-        world_size: int = 1,
-        slimmable: bool = True,
-    ):
-        if budget_metric not in ("flops", "params"):
-            raise ConfigError(f"budget_metric must be 'flops' or 'params', got {budget_metric!r}")
-        self.space = space
-        self.net = net if net is not None else space
-        self.weight_optimizer = weight_optimizer
-        self.arch_optimizer = arch_optimizer
-        self.target = float(target)
-        self.device = device
-        self.budget_weight = float(budget_weight)
-        self.budget_band = float(budget_band)
-        self.expected = expected_flops if budget_metric == "flops" else expected_params
-        self.num_random = int(num_random)
-        self.temperature = float(distill_temperature)
-        self.label_smoothing = float(label_smoothing)
-        self.dtype = _amp_dtype(amp)
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        self.world_size = int(world_size)
-        self._gates = space.gates()
-        self.alphas = [gate.alpha for gate in self._gates.values()]  # gate order
-        use_scaler = self.dtype == torch.float16
-        self.weight_scaler = torch.amp.GradScaler(device.type) if use_scaler else None
-        self.arch_scaler = torch.amp.GradScaler(device.type) if use_scaler else None
-        self._groups = {gid: list(info.candidates) for gid, info in space.groups.items()}
-        self._min_widths = {gid: cands[0] for gid, cands in self._groups.items()}
-        self.slimmable_reason: str | None = None if slimmable else "turned off (slimmable=False)"
-        self.runner = self._sliced_runner() if slimmable else None
-
-    def _sliced_runner(self) -> SlicedRunner | None:
-        """A checked :class:`SlicedRunner`, or None (masks) with the reason in ``slimmable_reason``."""
-        runner = SlicedRunner(self.space)
-        mixed = {gid: c[(3 * i + 1) % len(c)] for i, (gid, c) in enumerate(self._groups.items())}
-        if not self._groups:
-            self.slimmable_reason = "no prunable group"
-            return None
-        if runner.supported and runner.check(self._min_widths) and runner.check(mixed):
-            self.slimmable_reason = None
-            return runner
-        self.slimmable_reason = runner.reason
-        return None
-
-    @property
-    def slimmable(self) -> bool:
-        """True when min and random sub-nets run with physically sliced weights."""
-        return self.runner is not None
-
-    # sub-net sampling (identical on every rank: one seeded CPU generator)
-    def transition_probs(self) -> list[torch.Tensor]:
-        """``sigmoid(alpha)`` of every gate on the CPU, fetched with ONE device transfer."""
-        flat = torch.cat([a.detach().reshape(-1) for a in self.alphas]).float().sigmoid().cpu()
-        return list(torch.split(flat, [a.numel() for a in self.alphas]))
-
-    def sample_widths(self, markov_prob: float, probs: list[torch.Tensor] | None = None) -> tuple[dict[str, int], str]:
-        """Per-group widths of a random sub-net: Markov sample w.p. ``markov_prob``, else uniform.
-
-        A Markov sample walks each gate's chain (same law as ``MarkovGate.sample``):
-        block ``k`` is kept while ``u_k < p_k`` for all blocks up to ``k``. ``probs``:
-        cached :meth:`transition_probs` (fetched when needed).
-        """
-        g = self.generator
-        if markov_prob > 0.0 and torch.rand((), generator=g).item() < markov_prob:
-            probs = probs if probs is not None else self.transition_probs()
-            widths = {}
-            for (gid, gate), p in zip(self._gates.items(), probs):
-                kept = int((torch.rand(p.shape, generator=g) < p).to(torch.int64).cumprod(0).sum())
-                widths[gid] = gate.split.candidates[kept]
-            return widths, "markov"
-        widths = {}
-        for gid, cands in self._groups.items():
-            widths[gid] = cands[int(torch.randint(len(cands), (), generator=g))]
-        return widths, "uniform"
-
-    def _backward(self, loss: torch.Tensor, scaler) -> None:
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-
-    def weight_step(self, x: torch.Tensor, y: torch.Tensor, *, markov_prob: float = 0.0) -> dict[str, torch.Tensor]:
-        """Max, min and ``num_random`` random sub-nets, accumulated, ONE optimizer step.
-
-        Returns detached scalars: ``loss_max`` (CE), ``loss_min``/``loss_random`` (KL to the
-        max net), ``acc_max`` (train top-1 of the max net on this batch).
-        """
-        space, net = self.space, self.net
-        is_ddp = net is not space and hasattr(net, "no_sync")
-        self.weight_optimizer.zero_grad(set_to_none=True)
-        kinds = ["max", "min"] + ["random"] * self.num_random
-        stats: dict[str, torch.Tensor] = {}
-        teacher = None
-        rand_losses = []
-        probs = self.transition_probs() if markov_prob > 0.0 else None  # alphas are fixed during this step
-        for i, kind in enumerate(kinds):
-            last = i == len(kinds) - 1
-            sync = net.no_sync() if (is_ddp and not last) else contextlib.nullcontext()
-            with sync:
-                widths = None
-                if kind == "random":
-                    widths, _ = self.sample_widths(markov_prob, probs)
-                elif kind == "min":
-                    widths = self._min_widths
-                sliced = self.runner.widths(widths) if (self.runner is not None and widths is not None) else None
-                if sliced is None:
-                    if widths is not None:
-                        space.set_widths(widths)
-                    else:
-                        space.set_mode(kind)
-                    sliced = contextlib.nullcontext()
-                with sliced, _autocast(self.device, self.dtype):
-                    out = net(x)
-                out = out.float()
-                if kind == "max":
-                    loss = F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
-                    teacher = out.detach()
-                    stats["loss_max"] = loss.detach()
-                    stats["acc_max"] = (teacher.argmax(1) == y).float().mean()
-                else:
-                    loss = distill_loss(out, teacher, self.temperature)
-                    if kind == "min":
-                        stats["loss_min"] = loss.detach()
-                    else:
-                        rand_losses.append(loss.detach())
-                self._backward(loss, self.weight_scaler)
-        if rand_losses:
-            stats["loss_random"] = torch.stack(rand_losses).mean()
-        if self.weight_scaler is not None:
-            self.weight_scaler.step(self.weight_optimizer)
-            self.weight_scaler.update()
-        else:
-            self.weight_optimizer.step()
-        space.set_mode("max")
-        return stats
-
-    def arch_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Gates in ``expected`` mode, ``CE + budget_weight * budget_loss``, step the alphas only.
-
-        Returns detached scalars ``arch_ce``, ``budget_loss`` and ``expected`` (the expected
-        budget metric, e.g. MACs, before the step).
-        """
-        if self.arch_optimizer is None:
-            raise ConfigError("arch_step() needs an arch_optimizer")
-        space = self.space
-        space.set_mode("expected")
-        try:
-            with _autocast(self.device, self.dtype):
-                out = space(x)  # the unwrapped module: no DDP hooks, alphas reduced below
-            ce = F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing)
-            e = self.expected(space)
-            bl = budget_loss(e, self.target, band=self.budget_band)
-            loss = ce + self.budget_weight * bl.to(ce.dtype)
-            scaled = self.arch_scaler.scale(loss) if self.arch_scaler is not None else loss
-            grads = torch.autograd.grad(scaled, self.alphas, allow_unused=True)
-        finally:
-            space.set_mode("max")
-        for a, g in zip(self.alphas, grads):
-            a.grad = torch.zeros_like(a) if g is None else g
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            flat = torch.cat([a.grad.reshape(-1) for a in self.alphas])
-            dist.all_reduce(flat)
-            flat /= self.world_size
-            offset = 0
-            for a in self.alphas:
-                a.grad.copy_(flat[offset:offset + a.numel()].view_as(a))
-                offset += a.numel()
-        if self.arch_scaler is not None:
-            self.arch_scaler.step(self.arch_optimizer)
-            self.arch_scaler.update()
-        else:
-            self.arch_optimizer.step()
-        self.arch_optimizer.zero_grad(set_to_none=True)
-        return {"arch_ce": ce.detach(), "budget_loss": bl.detach(), "expected": e.detach()}
 
 
 # --- the search ----------------------------------------------------------------------------
@@ -483,52 +143,6 @@ class SearchResult:
         return self.expected
 
 
-def _loader_generators(loader: Any) -> list[torch.Generator]:
-    gens: list[torch.Generator] = []
-    for obj in (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
-        g = getattr(obj, "generator", None)
-        if isinstance(g, torch.Generator) and all(g is not h for h in gens):
-            gens.append(g)
-    return gens
-
-
-def _distributed_loader(loader: Any, ctx: DistContext, seed: int) -> Any:
-    """Rebuild a plain DataLoader with a DistributedSampler (one shard per rank)."""
-    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
-
-    if not ctx.distributed or isinstance(getattr(loader, "sampler", None), DistributedSampler):
-        return loader
-    if not isinstance(loader, DataLoader) or loader.batch_size is None or type(loader.batch_sampler) is not BatchSampler:
-        raise ConfigError(
-            "under torchrun the train loader must be a DataLoader with batch_size (it is rebuilt with a "
-            "DistributedSampler) or already use a DistributedSampler"
-        )
-    sampler = DistributedSampler(
-        loader.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
-        shuffle=isinstance(loader.sampler, RandomSampler), seed=seed,
-    )
-    kwargs = dict(
-        batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-        timeout=loader.timeout, worker_init_fn=loader.worker_init_fn, generator=loader.generator,
-    )
-    if loader.num_workers > 0:
-        kwargs.update(persistent_workers=loader.persistent_workers, prefetch_factor=loader.prefetch_factor)
-    return DataLoader(loader.dataset, **kwargs)
-
-
-def _gather_rng(ctx: DistContext) -> list[dict]:
-    """Every rank's RNG state (rank order); a collective under torchrun."""
-    state = capture_rng_state()
-    if not ctx.distributed:
-        return [state]
-    import torch.distributed as dist
-
-    states: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(states, state)
-    return states
-
-
 def _expected_widths(space: Any) -> dict[str, float]:
     with torch.no_grad():
         return {gid: float(g.expected_width()) for gid, g in space.gates().items()}
@@ -551,35 +165,6 @@ def _check_budget(space: Any, target_flops: int | float | str, budget_metric: st
     return target, full
 
 
-def _check_resumable(loaded: Mapping[str, Any], config: Mapping[str, Any], path: Path) -> None:
-    if loaded.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path} is not a dmcpfx search checkpoint (format {loaded.get('format')!r})")
-    for key, value in config.items():
-        old = loaded["config"].get(key)
-        same = old == value or (
-            isinstance(value, float) and isinstance(old, float) and math.isclose(old, value, rel_tol=1e-12)
-        )
-        if not same and key != "world_size":  # a different world size resumes, not bit-exactly
-            raise ConfigError(f"cannot resume {path}: {key} was {old!r}, now {value!r}")
-
-
-def _load_state(loaded: Mapping[str, Any], stateful: Mapping[str, Any], generator: torch.Generator,
-                train_loader: Any, ctx: DistContext, seed: int) -> None:
-    for key, obj in stateful.items():
-        if obj is not None and loaded.get(key):
-            obj.load_state_dict(loaded[key])
-    generator.set_state(loaded["subnet_rng"])
-    gens = _loader_generators(train_loader)
-    if len(gens) == len(loaded["loader_rng"]):
-        for g, s in zip(gens, loaded["loader_rng"]):
-            g.set_state(s)
-    rng = loaded["rng"]
-    if len(rng) == ctx.world_size:
-        restore_rng_state(rng[ctx.rank])
-    else:  # elastic resume: reproducible, not bit-identical to an uninterrupted run
-        seed_everything(seed + ctx.rank + 1000 * int(loaded["epoch"]))
-
-
 def search(
     space: nn.Module,
     train_loader: Iterable,
@@ -597,6 +182,7 @@ def search(
     lr: float = 0.5,
     min_lr: float = 0.08,
     lr_warmup_steps: int = 0,
+    lr_warmup_start: float = 0.0,
     momentum: float = 0.9,
     weight_decay: float = 4e-5,
     arch_lr: float = 0.5,
@@ -606,7 +192,10 @@ def search(
     budget_band: float = 0.95,
     budget_metric: str = "flops",
     num_random: int = 2,
+    markov_schedule: str = "official",
+    markov_decay: float = 0.9999,
     markov_prob_final: float = 1.0,
+    bn_stats: str = "max",
     distill_temperature: float = 1.0,
     label_smoothing: float = 0.0,
     calib_batches: int = 5,
@@ -629,6 +218,10 @@ def search(
         val_loader: if given, the max-width net is evaluated after every epoch (summed
             over ranks), its BatchNorm statistics first re-estimated on ``calib_batches``
             training batches (official: 5; the supernet's statistics are restored after).
+        calib_batches: also, after the last step, the max-width BatchNorm statistics are
+            re-estimated on that many training batches (rank 0's broadcast under torchrun),
+            so the returned supernet is consistent at max width; 0: keep the running
+            statistics of the search (which, with ``bn_stats="max"``, track the max net).
         run_dir: where ``metrics.jsonl`` and ``checkpoint.pt`` go (rank 0); None: no files.
         resume: continue from ``run_dir/checkpoint.pt`` when it exists. Without ``resume``
             an existing checkpoint there is an error (nothing is overwritten silently).
@@ -639,12 +232,19 @@ def search(
             identical on every rank) when the search starts from scratch.
         lr, min_lr, lr_warmup_steps, momentum, weight_decay: weight SGD (nesterov) and its
             per-step cosine schedule over all epochs.
+        lr_warmup_start: the weight lr at the first warm-up step (official MobileNetV2:
+            0.2 with ``lr=0.5``, ``lr_warmup_steps=1000``); 0.0: a ramp from zero.
         arch_lr, arch_min_lr, arch_momentum: alpha SGD (nesterov, no weight decay), cosine
             over the architecture phase.
         budget_weight, budget_band: ``loss = CE + budget_weight * budget_loss(E, T, band)``.
         num_random: random sub-nets per weight step (besides max and min).
-        markov_prob_final: probability that a random sub-net is a Markov sample at the
-            last step (linear ramp from 0 at the first architecture step).
+        markov_schedule, markov_decay, markov_prob_final: the probability that a random
+            sub-net is a Markov sample (:mod:`dmcpfx.schedule`): ``"official"``
+            ``1 - markov_decay^s`` (default), or ``"linear"`` from 0 at the first
+            architecture step to ``markov_prob_final`` at the last.
+        bn_stats: which weight-step forwards update the BatchNorm running statistics:
+            ``"max"`` (default, the max net only) or ``"all"`` (official). No gradient
+            depends on it; the architecture step never updates them (:mod:`dmcpfx.bn`).
         distill_temperature, label_smoothing: KL temperature; CE label smoothing.
         slimmable: run the min and random sub-nets with physically sliced weights
             (:mod:`dmcpfx.slimmable`) instead of masks: same result on the kept channels,
@@ -666,8 +266,11 @@ def search(
     warmup_epochs = epochs // 2 if warmup_epochs is None else int(warmup_epochs)
     if not 0 <= warmup_epochs <= epochs:
         raise ConfigError(f"warmup_epochs must be in [0, epochs={epochs}], got {warmup_epochs}")
-    if not 0.0 <= markov_prob_final <= 1.0:
-        raise ConfigError(f"markov_prob_final must be in [0, 1], got {markov_prob_final}")
+    check_markov_schedule(markov_schedule, markov_decay, markov_prob_final)
+    if bn_stats not in BN_STATS:
+        raise ConfigError(f"bn_stats must be one of {', '.join(BN_STATS)}, got {bn_stats!r}")
+    if not 0.0 <= lr_warmup_start <= lr:
+        raise ConfigError(f"lr_warmup_start must be in [0, lr={lr}], got {lr_warmup_start}")
     target, full = _check_budget(space, target_flops, budget_metric)
 
     # --- data and schedule
@@ -695,7 +298,7 @@ def search(
     arch_opt = torch.optim.SGD(alphas, lr=arch_lr, momentum=arch_momentum, nesterov=True, weight_decay=0.0)
     scheds = {
         "weight_scheduler": cosine_schedule(weight_opt, total_steps, warmup_steps=lr_warmup_steps,
-                                            final_lr_ratio=min_lr / lr),
+                                            final_lr_ratio=min_lr / lr, warmup_start_ratio=lr_warmup_start / lr),
         "arch_scheduler": cosine_schedule(arch_opt, max(1, arch_steps), final_lr_ratio=arch_min_lr / arch_lr),
     }
     generator = torch.Generator().manual_seed(seed)
@@ -711,7 +314,7 @@ def search(
         space, net=net, weight_optimizer=weight_opt, arch_optimizer=arch_opt, target=target, device=device,
         budget_weight=budget_weight, budget_band=budget_band, budget_metric=budget_metric, num_random=num_random,
         distill_temperature=distill_temperature, label_smoothing=label_smoothing, amp=amp, generator=generator,
-        world_size=ctx.world_size, slimmable=slimmable,
+        world_size=ctx.world_size, slimmable=slimmable, bn_stats=bn_stats,
     )
     stateful = {
         "space": space, "weight_optimizer": weight_opt, "arch_optimizer": arch_opt, **scheds,
@@ -720,7 +323,8 @@ def search(
     config = {
         "target": target, "budget_metric": budget_metric, "epochs": epochs, "warmup_epochs": warmup_epochs,
         "steps_per_epoch": steps_per_epoch, "seed": seed, "num_random": num_random, "world_size": ctx.world_size,
-        "slimmable": stepper.slimmable,
+        "slimmable": stepper.slimmable, "markov_schedule": markov_schedule, "markov_decay": float(markov_decay),
+        "markov_prob_final": float(markov_prob_final), "bn_stats": bn_stats,
     }
 
     # --- files and resume
@@ -732,7 +336,7 @@ def search(
     if ckpt_path is not None and ckpt_path.exists():
         if not resume:
             raise ConfigError(f"{ckpt_path} already exists; pass resume=True to continue it or use another run_dir")
-        loaded = load_checkpoint(ckpt_path)
+        loaded = load_checked(ckpt_path, "search checkpoint")
         _check_resumable(loaded, config, ckpt_path)
         _load_state(loaded, stateful, generator, train_loader, ctx, seed)
         start_epoch, step, history = int(loaded["epoch"]), int(loaded["step"]), list(loaded["history"])
@@ -766,14 +370,15 @@ def search(
         t0, images = time.perf_counter(), 0
         bar = tqdm(
             train_loader, total=steps_per_epoch, desc=f"search {epoch + 1}/{epochs} [{phase}]",
-            disable=not (progress and ctx.is_main), dynamic_ncols=True, leave=True,
+            disable=not (progress and ctx.is_main and is_terminal()), dynamic_ncols=True, leave=True,
         )
         for batch in bar:
             if step >= total_steps:
                 break
-            x, y = _to_device(batch, device, channels_last)
+            x, y = to_device(batch, device, channels_last)
             in_arch = step >= arch_start
-            p = markov_prob_final * (step - arch_start) / max(1, arch_steps - 1) if in_arch else 0.0
+            p = markov_prob(step - arch_start, arch_steps, schedule=markov_schedule, decay=markov_decay,
+                            final=markov_prob_final)
             lr_now = weight_opt.param_groups[0]["lr"]
             arch_lr_now = arch_opt.param_groups[0]["lr"] if in_arch else None
             stats = stepper.weight_step(x, y, markov_prob=p)
@@ -842,6 +447,13 @@ def search(
             callback(record)
 
     space.set_mode("max")
+    if calib_batches > 0 and step >= total_steps:  # the returned supernet: clean max-width BN statistics
+        recalibrate_bn(space, train_loader, calib_batches, device=device, amp=amp, channels_last=channels_last)
+        if ctx.distributed:
+            import torch.distributed as dist
+
+            for buf in space.buffers():
+                dist.broadcast(buf.data, src=0)
     space.train(was_training)
     return SearchResult(
         target=target, expected=current_expected(), full=full, budget_metric=budget_metric,

@@ -74,11 +74,13 @@ def cosine_schedule(
     *,
     warmup_steps: int = 0,
     final_lr_ratio: float = 0.0,
+    warmup_start_ratio: float = 0.0,
 ) -> LambdaLR:
     """Per-step schedule: linear warm-up, then cosine from the base lr to ``final_lr_ratio * lr``.
 
     Call ``scheduler.step()`` once per optimizer step. Step ``s`` (0-based) uses the factor
-    ``(s + 1) / warmup_steps`` while ``s < warmup_steps``, then
+    ``w + (1 - w) * (s + 1) / warmup_steps`` while ``s < warmup_steps`` (``w`` =
+    ``warmup_start_ratio``; 0: the classic ramp from zero), then
     ``r + (1 - r) * (1 + cos(pi * t)) / 2`` with ``t = (s - warmup_steps) / (total_steps - warmup_steps)``
     clamped to ``[0, 1]`` and ``r = final_lr_ratio``.
     """
@@ -90,11 +92,13 @@ def cosine_schedule(
         raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}), got {warmup_steps}")
     if not 0.0 <= final_lr_ratio <= 1.0:
         raise ValueError(f"final_lr_ratio must be in [0, 1], got {final_lr_ratio}")
+    if not 0.0 <= warmup_start_ratio <= 1.0:
+        raise ValueError(f"warmup_start_ratio must be in [0, 1], got {warmup_start_ratio}")
     decay_steps = max(1, total_steps - warmup_steps)
 
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / warmup_steps
+            return warmup_start_ratio + (1.0 - warmup_start_ratio) * (step + 1) / warmup_steps
         t = min(1.0, max(0.0, (step - warmup_steps) / decay_steps))
         return final_lr_ratio + (1.0 - final_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 

@@ -160,10 +160,10 @@ def test_search_then_derive_meets_the_budget(tmp_path, capsys):
 
 
 def test_derive_direct_picks_an_in_band_sample(tmp_path):
-    _, val = loaders(64, 128)
+    train, val = loaders(64, 128)
     space = make_space()
     target = 0.5 * space.full_flops
-    widths = derive(space, "expected", target_flops=0.5)
+    widths = derive(space, "direct", target_flops=0.5, samples=1)  # Markov widths: candidates
     gates = space.gates()
 
     def one_step_down(gid):
@@ -182,7 +182,8 @@ def test_derive_direct_picks_an_in_band_sample(tmp_path):
             if gid == flip:
                 a[k - 1] = 0.0
             gate.alpha.copy_(a)
-    picked = derive(space, "direct", target_flops=0.5, tolerance=tol, samples=2, val_loader=val, seed=3)
+    picked = derive(space, "direct", target_flops=0.5, tolerance=tol, samples=2, val_loader=val, seed=3,
+                    calib_loader=train, calib_batches=1)
     assert picked in (widths, one_step_down(flip))
     assert abs(exact_flops(space, picked) / target - 1.0) <= tol
     # without a loader: the sample closest to the target

@@ -1,0 +1,98 @@
+"""Evaluation of a SearchSpace sub-net (or of the supernet) with clean BatchNorm statistics.
+
+:func:`evaluate` re-estimates the BatchNorm statistics at the evaluated widths on
+``calib_batches`` TRAINING batches first (official: 5; :func:`dmcpfx.bn.recalibrate_bn`)
+and restores the supernet's own statistics afterwards. ``calib_batches=0`` evaluates with
+the supernet's own running statistics, and must be asked for explicitly.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bn import bn_state, load_bn_state, recalibrate_bn
+from .errors import ConfigError
+from .search_step import _amp_dtype, _autocast, _gate_state, _restore_gate_state, to_device
+
+__all__ = ["evaluate"]
+
+
+@torch.no_grad()
+def evaluate(
+    space: nn.Module,
+    loader: Iterable,
+    *,
+    widths: Mapping[str, int] | None = None,
+    mode: str = "max",
+    device: str | torch.device | None = None,
+    amp: str | None = None,
+    channels_last: bool = False,
+    max_batches: int | None = None,
+    calib_loader: Iterable | None = None,
+    calib_batches: int = 5,
+    all_reduce: bool = False,
+) -> dict[str, float]:
+    """Mean cross-entropy and top-1 accuracy of the space in eval mode.
+
+    The sub-net is ``widths`` (hard prefix masks, missing groups at full width) when given,
+    else the gate ``mode`` (``max``, ``min`` or ``expected``). The BatchNorm statistics are
+    first re-estimated at that sub-net on ``calib_batches`` batches of ``calib_loader``
+    (TRAINING data; see :func:`dmcpfx.bn.recalibrate_bn`); ``calib_batches=0`` keeps the
+    supernet's own statistics. Without a ``calib_loader``, ``calib_batches`` must be 0 (a
+    :class:`ConfigError` otherwise: no silent evaluation with stale statistics). The
+    space's own statistics, gate modes and train/eval flag are restored afterwards, so
+    evaluating never changes the supernet.
+    ``all_reduce=True`` (under torch.distributed): sums over every rank's loader -- right
+    for sharded val loaders, and harmless for unsharded ones (same ratios).
+    Returns ``{"loss": mean CE, "top1": accuracy in [0, 1], "n": samples}``.
+    """
+    if calib_batches < 0:
+        raise ConfigError(f"calib_batches must be >= 0, got {calib_batches}")
+    if calib_batches > 0 and calib_loader is None:
+        raise ConfigError(
+            f"evaluate() re-estimates BatchNorm statistics on calib_batches={calib_batches} training batches: "
+            "pass calib_loader= (training data), or calib_batches=0 to use the supernet's own statistics"
+        )
+    device = torch.device(device) if device is not None else next(space.parameters()).device
+    gate_state = _gate_state(space)
+    was_training = space.training
+    bn_backup = None
+    try:
+        if widths is not None:
+            space.set_widths(dict(widths))
+        else:
+            space.set_mode(mode)
+        if calib_loader is not None and calib_batches > 0:
+            bn_backup = bn_state(space)
+            recalibrate_bn(space, calib_loader, calib_batches, device=device, amp=amp, channels_last=channels_last)
+        space.eval()
+        dtype = _amp_dtype(amp)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        n = 0
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = to_device(batch, device, channels_last)
+            with _autocast(device, dtype):
+                out = space(x)
+            out = out.float()
+            loss_sum += F.cross_entropy(out, y, reduction="sum").double()
+            correct += (out.argmax(1) == y).sum()
+            n += y.numel()
+    finally:
+        space.train(was_training)
+        _restore_gate_state(space, gate_state)
+        if bn_backup is not None:
+            load_bn_state(bn_backup)
+    totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(n), dtype=torch.float64, device=device)])
+    if all_reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+    loss_total, correct_total, n_total = totals.tolist()
+    if n_total == 0:
+        raise ConfigError("evaluate() got an empty loader")
+    return {"loss": loss_total / n_total, "top1": correct_total / n_total, "n": int(n_total)}
+

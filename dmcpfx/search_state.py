@@ -1,0 +1,96 @@
+"""Checkpoint/resume and data-parallel helpers of :func:`dmcpfx.search.search`.
+
+A checkpoint (format :data:`CHECKPOINT_FORMAT`) holds the weights and alphas, both
+optimizers and schedulers, every RNG state (per rank), the sub-net sampler's and the
+loader's generators, the epoch, the step and the config that must match on resume
+(targets, epochs, seed, the Markov schedule, ``bn_stats``, ...).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .errors import ConfigError
+from .training import DistContext, capture_rng_state, restore_rng_state, seed_everything
+
+__all__ = ["CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "dmcpfx-search/1"
+
+
+def _loader_generators(loader: Any) -> list[torch.Generator]:
+    gens: list[torch.Generator] = []
+    for obj in (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        g = getattr(obj, "generator", None)
+        if isinstance(g, torch.Generator) and all(g is not h for h in gens):
+            gens.append(g)
+    return gens
+
+
+def _distributed_loader(loader: Any, ctx: DistContext, seed: int) -> Any:
+    """Rebuild a plain DataLoader with a DistributedSampler (one shard per rank)."""
+    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
+
+    if not ctx.distributed or isinstance(getattr(loader, "sampler", None), DistributedSampler):
+        return loader
+    if not isinstance(loader, DataLoader) or loader.batch_size is None or type(loader.batch_sampler) is not BatchSampler:
+        raise ConfigError(
+            "under torchrun the train loader must be a DataLoader with batch_size (it is rebuilt with a "
+            "DistributedSampler) or already use a DistributedSampler"
+        )
+    sampler = DistributedSampler(
+        loader.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
+        shuffle=isinstance(loader.sampler, RandomSampler), seed=seed,
+    )
+    kwargs = dict(
+        batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+        timeout=loader.timeout, worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+    )
+    if loader.num_workers > 0:
+        kwargs.update(persistent_workers=loader.persistent_workers, prefetch_factor=loader.prefetch_factor)
+    return DataLoader(loader.dataset, **kwargs)
+
+
+def _gather_rng(ctx: DistContext) -> list[dict]:
+    """Every rank's RNG state (rank order); a collective under torchrun."""
+    state = capture_rng_state()
+    if not ctx.distributed:
+        return [state]
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _check_resumable(loaded: Mapping[str, Any], config: Mapping[str, Any], path: Path) -> None:
+    if loaded.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path} is not a dmcpfx search checkpoint (format {loaded.get('format')!r})")
+    for key, value in config.items():
+        old = loaded["config"].get(key)
+        same = old == value or (
+            isinstance(value, float) and isinstance(old, float) and math.isclose(old, value, rel_tol=1e-12)
+        )
+        if not same and key != "world_size":  # a different world size resumes, not bit-exactly
+            raise ConfigError(f"cannot resume {path}: {key} was {old!r}, now {value!r}")
+
+
+def _load_state(loaded: Mapping[str, Any], stateful: Mapping[str, Any], generator: torch.Generator,
+                train_loader: Any, ctx: DistContext, seed: int) -> None:
+    for key, obj in stateful.items():
+        if obj is not None and loaded.get(key):
+            obj.load_state_dict(loaded[key])
+    generator.set_state(loaded["subnet_rng"])
+    gens = _loader_generators(train_loader)
+    if len(gens) == len(loaded["loader_rng"]):
+        for g, s in zip(gens, loaded["loader_rng"]):
+            g.set_state(s)
+    rng = loaded["rng"]
+    if len(rng) == ctx.world_size:
+        restore_rng_state(rng[ctx.rank])
+    else:  # elastic resume: reproducible, not bit-identical to an uninterrupted run
+        seed_everything(seed + ctx.rank + 1000 * int(loaded["epoch"]))
