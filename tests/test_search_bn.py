@@ -153,7 +153,7 @@ def test_expected_derive_rounds_like_the_official_code():
     with torch.no_grad():  # distinct, non-grid expected widths
         for i, gate in enumerate(space.gates().values()):
             gate.alpha.copy_(torch.linspace(2.0, -1.0 - 0.3 * i, gate.alpha.numel()))
-    e = {gid: float(g.expected_width()) for gid, g in space.gates().items()}
+    e = {gid: float(g.expected_width().detach()) for gid, g in space.gates().items()}
     rounded = round_expected(space, e)
     assert all(rounded[g] == round(e[g]) for g in e)  # divisor 1: round(E[c])
     target = exact_flops(space, rounded)
