@@ -257,7 +257,7 @@ def plot_wider(arms: Mapping[tuple, Arm], ids: Sequence[str], full: Sequence[int
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(targets), 1, figsize=(10, 3.2 * len(targets)), squeeze=False)
+    fig, axes = plt.subplots(len(targets), 1, figsize=(12, 3.2 * len(targets)), squeeze=False)
     xs = range(len(ids))
     for ax, t in zip(axes[:, 0], targets):
         d = [statistics.fmean(w[i] for w in arms[("dmcp", t)].widths) / full[i] for i in xs]
@@ -267,7 +267,8 @@ def plot_wider(arms: Mapping[tuple, Arm], ids: Sequence[str], full: Sequence[int
         ax.bar([i + 0.2 for i in xs], u, 0.4, label="uniform", color="tab:gray")
         ax.set_ylabel(f"kept / full at {t:.0%} MACs")
         ax.set_xticks(list(xs), [f"{g}\n({c})" for g, c in zip(ids, full)], rotation=60, ha="right", fontsize=7)
-        ax.legend(fontsize=8, title="green: DMCP wider than uniform", title_fontsize=8)
+        ax.legend(fontsize=8, title="green: DMCP wider than uniform", title_fontsize=8,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

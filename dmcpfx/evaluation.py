@@ -7,17 +7,22 @@ the supernet's own running statistics, and must be asked for explicitly.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bn import bn_state, load_bn_state, recalibrate_bn
+from .bn import bn_modules, bn_state, load_bn_state, recalibrate_bn
 from .errors import ConfigError
 from .search_step import _amp_dtype, _autocast, _gate_state, _restore_gate_state, to_device
 
 __all__ = ["evaluate"]
+
+
+def _bn_tracked(space: nn.Module) -> bool:
+    return bool(bn_modules(space))
 
 
 @torch.no_grad()
@@ -41,8 +46,8 @@ def evaluate(
     else the gate ``mode`` (``max``, ``min`` or ``expected``). The BatchNorm statistics are
     first re-estimated at that sub-net on ``calib_batches`` batches of ``calib_loader``
     (TRAINING data; see :func:`dmcpfx.bn.recalibrate_bn`); ``calib_batches=0`` keeps the
-    supernet's own statistics. Without a ``calib_loader``, ``calib_batches`` must be 0 (a
-    :class:`ConfigError` otherwise: no silent evaluation with stale statistics). The
+    supernet's own statistics. Without a ``calib_loader`` the own statistics are used, with a
+    warning unless ``calib_batches=0`` says so on purpose. The
     space's own statistics, gate modes and train/eval flag are restored afterwards, so
     evaluating never changes the supernet.
     ``all_reduce=True`` (under torch.distributed): sums over every rank's loader -- right
@@ -51,10 +56,12 @@ def evaluate(
     """
     if calib_batches < 0:
         raise ConfigError(f"calib_batches must be >= 0, got {calib_batches}")
-    if calib_batches > 0 and calib_loader is None:
-        raise ConfigError(
-            f"evaluate() re-estimates BatchNorm statistics on calib_batches={calib_batches} training batches: "
-            "pass calib_loader= (training data), or calib_batches=0 to use the supernet's own statistics"
+    if calib_batches > 0 and calib_loader is None and _bn_tracked(space):
+        warnings.warn(
+            f"evaluate(): no calib_loader, so the BatchNorm statistics are NOT re-estimated (calib_batches="
+            f"{calib_batches} asked for); pass calib_loader= (training data), or calib_batches=0 to use the "
+            "supernet's own statistics on purpose",
+            stacklevel=2,
         )
     device = torch.device(device) if device is not None else next(space.parameters()).device
     gate_state = _gate_state(space)
