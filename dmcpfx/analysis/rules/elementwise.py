@@ -130,18 +130,28 @@ def _dims_arg(call: Call, ndim: int) -> list[int] | None:
     return [norm_dim(int(d), max(ndim, 1)) for d in dims] or None
 
 
-def reduce(ctx: RuleContext, call: Call):
-    """Reductions keep the channel space unless they reduce over it."""
+def _acting_dims(ctx: RuleContext, call: Call, pinned: str, frozen: str):
+    """``(layout, dims)`` of an op acting along ``dims`` of a tracked input; None when the
+    input is untracked or the op acts on the channel dim (then frozen, the result opaque)."""
     x, xi = call.v["self"], call.i["self"]
     if isinstance(xi, ParamRef):
-        ctx.b.pin(xi.target, f"reduced by aten.{call.op} {ctx.where(call)}")
-        return opaque_like(call.result)
+        ctx.b.pin(xi.target, f"{pinned} aten.{call.op} {ctx.where(call)}")
+        return None
     if not isinstance(xi, Layout):
-        return opaque_like(call.result)
+        return None
     dims = _dims_arg(call, x.ndim)
     if dims is None or xi.dim in dims:
-        ctx.b.freeze(xi, f"reduction aten.{call.op} {ctx.where(call)} over the channel dimension")
+        ctx.b.freeze(xi, frozen.format(op=f"aten.{call.op} {ctx.where(call)}"))
+        return None
+    return xi, dims
+
+
+def reduce(ctx: RuleContext, call: Call):
+    """Reductions keep the channel space unless they reduce over it."""
+    acting = _acting_dims(ctx, call, "reduced by", "reduction {op} over the channel dimension")
+    if acting is None:
         return opaque_like(call.result)
+    xi, dims = acting
     keepdim = bool(call.v.get("keepdim") or False)
     out = xi if keepdim else xi.at(xi.dim - sum(1 for d in dims if d < xi.dim))
     if isinstance(call.result, tuple):
@@ -151,17 +161,8 @@ def reduce(ctx: RuleContext, call: Call):
 
 def along_dims(ctx: RuleContext, call: Call):
     """Softmax / cumsum / roll / flip: per channel unless they act along the channel dim."""
-    x, xi = call.v["self"], call.i["self"]
-    if isinstance(xi, ParamRef):
-        ctx.b.pin(xi.target, f"used by aten.{call.op} {ctx.where(call)}")
-        return opaque_like(call.result)
-    if not isinstance(xi, Layout):
-        return opaque_like(call.result)
-    dims = _dims_arg(call, x.ndim)
-    if dims is None or xi.dim in dims:
-        ctx.b.freeze(xi, f"aten.{call.op} {ctx.where(call)} acts across the channel dimension")
-        return opaque_like(call.result)
-    return xi
+    acting = _acting_dims(ctx, call, "used by", "{op} acts across the channel dimension")
+    return opaque_like(call.result) if acting is None else acting[0]
 
 
 def rules() -> dict:
