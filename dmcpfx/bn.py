@@ -15,24 +15,94 @@ evaluation with the supernet's own statistics sees:
 
 Before any evaluation of a sub-net (or of the supernet) the statistics are re-estimated
 on a few training batches anyway (:func:`recalibrate_bn`, official: 5 batches).
+
+A BatchNorm is found in two forms (:func:`batchnorm_sites`): an eager
+``nn.BatchNorm*`` module, or an ATen ``batch_norm`` call of an exported graph (a
+:class:`~dmcpfx.instrument.SearchSpace`, a GraphModule fallback) whose running buffers
+live in plain holder modules. Both are handled alike.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 import torch
-from torch import nn
+from torch import fx, nn
 
-__all__ = ["BN_STATS", "FrozenStats", "bn_modules", "recalibrate_bn"]
+__all__ = ["BN_STATS", "BatchNormSite", "FrozenStats", "batchnorm_sites", "bn_buffers", "recalibrate_bn"]
 
 #: which weight-step forwards update the BatchNorm running statistics
 BN_STATS = ("max", "all")
 
+_aten = torch.ops.aten
+#: ATen batch-norm calls that update running buffers in place when training:
+#: op -> argument positions of (running_mean, running_var, training, momentum)
+_BN_CALLS = {
+    _aten.batch_norm.default: (3, 4, 5, 6),
+    _aten.native_batch_norm.default: (3, 4, 5, 6),
+    _aten._native_batch_norm_legit.default: (3, 4, 5, 6),
+    _aten.cudnn_batch_norm.default: (3, 4, 5, 6),
+}
+_COUNT = "num_batches_tracked"
 
-def bn_modules(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """Every BatchNorm of ``module`` that tracks running statistics."""
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+@dataclass
+class BatchNormSite:
+    """One BatchNorm's running statistics: ``owner._buffers[mean | var]`` (shape ``(C,)``),
+    ``count_owner._buffers["num_batches_tracked"]`` when there is one, and either the eager
+    ``module`` or the graph ``calls`` (GraphModule, node) that read them."""
+
+    owner: nn.Module
+    mean: str
+    var: str
+    count_owner: nn.Module | None = None
+    module: nn.modules.batchnorm._BatchNorm | None = None
+    calls: list[tuple[fx.GraphModule, fx.Node]] = field(default_factory=list)
+
+    def tensors(self) -> list[torch.Tensor]:
+        out = [self.owner._buffers[self.mean], self.owner._buffers[self.var]]
+        if self.count_owner is not None:
+            out.append(self.count_owner._buffers[_COUNT])
+        return out
+
+
+def _graph_sites(gm: fx.GraphModule, sites: dict[int, BatchNormSite]) -> None:
+    for node in gm.graph.nodes:
+        pos = _BN_CALLS.get(node.target) if node.op == "call_function" else None
+        if pos is None or len(node.args) <= pos[1]:
+            continue
+        mean, var = node.args[pos[0]], node.args[pos[1]]
+        if not (isinstance(mean, fx.Node) and mean.op == "get_attr" and isinstance(var, fx.Node) and var.op == "get_attr"):
+            continue  # no running statistics (None), or computed ones
+        prefix, _, mean_attr = mean.target.rpartition(".")
+        vprefix, _, var_attr = var.target.rpartition(".")
+        owner, vowner = gm.get_submodule(prefix), gm.get_submodule(vprefix)
+        if mean_attr not in owner._buffers or var_attr not in vowner._buffers or vowner is not owner:
+            continue
+        site = sites.get(id(owner._buffers[mean_attr]))
+        if site is None:
+            site = sites[id(owner._buffers[mean_attr])] = BatchNormSite(owner, mean_attr, var_attr)
+        if site.count_owner is None and owner._buffers.get(_COUNT) is not None:
+            site.count_owner = owner
+        site.calls.append((gm, node))
+
+
+def batchnorm_sites(module: nn.Module) -> list[BatchNormSite]:
+    """Every BatchNorm of ``module`` that tracks running statistics, once each (by tensor)."""
+    sites: dict[int, BatchNormSite] = {}
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None:
+            sites.setdefault(id(m.running_mean), BatchNormSite(
+                m, "running_mean", "running_var", m if m._buffers.get(_COUNT) is not None else None, module=m))
+        elif isinstance(m, fx.GraphModule):
+            _graph_sites(m, sites)
+    return list(sites.values())
+
+
+def bn_buffers(module: nn.Module) -> list[torch.Tensor]:
+    """The running-statistics tensors of every BatchNorm of ``module`` (not copies)."""
+    return [t for site in batchnorm_sites(module) for t in site.tensors()]
 
 
 class FrozenStats:
@@ -47,17 +117,13 @@ class FrozenStats:
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
+        self.sites = batchnorm_sites(module)
         self._targets: list[torch.Tensor] = []
         self._backups: list[torch.Tensor] = []
         self._refresh()
 
     def _refresh(self) -> None:
-        targets = []
-        for m in bn_modules(self.module):
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
-                buf = m._buffers.get(name)
-                if buf is not None:
-                    targets.append(buf)
+        targets = [t for site in self.sites for t in site.tensors()]
         if len(targets) != len(self._targets) or any(a is not b for a, b in zip(targets, self._targets)):
             self._targets = targets
             self._backups = [t.detach().clone() for t in targets]
@@ -89,51 +155,81 @@ class FrozenStats:
             self.restore()
 
 
+@contextlib.contextmanager
+def _cumulative_graph_calls(sites: list[BatchNormSite]) -> Iterator[callable]:
+    """Graph batch-norm calls switched to training with a settable momentum; yields
+    ``set_momentum(m)`` (recompiles the graphs). Arguments are restored afterwards."""
+    saved = [(gm, node, node.args) for site in sites for gm, node in site.calls]
+    graphs = {id(gm): gm for gm, _, _ in saved}
+
+    def set_momentum(momentum: float) -> None:
+        for gm, node, args in saved:
+            pos = _BN_CALLS[node.target]
+            new = list(args)
+            new[pos[2]], new[pos[3]] = True, float(momentum)
+            node.args = tuple(new)
+        for gm in graphs.values():
+            gm.recompile()
+
+    try:
+        yield set_momentum
+    finally:
+        for gm, node, args in saved:
+            node.args = args
+        for gm in graphs.values():
+            gm.recompile()
+
+
 @torch.no_grad()
 def recalibrate_bn(space: nn.Module, loader: Iterable, batches: int, *, device: torch.device | None = None,
                    amp: str | None = None, channels_last: bool = False) -> None:
     """Re-estimate every BatchNorm's running statistics at the space's CURRENT widths.
 
-    Running stats are reset and averaged (cumulative, ``momentum=None``) over ``batches``
-    batches of ``loader`` (inputs ``(N, C, H, W)``) with only the norm layers in train
-    mode. Fewer batches than asked (a short loader) is fine; zero batches is an error.
+    Running stats are reset and averaged (cumulative, like ``momentum=None``) over
+    ``batches`` batches of ``loader`` (inputs ``(N, C, H, W)``) with only the norm layers
+    in train mode (graph batch-norm calls are switched to training for the duration).
+    Fewer batches than asked (a short loader) is fine; zero batches is an error.
     """
     from .errors import ConfigError
     from .search_step import _amp_dtype, _autocast, to_device
 
     device = device or next(space.parameters()).device
-    bns = bn_modules(space)
+    sites = batchnorm_sites(space)
+    eager = [s.module for s in sites if s.module is not None]
+    graph_sites = [s for s in sites if s.module is None]
     flags = {m: m.training for m in space.modules()}
-    momenta = {m: m.momentum for m in bns}
+    momenta = {m: m.momentum for m in eager}
     space.eval()
-    for m in bns:
+    for m in eager:
         m.reset_running_stats()
         m.momentum = None
         m.train()
+    for site in graph_sites:
+        mean, var, *count = site.tensors()
+        mean.zero_()
+        var.fill_(1.0)
+        for c in count:
+            c.zero_()
     dtype = _amp_dtype(amp)
     seen = 0
     try:
-        for i, batch in enumerate(loader):
-            if i >= batches:
-                break
-            x, _ = to_device(batch, device, channels_last)
-            with _autocast(device, dtype):
-                space(x)
-            seen += 1
+        with _cumulative_graph_calls(graph_sites) as set_momentum:
+            for i, batch in enumerate(loader):
+                if i >= batches:
+                    break
+                x, _ = to_device(batch, device, channels_last)
+                if graph_sites:
+                    set_momentum(1.0 / (seen + 1))  # the running mean of the batch statistics
+                with _autocast(device, dtype):
+                    space(x)
+                seen += 1
     finally:
         for m, flag in flags.items():
             m.train(flag)
         for m, mom in momenta.items():
             m.momentum = mom
-    if seen == 0 and bns:
+    for site in graph_sites:
+        for c in site.tensors()[2:]:
+            c.fill_(seen)
+    if seen == 0 and sites:
         raise ConfigError("recalibrate_bn() got an empty calibration loader")
-
-
-def bn_state(module: nn.Module) -> list[tuple[Any, dict[str, torch.Tensor]]]:
-    """A copy of every BatchNorm's state (for :func:`load_bn_state`)."""
-    return [(m, {k: v.clone() for k, v in m.state_dict().items()}) for m in bn_modules(module)]
-
-
-def load_bn_state(state: list[tuple[Any, dict[str, torch.Tensor]]]) -> None:
-    for m, sd in state:
-        m.load_state_dict(sd)

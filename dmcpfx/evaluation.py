@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bn import bn_modules, bn_state, load_bn_state, recalibrate_bn
+from .bn import FrozenStats, batchnorm_sites, recalibrate_bn
 from .errors import ConfigError
 from .search_step import _amp_dtype, _autocast, _gate_state, _restore_gate_state, to_device
 
@@ -22,7 +22,7 @@ __all__ = ["evaluate"]
 
 
 def _bn_tracked(space: nn.Module) -> bool:
-    return bool(bn_modules(space))
+    return bool(batchnorm_sites(space))
 
 
 @torch.no_grad()
@@ -73,7 +73,8 @@ def evaluate(
         else:
             space.set_mode(mode)
         if calib_loader is not None and calib_batches > 0:
-            bn_backup = bn_state(space)
+            bn_backup = FrozenStats(space)
+            bn_backup.save()
             recalibrate_bn(space, calib_loader, calib_batches, device=device, amp=amp, channels_last=channels_last)
         space.eval()
         dtype = _amp_dtype(amp)
@@ -94,7 +95,7 @@ def evaluate(
         space.train(was_training)
         _restore_gate_state(space, gate_state)
         if bn_backup is not None:
-            load_bn_state(bn_backup)
+            bn_backup.restore()
     totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(n), dtype=torch.float64, device=device)])
     if all_reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(totals)
