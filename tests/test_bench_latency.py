@@ -29,6 +29,7 @@ def _load_script():
     return module
 
 
+@pytest.mark.slow  # about 55 s on 2 cores: the default run keeps under its 10-minute budget
 def test_latency_smoke(tmp_path):
     bench = _load_script()
     arch_dir, md = tmp_path / "archs", tmp_path / "latency.md"

@@ -28,6 +28,7 @@ def test_input_sizes_match_the_zoo_test():
     assert load_benchmark().INPUT_SIZE == ZOO_INPUT_SIZE
 
 
+@pytest.mark.slow  # 23 s; tests/test_bench_timm_coverage.py runs Torch-Pruning on one model by default
 def test_two_models_both_tools(tmp_path, capsys, one_thread):
     bench = load_benchmark()
     report = tmp_path / "table.md"

@@ -147,7 +147,7 @@ def _count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v2", "densenet121"])
+@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v2", pytest.param("densenet121", marks=pytest.mark.slow)])
 def test_expected_equals_exact_equals_materialized(name):
     import torchvision
 

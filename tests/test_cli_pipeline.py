@@ -88,6 +88,7 @@ def test_demo_pipeline_reduced(tmp_path):
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
 
 
+@pytest.mark.slow  # 30 s; the default run keeps tests/test_search_ddp.py (search under torchrun, 8 s)
 def test_search_and_retrain_under_torchrun(tmp_path):
     """``search`` then ``retrain`` under torchrun, 2 CPU processes (gloo); about 30 s."""
     run = tmp_path / "ddp"
