@@ -22,7 +22,8 @@ from torch.fx.node import map_arg
 
 from ..errors import AnalysisError
 from .export import EXPORT_BATCH, as_tuple, batch_of, export_both_modes
-from .graph import ChannelGraph, GraphBuilder
+from .builder import GraphBuilder
+from .graph import ChannelGraph
 from .layout import iter_layouts, iter_paramrefs
 from .rules import RuleContext, apply
 

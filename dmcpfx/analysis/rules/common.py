@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ..graph import GraphBuilder
+from ..builder import GraphBuilder
 from ..layout import OPAQUE, Layout, ParamRef, iter_layouts, iter_paramrefs
 
 

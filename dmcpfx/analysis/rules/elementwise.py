@@ -10,7 +10,7 @@
 """
 from __future__ import annotations
 
-from ..graph import SliceSpec
+from ..records import SliceSpec
 from ..layout import OPAQUE, Layout, ParamRef
 from .common import Call, RuleContext, norm_dim, opaque_like
 

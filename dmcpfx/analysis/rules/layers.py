@@ -13,7 +13,7 @@ import math
 
 from torch import nn
 
-from ..graph import ConstantEntry, ConstantSite, MacRecord, MaskSite, ModuleEdit, SliceSpec
+from ..records import ConstantEntry, ConstantSite, MacRecord, MaskSite, ModuleEdit, SliceSpec
 from ..layout import Layout, ParamRef
 from .common import Call, RuleContext, arg_index, is_whole_param, layout_of, pin_refs, unknown
 

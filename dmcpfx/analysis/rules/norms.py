@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..graph import ConstantEntry, ConstantSite, MaskSite, ModuleEdit, SliceSpec
+from ..records import ConstantEntry, ConstantSite, MaskSite, ModuleEdit, SliceSpec
 from ..layout import Layout, ParamRef
 from .common import Call, RuleContext, arg_index, is_whole_param, opaque_like, unknown
 

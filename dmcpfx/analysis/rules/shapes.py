@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from ..graph import ConstantEntry, ConstantSite
+from ..records import ConstantEntry, ConstantSite
 from ..layout import OPAQUE, Layout, ParamRef, Seg
 from .common import Call, RuleContext, norm_dim, opaque_like, unknown
 from .elementwise import pointwise_operands
