@@ -9,22 +9,27 @@ the module attributes that forward code reads (depthwise ``groups``, GroupNorm
 Gradients flow into the full parameters through the slicing ops; BatchNorm
 running statistics of the kept channels are updated in the full buffers.
 
-The result equals the masked sub-net on the kept channels (the test suite checks
-outputs and parameter gradients). It is refused, with a reason, when the traced
-forward holds a channel count as a literal (``x.view(-1, 512 * 7 * 7)``): that
-graph would need a rewrite per sub-net. :meth:`SlicedRunner.check` compares
-the sliced and masked outputs once on the example input before first use.
+Channel counts that the exported graph holds as literals (a depthwise conv's
+``groups``, ``x.view(-1, 512 * 7 * 7)``, split sizes, GroupNorm ``num_groups``) are
+read at run time from a table of the graph (:class:`ChannelConstants`): the runner
+writes the sub-net's values into it and the full values back, so no graph is
+recompiled per sub-net. The result equals the masked sub-net on the kept channels
+(the test suite checks outputs and parameter gradients). :meth:`SlicedRunner.check`
+compares the sliced and masked outputs once on the example input before first use;
+a mismatch or an error turns slicing off, with the reason.
 """
 from __future__ import annotations
 
 import contextlib
+import operator
+import warnings
 from typing import Iterator, Mapping
 
 import torch
 from torch import fx, nn
 
 from .materialize import _matches, _run_eval
-from .passes.weight_slicing import _update_attributes
+from .passes.weight_slicing import _spell_out_args, _update_attributes
 
 #: module attributes that :func:`~dmcpfx.passes.weight_slicing._update_attributes` may change
 _ATTRIBUTES = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
@@ -62,6 +67,72 @@ class _Slot:
         return full, value, full.index_select(self.spec.dim, value)
 
 
+class ChannelConstants:
+    """The literal channel counts of one instrumented graph, read from ``gm``'s table.
+
+    Each literal of the analysis' constant sites (DESIGN.md section 7) becomes a
+    ``getitem`` of the list attribute ``_dmcpfx_channel_constants``; a ``split.Tensor``
+    becomes the equivalent ``split_with_sizes``. The table holds the full values, so
+    the graph computes what it computed before. Built once per graph (a second runner
+    reuses it).
+    """
+
+    ATTR = "_dmcpfx_channel_constants"
+
+    def __init__(self, gm: fx.GraphModule, graph, tag: str) -> None:
+        self.graph = graph
+        if self.ATTR in gm.__dict__:
+            self.table, self.entries = gm.__dict__[self.ATTR], gm.__dict__[self.ATTR + "_entries"]
+            return
+        nodes = {n.name: n for n in gm.graph.nodes}
+        sites = [site for site in graph.constant_sites if site.graph == tag and site.node in nodes]
+        self.table: list[int] = []
+        self.entries: list = []
+        if not sites:
+            return
+        setattr(gm, self.ATTR, self.table)  # filled below: the get_attr needs the attribute
+        first = next(n for n in gm.graph.nodes if n.op != "placeholder")
+        with gm.graph.inserting_before(first), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # fx expects tensors or modules behind a get_attr
+            table = gm.graph.get_attr(self.ATTR)
+        for site in sites:
+            node = nodes[site.node]
+            items, fulls = [], []
+            for entry in site.entries:
+                fulls.append(int(graph.kept_extent(entry.layout, {})) // entry.divide)
+                with gm.graph.inserting_before(node):
+                    items.append(gm.graph.call_function(operator.getitem, (table, len(self.table))))
+                self.table.append(fulls[-1])
+                self.entries.append(entry)
+            if site.kind == "split":  # split.Tensor(self, size, dim) -> split_with_sizes(self, sizes, dim)
+                dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+                node.target = torch.ops.aten.split_with_sizes.default
+                node.args, node.kwargs = (node.args[0], items, dim), {}
+                continue
+            _spell_out_args(node, max(e.arg for e in site.entries))
+            for entry, item, full in zip(site.entries, items, fulls):
+                old = node.args[entry.arg] if entry.index is None else node.args[entry.arg][entry.index]
+                if old != full:
+                    raise ValueError(f"node '{node.name}' holds {old} where the analysis counts {full}")
+                if entry.index is None:
+                    node.update_arg(entry.arg, item)
+                else:
+                    sizes = list(node.args[entry.arg])
+                    sizes[entry.index] = item
+                    node.update_arg(entry.arg, sizes)
+        setattr(gm, self.ATTR + "_entries", self.entries)
+        gm.recompile()
+
+    def values(self, widths: Mapping[str, int]) -> list[int]:
+        return [int(self.graph.kept_extent(e.layout, widths)) // e.divide for e in self.entries]
+
+    def set(self, values: list[int]) -> list[int]:
+        """Write ``values`` into the table; returns the previous ones."""
+        old = list(self.table)
+        self.table[:] = values
+        return old
+
+
 class SlicedRunner:
     """Runs ``space`` at hard widths with sliced weights (see the module docstring).
 
@@ -74,12 +145,14 @@ class SlicedRunner:
         self.space = space
         self.graph = space.graph
         self.reason: str | None = None
-        literal = [site.node for site in self.graph.constant_sites]
-        if literal:
-            self.reason = f"the traced forward holds a channel count as a literal (node '{literal[0]}')"
         self._slots: dict[str, list[_Slot]] = {}
         self._edits: dict[str, list[tuple[nn.Module, object]]] = {}
         self._checked = False
+        self._constants: list[ChannelConstants] = []
+        try:
+            self._constants = [ChannelConstants(gm, self.graph, tag) for tag, gm in self._graphs()]
+        except Exception as exc:  # noqa: BLE001 - any failure means: use masks
+            self.reason = f"the traced forward's channel literals cannot be tabled ({type(exc).__name__}: {exc})"
 
     @property
     def supported(self) -> bool:
@@ -128,6 +201,7 @@ class SlicedRunner:
         modes = {gid: (g.mode, g.hard_width) for gid, g in gates.items()}
         saved_attrs = [(m, {a: m.__dict__[a] for a in _ATTRIBUTES if a in m.__dict__}) for m, _ in edits]
         swapped: list[tuple[_Slot, torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
+        saved_constants: list[tuple[ChannelConstants, list[int]]] = []
         try:
             for gate in gates.values():
                 gate.set_mode("max")  # no masks: the tensors themselves are narrow
@@ -140,8 +214,12 @@ class SlicedRunner:
                 swapped.append((slot, full, idx, cut))
             for module, edit in edits:
                 _update_attributes(module, edit, self.graph, widths)
+            for table in self._constants:
+                saved_constants.append((table, table.set(table.values(widths))))
             yield
         finally:
+            for table, values in saved_constants:
+                table.set(values)
             for slot, full, idx, cut in reversed(swapped):  # a weight cut along two dims: undo in reverse
                 store = slot.owner._parameters if slot.is_param else slot.owner._buffers
                 store[slot.attr] = full

@@ -18,6 +18,7 @@ from torch import nn
 
 import dmcpfx
 from dmcpfx.search import SearchStep
+from dmcpfx.bn import bn_buffers
 from dmcpfx.slimmable import SlicedRunner
 from equivalence import first_tensor, randomize_norms, random_widths
 from test_zoo import INPUT_SIZE, MODELS, SLOW
@@ -62,9 +63,7 @@ def check_sliced_equals_masked(name: str, seed: int) -> None:
         pytest.skip(f"{name}: no prunable group")
     sliced = copy.deepcopy(masked)
     runner = SlicedRunner(sliced)
-    if not runner.supported:  # recorded reason: a literal channel count (checked in its own test)
-        assert "literal" in runner.reason
-        return
+    assert runner.supported, runner.reason
     widths = random_widths(masked, seed)
     assert runner.check(widths), runner.reason
 
@@ -100,8 +99,8 @@ def check_sliced_equals_masked(name: str, seed: int) -> None:
             continue
         updated = b_sliced != init_buffers[n]  # the kept channels' statistics
         assert ((b_masked - b_sliced).abs() * updated).max().item() <= EXACT * max(1.0, b_masked.abs().max().item()), n
-    assert any((b != init_buffers[n]).any() for n, b in sliced.named_buffers() if b.is_floating_point()) or not any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in sliced.modules())
+    stats = {id(t) for t in bn_buffers(sliced) if t.is_floating_point()}
+    assert any((b != init_buffers[n]).any() for n, b in sliced.named_buffers() if id(b) in stats) or not stats
 
 
 @pytest.mark.parametrize("name", FAST + ["custom_net"])
@@ -134,17 +133,35 @@ def _stepper(space, slimmable: bool) -> SearchStep:
                       device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), slimmable=slimmable)
 
 
-def test_literal_channel_count_falls_back_to_masks():
+def test_literal_channel_count_is_read_from_the_table():
+    space = dmcpfx.instrument(_LiteralView(), torch.randn(1, 3, 4, 4)).eval()
+    assert space.graph.constant_sites, "the view size must be a recorded literal"
+    runner = SlicedRunner(space)
+    assert runner.supported, runner.reason
+    x = torch.randn(3, 3, 4, 4)
+    full = space(x)
+    (gid,) = space.groups
+    widths = {gid: space.groups[gid].candidates[0]}
+    assert runner.check(widths), runner.reason
+    space.set_widths(widths)
+    masked = space(x)
+    space.set_mode("max")
+    with runner.widths(widths):
+        assert torch.allclose(space(x), masked, rtol=1e-5, atol=1e-6)
+    assert torch.equal(space(x), full)  # the table holds the full values again
+    assert SlicedRunner(space).supported  # a second runner reuses the table
+
+
+def test_a_failing_sliced_check_falls_back_to_masks():
     space = dmcpfx.instrument(_LiteralView(), torch.randn(1, 3, 4, 4))
     runner = SlicedRunner(space)
-    assert not runner.supported and "literal" in runner.reason and "view" in runner.reason
+    runner._constants[0].values = lambda widths: [7]  # a wrong literal: the sliced run breaks
+    (gid,) = space.groups
+    assert not runner.check({gid: space.groups[gid].candidates[0]})
+    assert "sliced sub-net" in runner.reason
     with pytest.raises(RuntimeError, match="not available"):
         with runner.widths({}):
             pass
-    stepper = _stepper(space, slimmable=True)
-    assert not stepper.slimmable and "literal" in stepper.slimmable_reason
-    x, y = torch.randn(4, 3, 4, 4), torch.randint(5, (4,))
-    assert torch.isfinite(stepper.weight_step(x, y)["loss_min"])
 
 
 @pytest.mark.usefixtures("one_thread")
