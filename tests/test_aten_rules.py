@@ -93,8 +93,25 @@ class StackedHeads(nn.Module):
         return self.head(torch.stack([a, self.c2(a)], 0).mean(0))
 
 
+class ExpandAsGates(nn.Module):
+    """SE gate through ``expand_as`` (ECA / timm wiring), a per-channel mean and a broadcast with it."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.fc1, self.fc2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)
+        self.head = nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        a = self.c1(x)
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(a.mean((2, 3), keepdim=True)))))
+        a = a * gate.expand_as(a)
+        a = a + a.mean((2, 3), keepdim=True).expand_as(a)  # the same channels
+        return self.head(a + x.new_ones(1, 1, 1, 1).expand_as(a))  # broadcast: takes a's channels
+
+
 @pytest.mark.parametrize(
-    "factory", [BNActNet, SplitBranches, ChunkAndSlice, ParamMatmulAndGroupNorm, StackedHeads, SizeReadElsewhere],
+    "factory", [BNActNet, SplitBranches, ChunkAndSlice, ParamMatmulAndGroupNorm, StackedHeads, SizeReadElsewhere,
+                ExpandAsGates],
     ids=lambda f: f.__name__)
 def test_aten_wiring_is_equivalent(factory):
     torch.manual_seed(0)
@@ -106,6 +123,12 @@ def test_functional_batchnorm_is_per_channel_and_sliced():
     group = graph.groups["c1"]
     assert group.prunable
     assert {m.tensor for m in group.members} >= {"bn1.running_mean", "bn2.running_var", "dw.weight"}
+
+
+def test_expand_as_keeps_the_gated_space_prunable():
+    graph = dmcpfx.analyze(ExpandAsGates(), X)
+    assert graph.groups["c1"].prunable, graph.groups["c1"].frozen_reasons
+    assert graph.groups["fc1"].prunable
 
 
 def test_split_pieces_become_sub_spaces():

@@ -105,6 +105,29 @@ def expand(ctx: RuleContext, call: Call):
     return opaque_like(result)
 
 
+def expand_as(ctx: RuleContext, call: Call):
+    """``self.expand_as(other)``: the result takes ``other``'s shape, so a tracked channel
+    dim is coupled with ``other``'s (or is ``other``'s, where ``self`` broadcasts)."""
+    x, xi, oi, result = call.v["self"], call.i["self"], call.i["other"], call.result
+    shift = result.ndim - x.ndim
+    if isinstance(xi, ParamRef):
+        dims = (None,) * shift + tuple(d if x.shape[t] == result.shape[t + shift] else None for t, d in enumerate(xi.dims))
+        return ParamRef(xi.target, dims)
+    if isinstance(xi, Layout):
+        out = xi.at(xi.dim + shift)
+        if result.shape[out.dim] != x.shape[xi.dim]:
+            ctx.b.freeze(xi, f"aten.{call.op} {ctx.where(call)} repeats channels")
+            return OPAQUE
+        if isinstance(oi, Layout) and oi.dim == out.dim and oi.extent == out.extent:
+            ctx.b.unify(out, oi, f"aten.{call.op} {ctx.where(call)}")
+            return out
+        ctx.b.freeze(xi, f"aten.{call.op} {ctx.where(call)} takes its shape from an untracked tensor")
+        return OPAQUE
+    if isinstance(oi, Layout) and (oi.dim < shift or x.shape[oi.dim - shift] == 1):
+        return oi  # self broadcasts along other's channel dim: the result has other's channels
+    return opaque_like(result)
+
+
 def _permutation(call: Call, ndim: int) -> list[int]:
     if call.op == "permute":
         return [norm_dim(int(d), ndim) for d in call.v["dims"]]
@@ -312,7 +335,7 @@ def repeat(ctx: RuleContext, call: Call):
 def rules() -> dict:
     table = {op: reshape for op in ("view", "_unsafe_view", "reshape", "flatten", "unflatten", "squeeze",
                                      "unsqueeze", "squeeze_", "unsqueeze_")}
-    table.update({"expand": expand, "permute": permute, "transpose": permute, "t": permute, "numpy_T": permute,
+    table.update({"expand": expand, "expand_as": expand_as, "permute": permute, "transpose": permute, "t": permute, "numpy_T": permute,
                   "cat": cat, "concat": cat, "concatenate": cat, "stack": stack, "split": split,
                   "split_with_sizes": split, "chunk": split, "unbind": split, "tensor_split": split,
                   "slice": slice_, "narrow": slice_, "select": select, "index_select": select,
