@@ -119,6 +119,7 @@ def measure(name: str, with_tp: bool, timeout: float) -> dict:
     row["fx"] = fx_trace_seconds(model)
     if with_tp:
         before = _out_channels(model)
+        result = None
         try:
             with time_limit(timeout):
                 result = run_torch_pruning(model, x, dmcpfx.count_flops(model, x), 10)
@@ -126,22 +127,16 @@ def measure(name: str, with_tp: bool, timeout: float) -> dict:
             row["tp_seconds"] = result.seconds
         except Exception as exc:  # noqa: BLE001
             row["tp"] = f"FAIL {one_line(exc, 60)}"
-        row["tp_share"] = _tp_pruned_share(model, x, before)
+        row["tp_share"] = _tp_pruned_share(result.pruned if result else None, before)
     return row
 
 
-def _tp_pruned_share(model: nn.Module, x: torch.Tensor, before: dict[str, int]) -> float | None:
-    """Share of conv/linear output channels in modules Torch-Pruning shrinks (a fresh run)."""
-    import torch_pruning as tp
-
-    work = copy.deepcopy(model)
-    try:
-        ignored = [m for m in work.modules() if isinstance(m, CHANNEL_MODULES) and m.weight.shape[0] == 10]
-        tp.pruner.BasePruner(work, example_inputs=x, importance=tp.importance.MagnitudeImportance(p=1),
-                             pruning_ratio=0.5, ignored_layers=ignored).step()
-    except Exception:  # noqa: BLE001
+def _tp_pruned_share(pruned: nn.Module | None, before: dict[str, int]) -> float | None:
+    """Share of conv/linear output channels (of the model before pruning) in the modules
+    that Torch-Pruning shrank; None when its pruning did not run through."""
+    if pruned is None:
         return None
-    after = _out_channels(work)
+    after = _out_channels(pruned)
     total = sum(before.values())
     return sum(c for n, c in before.items() if after.get(n, c) < c) / total if total else None
 
@@ -193,12 +188,20 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--markdown", default=None, help="write both tables to this markdown file")
     parser.add_argument("--json", default=None, help="write the rows as JSON to this file")
+    parser.add_argument("--reuse", default=None,
+                        help="a log of an earlier run (its JSON lines): models found there are not measured again")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = [n for n in args.models.split(",") if n] or TIMM_MODELS
+    reused = {}
+    if args.reuse:
+        for line in Path(args.reuse).read_text().splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                reused[row["model"]] = row
     rows = []
     for name in names:
-        row = measure(name, args.torch_pruning, args.timeout)
+        row = reused.get(name) or measure(name, args.torch_pruning, args.timeout)
         rows.append(row)
         print(json.dumps(row), flush=True)
     text = "\n".join(["## Per family", "", *family_table(rows), "", "## Per model", "", *model_table(rows), ""])

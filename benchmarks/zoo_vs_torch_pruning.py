@@ -118,6 +118,7 @@ class ToolResult:
     macs_ratio: float | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    pruned: nn.Module | None = field(default=None, repr=False)  # the model after pruning (when it ran)
 
     @property
     def equivalent(self) -> bool:
@@ -336,6 +337,7 @@ def run_torch_pruning(model: nn.Module, x: torch.Tensor, full_macs: int, num_cla
         result.notes.append(result.error)
         return result
     result.seconds = time.perf_counter() - start - excluded
+    result.pruned = work
     if not recorder.removed:
         result.notes.append("pruned nothing")
     if recorder.stats_norms:

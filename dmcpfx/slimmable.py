@@ -81,8 +81,8 @@ class ChannelConstants:
 
     def __init__(self, gm: fx.GraphModule, graph, tag: str) -> None:
         self.graph = graph
-        if self.ATTR in gm.__dict__:
-            self.table, self.entries = gm.__dict__[self.ATTR], gm.__dict__[self.ATTR + "_entries"]
+        if self.ATTR in gm.__dict__:  # tabled before (a copy of a tabled graph keeps both)
+            self.table, self.entries = gm.__dict__[self.ATTR], gm.meta[self.ATTR]
             return
         nodes = {n.name: n for n in gm.graph.nodes}
         sites = [site for site in graph.constant_sites if site.graph == tag and site.node in nodes]
@@ -120,7 +120,7 @@ class ChannelConstants:
                     sizes = list(node.args[entry.arg])
                     sizes[entry.index] = item
                     node.update_arg(entry.arg, sizes)
-        setattr(gm, self.ATTR + "_entries", self.entries)
+        gm.meta[self.ATTR] = self.entries  # GraphModule copies keep meta
         gm.recompile()
 
     def values(self, widths: Mapping[str, int]) -> list[int]:

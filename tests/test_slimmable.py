@@ -150,6 +150,12 @@ def test_literal_channel_count_is_read_from_the_table():
         assert torch.allclose(space(x), masked, rtol=1e-5, atol=1e-6)
     assert torch.equal(space(x), full)  # the table holds the full values again
     assert SlicedRunner(space).supported  # a second runner reuses the table
+    twin = copy.deepcopy(space)  # a copy of a tabled space has its own table
+    twin_runner = SlicedRunner(twin)
+    assert twin_runner.supported, twin_runner.reason
+    with twin_runner.widths(widths):
+        assert torch.allclose(twin(x), masked, rtol=1e-5, atol=1e-6)
+        assert torch.equal(space(x), full)
 
 
 def test_a_failing_sliced_check_falls_back_to_masks():
