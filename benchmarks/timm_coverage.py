@@ -14,7 +14,8 @@ For every model of ``tests/zoo_models.py`` (``pretrained=False``, ``num_classes=
 - the most frequent freeze reason, and ``torch.fx.symbolic_trace`` time (the tracer
   the export replaced), or its one-line failure.
 
-A crash or a timeout is a one-line failure and never stops the run.
+A crash, a timeout or a memory blow-up (each model runs in its own forked process,
+stopped above ``--max-gb``) is a one-line failure and never stops the run.
 
 Command (the README figures)::
 
@@ -103,7 +104,9 @@ def fx_trace_seconds(model: nn.Module) -> str:
     return f"{time.perf_counter() - start:.2f}"
 
 
-def measure(name: str, with_tp: bool, timeout: float) -> dict:
+def measure(name: str, with_tp: bool, timeout: float, report=None) -> dict:
+    """One model's row; ``report(row)`` (if given) receives the row after our part, before
+    Torch-Pruning runs."""
     row = {"model": name, "family": FAMILY_OF[name]}
     try:
         model, x = build_timm(name)
@@ -117,6 +120,8 @@ def measure(name: str, with_tp: bool, timeout: float) -> dict:
     except Exception as exc:  # noqa: BLE001
         row["error"] = one_line(exc, 200)
     row["fx"] = fx_trace_seconds(model)
+    if report is not None:
+        report(dict(row))
     if with_tp:
         before = _out_channels(model)
         result = None
@@ -128,6 +133,58 @@ def measure(name: str, with_tp: bool, timeout: float) -> dict:
         except Exception as exc:  # noqa: BLE001
             row["tp"] = f"FAIL {one_line(exc, 60)}"
         row["tp_share"] = _tp_pruned_share(result.pruned if result else None, before)
+    return row
+
+
+def _rss_gb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def _child(name: str, with_tp: bool, timeout: float, threads: int, queue) -> None:
+    torch.set_num_threads(threads)
+    queue.put(("ours", measure(name, with_tp, timeout, report=lambda row: queue.put(("ours", row)))))
+    queue.put(("done", None))
+
+
+def measure_isolated(name: str, with_tp: bool, timeout: float, threads: int, max_gb: float) -> dict:
+    """:func:`measure` in a forked child that is stopped above ``max_gb`` of resident memory
+    (or when it dies); whatever it reported before stays, the rest is a one-line failure."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(name, with_tp, timeout, threads, queue), daemon=True)
+    proc.start()
+    row, done, why = None, False, None
+    while not done:
+        try:
+            kind, value = queue.get(timeout=0.5)
+        except Exception:  # noqa: BLE001 - queue.Empty: check on the child
+            if not proc.is_alive():
+                why = f"the process died (exit code {proc.exitcode})"
+                break
+            if _rss_gb(proc.pid) > max_gb:
+                proc.kill()
+                why = f"stopped above {max_gb:.0f} GB of memory"
+                break
+            continue
+        if kind == "done":
+            done = True
+        else:
+            row = value
+    proc.join(5)
+    if done:
+        return row
+    if row is None:
+        return {"model": name, "family": FAMILY_OF[name], "error": why}
+    if with_tp and "tp" not in row:
+        row["tp"], row["tp_share"] = f"FAIL {why}", None
     return row
 
 
@@ -188,6 +245,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--markdown", default=None, help="write both tables to this markdown file")
     parser.add_argument("--json", default=None, help="write the rows as JSON to this file")
+    parser.add_argument("--max-gb", type=float, default=8.0,
+                        help="each model runs in its own process, stopped above this resident memory (0: in-process)")
     parser.add_argument("--reuse", default=None,
                         help="a log of an earlier run (its JSON lines): models found there are not measured again")
     args = parser.parse_args(argv)
@@ -201,7 +260,11 @@ def main(argv=None) -> list[dict]:
                 reused[row["model"]] = row
     rows = []
     for name in names:
-        row = reused.get(name) or measure(name, args.torch_pruning, args.timeout)
+        row = reused.get(name)
+        if row is None and args.max_gb > 0:
+            row = measure_isolated(name, args.torch_pruning, args.timeout, args.threads, args.max_gb)
+        elif row is None:
+            row = measure(name, args.torch_pruning, args.timeout)
         rows.append(row)
         print(json.dumps(row), flush=True)
     text = "\n".join(["## Per family", "", *family_table(rows), "", "## Per model", "", *model_table(rows), ""])
