@@ -109,9 +109,32 @@ class ExpandAsGates(nn.Module):
         return self.head(a + x.new_ones(1, 1, 1, 1).expand_as(a))  # broadcast: takes a's channels
 
 
+class ActivationProducts(nn.Module):
+    """Products of two activations: a global-context pooling (channels as rows), a Gram
+    matrix contracting the channels with themselves, and a product over two channel dims."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.attn, self.fc = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 1, 1), nn.Conv2d(16, 16, 1)
+        self.c2, self.c3 = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 4, 1)
+        self.head = nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        a = self.c1(x)
+        n, c, h, w = a.shape
+        weights = torch.softmax(self.attn(a).reshape(n, h * w), -1).unsqueeze(-1)  # (N, HW, 1)
+        context = (a.reshape(n, c, h * w) @ weights).unsqueeze(-1)  # (N, C, 1, 1)
+        flat = a.flatten(2)
+        gram = torch.softmax(flat.transpose(1, 2) @ flat, -1)  # (N, HW, HW): contracts a's channels
+        mixed = (flat @ gram).reshape(n, c, h, w)
+        b = self.c2(x).flatten(2)
+        cross = (self.c3(x).flatten(2) @ b.transpose(1, 2)).mean()  # (N, 4, 8): two channel dims -> frozen
+        return self.head(a + self.fc(context) + mixed + cross)
+
+
 @pytest.mark.parametrize(
     "factory", [BNActNet, SplitBranches, ChunkAndSlice, ParamMatmulAndGroupNorm, StackedHeads, SizeReadElsewhere,
-                ExpandAsGates],
+                ExpandAsGates, ActivationProducts],
     ids=lambda f: f.__name__)
 def test_aten_wiring_is_equivalent(factory):
     torch.manual_seed(0)
@@ -129,6 +152,13 @@ def test_expand_as_keeps_the_gated_space_prunable():
     graph = dmcpfx.analyze(ExpandAsGates(), X)
     assert graph.groups["c1"].prunable, graph.groups["c1"].frozen_reasons
     assert graph.groups["fc1"].prunable
+
+
+def test_products_of_activations_keep_row_channels_and_freeze_two_channel_dims():
+    graph = dmcpfx.analyze(ActivationProducts(), X)
+    assert graph.groups["c1"].prunable, graph.groups["c1"].frozen_reasons
+    for gid in ("c2", "c3"):
+        assert graph.groups[gid].frozen and "two channel dimensions" in graph.groups[gid].frozen_reasons[0]
 
 
 def test_split_pieces_become_sub_spaces():

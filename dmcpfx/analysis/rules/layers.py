@@ -15,7 +15,7 @@ from torch import nn
 
 from ..records import ConstantEntry, ConstantSite, MacRecord, MaskSite, ModuleEdit, SliceSpec
 from ..layout import Layout, ParamRef
-from .common import Call, RuleContext, arg_index, is_whole_param, layout_of, pin_refs, unknown
+from .common import Call, RuleContext, arg_index, is_whole_param, layout_of, opaque_like, pin_refs, unknown
 
 
 def _producer_id(ctx: RuleContext, weight: str) -> str:
@@ -159,8 +159,64 @@ def matmul(ctx: RuleContext, call: Call):
         if call.op == "addmm" and (call.v.get("beta", 1) != 1 or call.v.get("alpha", 1) != 1):
             return unknown(ctx, call, "addmm with scaling factors")
         return _dense(ctx, call, x, xi, w, wi, in_dim=0, out_dim=1, bias_name=bias)
+    if call.op != "addmm" and not isinstance(xi, ParamRef) and not isinstance(wi, ParamRef) and x.ndim >= 2 and w.ndim >= 2:
+        return _activation_product(ctx, call, x, xi, w, wi)
     pin_refs(ctx, call, "multiplied by a tensor")
     return unknown(ctx, call, f"product aten.{call.op} of two activations")
+
+
+def _activation_product(ctx: RuleContext, call: Call, a, ai, b, bi):
+    """``a @ b`` of two activations, ``(..., n, k) @ (..., k, m) -> (..., n, m)``.
+
+    A channel dim of ``a``'s rows or ``b``'s columns passes through to the result; one in
+    the contracted ``k`` couples with the other side's ``k`` (both must be tracked); one in
+    a batch dim couples with the other side's batch dim unless that one broadcasts (size 1).
+    A result with two channel dims, or a channel dim meeting an untracked one, freezes.
+    """
+    r = call.result.ndim
+    where = ctx.where(call)
+    sides = [(a, ai, a.ndim - 2, a.ndim - 1), (b, bi, b.ndim - 1, b.ndim - 2)]  # (tensor, info, kept dim, contracted dim)
+    out: list[Layout] = []
+    contracted = [isinstance(info, Layout) and info.dim == k for _, info, _, k in sides]
+    if any(contracted):
+        if not all(contracted) or sides[0][1].extent != sides[1][1].extent:
+            for (_, info, _, _), c in zip(sides, contracted):
+                if c:
+                    ctx.b.freeze(info, f"aten.{call.op} {where} contracts channels with an untracked tensor")
+            return opaque_like(call.result)
+        ctx.b.unify(ai, bi, f"aten.{call.op} {where}")
+        left, right = ("self", "other") if call.op == "matmul" else ("self", "mat2")
+        for name, info in ((left, ai), (right, bi)):  # the sum over k must not see pruned channels
+            ctx.b.mask_sites.append(MaskSite(ctx.tag, call.node.name, arg_index(call, name), info, "consumer"))
+    batch: dict[int, list[Layout]] = {}
+    for side, ((t, info, keep, _), c) in enumerate(zip(sides, contracted)):
+        if not isinstance(info, Layout) or c:
+            continue
+        if info.dim == keep:
+            out.append(info.at(r - 2 + side))  # a's rows -> dim r-2, b's columns -> dim r-1
+        else:
+            batch.setdefault(info.dim + (r - t.ndim), []).append(info)
+    for dim, infos in batch.items():
+        others = [(t, info) for t, info, _, _ in sides if info not in infos]
+        for t, info in others:
+            odim = dim - (r - t.ndim)
+            if odim < 0 or t.shape[odim] == 1:
+                continue  # broadcasts
+            if isinstance(info, Layout) and info.dim == odim:
+                infos.append(info)
+            else:
+                for lay in infos:
+                    ctx.b.freeze(lay, f"aten.{call.op} {where} meets an untracked batch dimension")
+                infos.clear()
+        for other in infos[1:]:
+            ctx.b.unify(infos[0], other, f"aten.{call.op} {where}")
+        if infos:
+            out.append(infos[0].at(dim))
+    if len(out) > 1:
+        for lay in out:
+            ctx.b.freeze(lay, f"aten.{call.op} {where} gives a result with two channel dimensions")
+        return opaque_like(call.result)
+    return out[0] if out else opaque_like(call.result)
 
 
 def rules() -> dict:
