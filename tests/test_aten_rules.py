@@ -132,9 +132,26 @@ class ActivationProducts(nn.Module):
         return self.head(a + self.fc(context) + mixed + cross)
 
 
+class ChannelsLastPad(nn.Module):
+    """Swin's window padding: channels last, only the spatial dims padded; and a pad of the
+    channel dim itself, which freezes."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 6, 1)
+        self.norm, self.fc = nn.LayerNorm(16), nn.Linear(16, 12)
+        self.head = nn.Conv2d(12 + 7, 5, 1)
+
+    def forward(self, x):
+        a = F.pad(self.c1(x).permute(0, 2, 3, 1), (0, 0, 0, 1, 0, 1))  # (N, H+1, W+1, C)
+        a = self.fc(self.norm(a)).permute(0, 3, 1, 2)[:, :, :-1, :-1]
+        b = F.pad(self.c2(x), (0, 0, 0, 0, 1, 0))  # one more channel
+        return self.head(torch.cat([a, b], 1))
+
+
 @pytest.mark.parametrize(
     "factory", [BNActNet, SplitBranches, ChunkAndSlice, ParamMatmulAndGroupNorm, StackedHeads, SizeReadElsewhere,
-                ExpandAsGates, ActivationProducts],
+                ExpandAsGates, ActivationProducts, ChannelsLastPad],
     ids=lambda f: f.__name__)
 def test_aten_wiring_is_equivalent(factory):
     torch.manual_seed(0)
@@ -159,6 +176,12 @@ def test_products_of_activations_keep_row_channels_and_freeze_two_channel_dims()
     assert graph.groups["c1"].prunable, graph.groups["c1"].frozen_reasons
     for gid in ("c2", "c3"):
         assert graph.groups[gid].frozen and "two channel dimensions" in graph.groups[gid].frozen_reasons[0]
+
+
+def test_padding_spatial_dims_keeps_channels_last_prunable():
+    graph = dmcpfx.analyze(ChannelsLastPad(), X)
+    assert graph.groups["c1"].prunable and graph.groups["fc"].prunable
+    assert graph.groups["c2"].frozen and "pads across the channel" in graph.groups["c2"].frozen_reasons[0]
 
 
 def test_split_pieces_become_sub_spaces():

@@ -111,6 +111,10 @@ def spatial(ctx: RuleContext, call: Call):
         k = len(call.v["pad"]) // 2
     result = call.result[0] if isinstance(call.result, tuple) else call.result
     if isinstance(xi, Layout):
+        if xi.dim >= x.ndim - k and "pad" in call.v and result.ndim == x.ndim:
+            pair = x.ndim - 1 - xi.dim  # pad pairs run from the last dim backwards
+            if all(int(p) == 0 for p in call.v["pad"][2 * pair:2 * pair + 2]):
+                return xi  # channels-last padding of the spatial dims only (Swin)
         if xi.dim >= x.ndim - k or result.ndim != x.ndim:
             ctx.b.freeze(xi, f"aten.{call.op} {ctx.where(call)} pools or pads across the channel dimension")
             return opaque_like(call.result)
