@@ -149,9 +149,44 @@ class ChannelsLastPad(nn.Module):
         return self.head(torch.cat([a, b], 1))
 
 
+class FreshTensors(nn.Module):
+    """timm's DropPath in train mode (``x.new_empty((N, 1, 1, 1)).bernoulli_(p)``), and
+    ``zeros_like`` / ``new_zeros`` meeting the channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 1), nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        a = self.c1(x)
+        keep = a.new_empty((a.shape[0], 1, 1, 1)).bernoulli_(0.9) / 0.9 if self.training else 1.0
+        a = a + self.c2(a) * keep + torch.zeros_like(a)
+        return self.head(a + a.new_zeros((1, 1, 1, 1)))
+
+
+class PatchMerging(nn.Module):
+    """Swin's patch merging: ``(N, H, W, C) -> (N, H/2, W/2, 2, 2, C) -> (N, H/2, W/2, 4C)``,
+    then LayerNorm(4C) and Linear(4C -> 2C); and a reshape that folds the batch into
+    the channels, which freezes."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.norm, self.reduction = nn.Conv2d(3, 8, 1), nn.LayerNorm(32), nn.Linear(32, 16)
+        self.c2, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        a = self.c1(x).permute(0, 2, 3, 1)
+        n, h, w, c = a.shape
+        a = a.reshape(n, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        a = self.reduction(self.norm(a)).permute(0, 3, 1, 2)
+        b = self.c2(x).reshape(1, -1, h, w).mean()  # batch folded into the channels
+        return self.head(a) + b
+
+
 @pytest.mark.parametrize(
     "factory", [BNActNet, SplitBranches, ChunkAndSlice, ParamMatmulAndGroupNorm, StackedHeads, SizeReadElsewhere,
-                ExpandAsGates, ActivationProducts, ChannelsLastPad],
+                ExpandAsGates, ActivationProducts, ChannelsLastPad, PatchMerging,
+                FreshTensors],
     ids=lambda f: f.__name__)
 def test_aten_wiring_is_equivalent(factory):
     torch.manual_seed(0)
@@ -182,6 +217,18 @@ def test_padding_spatial_dims_keeps_channels_last_prunable():
     graph = dmcpfx.analyze(ChannelsLastPad(), X)
     assert graph.groups["c1"].prunable and graph.groups["fc"].prunable
     assert graph.groups["c2"].frozen and "pads across the channel" in graph.groups["c2"].frozen_reasons[0]
+
+
+def test_patch_merging_repeats_the_channel_segments():
+    graph = dmcpfx.analyze(PatchMerging(), X)
+    assert graph.groups["c1"].prunable, graph.groups["c1"].frozen_reasons
+    assert graph.groups["reduction"].prunable
+    assert graph.groups["c2"].frozen
+
+
+def test_fresh_tensors_do_not_freeze_their_template():
+    graph = dmcpfx.analyze(FreshTensors(), X)
+    assert graph.groups["c1"].prunable, graph.groups["c1"].frozen_reasons
 
 
 def test_split_pieces_become_sub_spaces():

@@ -169,8 +169,30 @@ def along_dims(ctx: RuleContext, call: Call):
     return opaque_like(call.result) if acting is None else acting[0]
 
 
+#: factories whose result takes a literal size (values independent of the input)
+NEW_OPS = ("new_empty", "new_zeros", "new_ones", "new_full", "new_empty_strided")
+#: factories whose result has the input's shape (values independent of the input's values)
+LIKE_OPS = ("empty_like", "zeros_like", "ones_like", "full_like", "rand_like", "randn_like")
+
+
+def new_tensor(ctx: RuleContext, call: Call):
+    """``x.new_zeros(size)`` & co.: a fresh, untracked tensor; ``x`` is only asked for its
+    dtype and device (a size that holds the channel count freezes where the result meets
+    tracked channels)."""
+    return opaque_like(call.result)
+
+
+def like_tensor(ctx: RuleContext, call: Call):
+    """``zeros_like(x)`` & co.: same shape as ``x``, so its channel
+    layout (the values do not mix channels)."""
+    xi = call.i.get("self", call.i.get("input"))
+    return xi if isinstance(xi, Layout) else opaque_like(call.result)
+
+
 def rules() -> dict:
     table = {op: pointwise for op in UNARY_OPS + BINARY_OPS}
+    table.update({op: new_tensor for op in NEW_OPS})
+    table.update({op: like_tensor for op in LIKE_OPS})
     table.update({op: spatial for op in SPATIAL_OPS})
     table.update({op: reduce for op in REDUCE_OPS})
     table.update({op: along_dims for op in SOFTMAX_OPS + ("roll", "flip")})

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from ..records import ConstantEntry, ConstantSite
 from ..layout import OPAQUE, Layout, ParamRef, Seg
 from .common import Call, RuleContext, norm_dim, opaque_like, unknown
@@ -20,12 +22,18 @@ from .elementwise import pointwise_operands
 _INT_MAX = 2 ** 62
 
 
-def reshape_layout(in_shape, out_shape, layout: Layout) -> Layout | None:
+def reshape_layout(in_shape, out_shape, layout: Layout, static: tuple[bool, ...] | None = None) -> Layout | None:
     """Where the channel dim of ``layout`` lands after a reshape (element order kept).
 
-    The channels stay trackable if some output dim ``o`` starts exactly where the
-    channel dim started (same product of the dims before it) and its extent is a
-    multiple of the channel count: then it holds the channels with a new block size.
+    The channels stay trackable if some output dim ``o`` holds the whole channel dim:
+    it starts at or before it (the product ``before`` of the output dims ahead of ``o``
+    divides the product ``pre`` of the input dims ahead of the channel dim) and its
+    extent is a multiple of ``outer * channels`` with ``outer = pre / before``. Then
+    ``o`` holds the channel segments ``outer`` times over (Swin's patch merging folds
+    ``2 x 2 x C`` into ``4C``), each channel a block of ``extent / (outer * channels)``
+    consecutive elements (a flatten of ``C x H x W`` gives a block of ``H*W``).
+    ``static[o]``: output dim ``o`` has a fixed size in the exported graph; a dim that
+    folds several copies of the channels must be (it must not fold in the batch).
     Otherwise (the reshape splits channels apart) returns None.
     """
     c = layout.dim
@@ -35,11 +43,12 @@ def reshape_layout(in_shape, out_shape, layout: Layout) -> Layout | None:
         before = math.prod(out_shape[:o])
         if before > pre:
             break
-        if before != pre:
+        if before == 0 or pre % before:
             continue
-        extent = out_shape[o]
-        if extent > 0 and extent % ch == 0:
-            return Layout(dim=o, segs=layout.segs, block=extent // ch)
+        outer, extent = pre // before, out_shape[o]
+        fixed = static is not None and static[o]
+        if extent > 0 and extent % (outer * ch) == 0 and (outer == 1 or (fixed and extent == outer * ch)):
+            return Layout(dim=o, segs=layout.segs * outer, block=extent // (outer * ch))
     return None
 
 
@@ -50,7 +59,7 @@ def _reshape_paramref(in_shape, out_shape, ref: ParamRef) -> ParamRef | None:
         if pd is None or in_shape[t] == 1:
             continue
         moved = reshape_layout(in_shape, out_shape, Layout(dim=t, segs=(Seg(-1, 0, in_shape[t]),)))
-        if moved is None or moved.block != 1:
+        if moved is None or moved.block != 1 or len(moved.segs) != 1:
             return None
         dims[moved.dim] = pd
     return ParamRef(ref.target, tuple(dims))
@@ -66,7 +75,9 @@ def reshape(ctx: RuleContext, call: Call):
         return moved
     if not isinstance(xi, Layout):
         return opaque_like(result)
-    out = reshape_layout(tuple(x.shape), tuple(result.shape), xi)
+    val = call.node.meta.get("val")
+    static = tuple(isinstance(d, int) for d in val.shape) if isinstance(val, torch.Tensor) else None
+    out = reshape_layout(tuple(x.shape), tuple(result.shape), xi, static)
     if out is None:
         ctx.b.freeze(xi, f"aten.{call.op} {ctx.where(call)} splits or merges the channel dimension")
         return OPAQUE
