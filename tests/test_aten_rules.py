@@ -124,6 +124,8 @@ class ActivationProducts(nn.Module):
         n, c, h, w = a.shape
         weights = torch.softmax(self.attn(a).reshape(n, h * w), -1).unsqueeze(-1)  # (N, HW, 1)
         context = (a.reshape(n, c, h * w) @ weights).unsqueeze(-1)  # (N, C, 1, 1)
+        attn = torch.softmax(self.attn(a).reshape(n, 1, h * w), -1).unsqueeze(3)  # timm's GlobalContext
+        context = context + (a.reshape(n, c, h * w).unsqueeze(1) @ attn).view(n, c, 1, 1)
         flat = a.flatten(2)
         gram = torch.softmax(flat.transpose(1, 2) @ flat, -1)  # (N, HW, HW): contracts a's channels
         mixed = (flat @ gram).reshape(n, c, h, w)

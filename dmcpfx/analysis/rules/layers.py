@@ -197,6 +197,10 @@ def _activation_product(ctx: RuleContext, call: Call, a, ai, b, bi):
         else:
             batch.setdefault(info.dim + (r - t.ndim), []).append(info)
     for dim, infos in batch.items():
+        if call.result.shape[dim] == 1:  # a one-channel space (a spatial attention map): nothing to prune
+            for lay in infos:
+                ctx.b.freeze(lay, f"aten.{call.op} {where} broadcasts a single channel")
+            continue
         others = [(t, info) for t, info, _, _ in sides if info not in infos]
         for t, info in others:
             odim = dim - (r - t.ndim)
