@@ -247,6 +247,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--json", default=None, help="write the rows as JSON to this file")
     parser.add_argument("--max-gb", type=float, default=8.0,
                         help="each model runs in its own process, stopped above this resident memory (0: in-process)")
+    parser.add_argument("--reuse-tp", default=None,
+                        help="a log of an earlier run: its Torch-Pruning columns are taken for the models found "
+                             "there (Torch-Pruning does not change with our code), ours is measured again")
     parser.add_argument("--reuse", default=None,
                         help="a log of an earlier run (its JSON lines): models found there are not measured again")
     args = parser.parse_args(argv)
@@ -258,9 +261,20 @@ def main(argv=None) -> list[dict]:
             if line.startswith("{"):
                 row = json.loads(line)
                 reused[row["model"]] = row
+    tp_rows = {}
+    if args.reuse_tp:
+        for line in Path(args.reuse_tp).read_text().splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                if "tp" in row:
+                    tp_rows[row["model"]] = {k: v for k, v in row.items() if k.startswith("tp")}
     rows = []
     for name in names:
         row = reused.get(name)
+        if row is None and name in tp_rows:  # ours only, Torch-Pruning's columns from the log
+            row = (measure_isolated(name, False, args.timeout, args.threads, args.max_gb) if args.max_gb > 0
+                   else measure(name, False, args.timeout))
+            row.update(tp_rows[name])
         if row is None and args.max_gb > 0:
             row = measure_isolated(name, args.torch_pruning, args.timeout, args.threads, args.max_gb)
         elif row is None:
