@@ -166,6 +166,24 @@ class FreshTensors(nn.Module):
         return self.head(a + a.new_zeros((1, 1, 1, 1)))
 
 
+class StdConv(nn.Conv2d):
+    """timm's StdConv2d: each filter standardized over its input channels in forward."""
+
+    def forward(self, x):
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True,
+                         momentum=0.0, eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class StdConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.std, self.head = nn.Conv2d(3, 8, 1), StdConv(8, 16, 3, padding=1), nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.std(F.relu(self.c1(x)))))
+
+
 class PatchMerging(nn.Module):
     """Swin's patch merging: ``(N, H, W, C) -> (N, H/2, W/2, 2, 2, C) -> (N, H/2, W/2, 4C)``,
     then LayerNorm(4C) and Linear(4C -> 2C); and a reshape that folds the batch into
@@ -231,6 +249,15 @@ def test_patch_merging_repeats_the_channel_segments():
 def test_fresh_tensors_do_not_freeze_their_template():
     graph = dmcpfx.analyze(FreshTensors(), X)
     assert graph.groups["c1"].prunable, graph.groups["c1"].frozen_reasons
+
+
+def test_computed_weight_conv_freezes_both_sides_and_is_counted():
+    model = StdConvNet().eval()
+    graph = dmcpfx.analyze(model, X)
+    for gid in ("c1", "std"):
+        assert graph.groups[gid].frozen, gid
+    assert "computed weight" in graph.groups["std"].frozen_reasons[0]
+    assert graph.full_flops == dmcpfx.count_flops(model, X)
 
 
 def test_split_pieces_become_sub_spaces():

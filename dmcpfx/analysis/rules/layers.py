@@ -15,7 +15,7 @@ from torch import nn
 
 from ..records import ConstantEntry, ConstantSite, MacRecord, MaskSite, ModuleEdit, SliceSpec
 from ..layout import Layout, ParamRef
-from .common import Call, RuleContext, arg_index, is_whole_param, layout_of, opaque_like, pin_refs, unknown
+from .common import Call, RuleContext, arg_index, is_whole_param, layout_of, module_path, opaque_like, pin_refs, unknown
 
 
 def _producer_id(ctx: RuleContext, weight: str) -> str:
@@ -39,7 +39,7 @@ def conv(ctx: RuleContext, call: Call):
     if call.v.get("transposed"):
         return unknown(ctx, call, "transposed convolution")
     if not is_whole_param(wi, w):
-        return unknown(ctx, call, f"convolution aten.{call.op} with a computed weight")
+        return _computed_weight_conv(ctx, call, x, w)
     groups = int(call.v["groups"])
     out_ch, in_ch = w.shape[0], w.shape[1] * groups
     cdim = x.ndim - (w.ndim - 2) - 1
@@ -89,6 +89,25 @@ def conv(ctx: RuleContext, call: Call):
     _edit(ctx, wi.target, convs, "conv")
     if ctx.tag == "eval":
         ctx.b.macs.append(MacRecord(gid, kind, spatial, kernel, groups, in_ch, out_ch, lin, out))
+    return out
+
+
+def _computed_weight_conv(ctx: RuleContext, call: Call, x, w):
+    """A convolution whose weight is computed in forward (weight standardization:
+    StdConv2d, ScaledStdConv2d normalize each filter over its input channels, so
+    pruning inputs changes every filter). Both sides freeze; its output is a frozen
+    space named after the module, and its MACs are counted."""
+    reason = f"convolution aten.{call.op} {ctx.where(call)} has a computed weight (e.g. weight standardization)"
+    unknown(ctx, call, f"convolution aten.{call.op} with a computed weight")
+    groups = int(call.v["groups"])
+    out_ch, in_ch = w.shape[0], w.shape[1] * groups
+    cdim = x.ndim - (w.ndim - 2) - 1
+    out = ctx.b.producer_layout(module_path(call.node), out_ch, cdim)
+    ctx.b.freeze(out, reason)
+    if ctx.tag == "eval":
+        kind = "conv" if groups == 1 else ("dwconv" if groups == in_ch == out_ch else "gconv")
+        ctx.b.macs.append(MacRecord(module_path(call.node), kind, _per_image(ctx, call.result.numel(), out_ch),
+                                    math.prod(w.shape[2:]), groups, in_ch, out_ch, None, out))
     return out
 
 
