@@ -29,7 +29,7 @@ import torch
 from torch import fx, nn
 
 from .materialize import _matches, _run_eval
-from .passes.weight_slicing import _spell_out_args, _update_attributes
+from .passes.weight_slicing import _spell_out_args, _update_attributes, as_split_with_sizes, set_constant
 
 #: module attributes that :func:`~dmcpfx.passes.weight_slicing._update_attributes` may change
 _ATTRIBUTES = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
@@ -104,22 +104,15 @@ class ChannelConstants:
                     items.append(gm.graph.call_function(operator.getitem, (table, len(self.table))))
                 self.table.append(fulls[-1])
                 self.entries.append(entry)
-            if site.kind == "split":  # split.Tensor(self, size, dim) -> split_with_sizes(self, sizes, dim)
-                dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-                node.target = torch.ops.aten.split_with_sizes.default
-                node.args, node.kwargs = (node.args[0], items, dim), {}
+            if site.kind == "split":
+                as_split_with_sizes(node, items)
                 continue
             _spell_out_args(node, max(e.arg for e in site.entries))
             for entry, item, full in zip(site.entries, items, fulls):
                 old = node.args[entry.arg] if entry.index is None else node.args[entry.arg][entry.index]
                 if old != full:
                     raise ValueError(f"node '{node.name}' holds {old} where the analysis counts {full}")
-                if entry.index is None:
-                    node.update_arg(entry.arg, item)
-                else:
-                    sizes = list(node.args[entry.arg])
-                    sizes[entry.index] = item
-                    node.update_arg(entry.arg, sizes)
+                set_constant(node, entry, item)
         gm.meta[self.ATTR] = self.entries  # GraphModule copies keep meta
         gm.recompile()
 

@@ -80,6 +80,24 @@ def _spell_out_args(node: fx.Node, last: int) -> None:
     node.kwargs = {k: v for k, v in node.kwargs.items() if k not in {a.name for a in schema[:last + 1]}}
 
 
+def set_constant(node: fx.Node, entry, value) -> None:
+    """Put ``value`` (an int, or a Node that yields one) where ``entry`` points in ``node``'s
+    arguments (``_spell_out_args`` must have given it that argument)."""
+    if entry.index is None:
+        node.update_arg(entry.arg, value)
+    else:
+        sizes = list(node.args[entry.arg])
+        sizes[entry.index] = value
+        node.update_arg(entry.arg, sizes)
+
+
+def as_split_with_sizes(node: fx.Node, sizes) -> None:
+    """``split.Tensor(self, size, dim)`` -> ``split_with_sizes(self, sizes, dim)``."""
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    node.target = torch.ops.aten.split_with_sizes.default
+    node.args, node.kwargs = (node.args[0], sizes, dim), {}
+
+
 def patch_constants(gm: fx.GraphModule, channel_graph, widths: dict[str, int], tag: str) -> None:
     """Rewrite the literal channel counts in ``gm``'s arguments (view sizes, split sizes,
     slice bounds, depthwise ``groups``, GroupNorm ``num_groups``, LayerNorm shapes)."""
@@ -88,19 +106,10 @@ def patch_constants(gm: fx.GraphModule, channel_graph, widths: dict[str, int], t
         if site.graph != tag or site.node not in nodes:
             continue
         node = nodes[site.node]
-        if site.kind == "split":  # split.Tensor(self, size, dim) -> split_with_sizes(self, sizes, dim)
-            sizes = [int(channel_graph.kept_extent(e.layout, widths)) for e in site.entries]
-            dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-            node.target = torch.ops.aten.split_with_sizes.default
-            node.args, node.kwargs = (node.args[0], sizes, dim), {}
+        if site.kind == "split":
+            as_split_with_sizes(node, [int(channel_graph.kept_extent(e.layout, widths)) for e in site.entries])
             continue
         _spell_out_args(node, max(e.arg for e in site.entries))
         for entry in site.entries:
-            value = int(channel_graph.kept_extent(entry.layout, widths)) // entry.divide
-            if entry.index is None:
-                node.update_arg(entry.arg, value)
-            else:
-                sizes = list(node.args[entry.arg])
-                sizes[entry.index] = value
-                node.update_arg(entry.arg, sizes)
+            set_constant(node, entry, int(channel_graph.kept_extent(entry.layout, widths)) // entry.divide)
     gm.recompile()

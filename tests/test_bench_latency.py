@@ -6,32 +6,20 @@ the rows the script returns) and that every latency ratio and quotient is finite
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
+
+from bench_scripts import load_benchmark
 
 pytest.importorskip("torch_pruning")
 pytest.importorskip("onnxruntime")
 
 import dmcpfx  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_latency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow  # about 55 s on 2 cores: the default run keeps under its 10-minute budget
 def test_latency_smoke(tmp_path):
-    bench = _load_script()
+    bench = load_benchmark("latency.py")
     arch_dir, md = tmp_path / "archs", tmp_path / "latency.md"
     rows = bench.main(["--smoke", "--arch-dir", str(arch_dir), "--markdown", str(md)])
 

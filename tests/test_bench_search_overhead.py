@@ -1,19 +1,14 @@
 """Smoke test: benchmarks/search_overhead.py runs and prints every row (no timing is asserted)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "search_overhead.py"
+from bench_scripts import load_benchmark
 
 
 @pytest.mark.usefixtures("one_thread")
 def test_search_overhead_prints_masked_and_sliced_rows(capsys, tmp_path):
-    spec = importlib.util.spec_from_file_location("search_overhead", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("search_overhead.py")
     table = tmp_path / "overhead.md"
     module.main(["--batch", "4", "--size", "16", "--steps", "1", "--warmup", "0", "--markdown", str(table)])
     out = capsys.readouterr().out

@@ -5,29 +5,17 @@ and that the equivalence verdict is a real comparison.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
+
+from bench_scripts import load_benchmark
 
 pytest.importorskip("timm")
 pytest.importorskip("torch_pruning")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "timm_coverage.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_timm_coverage", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_one_model_both_tools(tmp_path, one_thread):
-    bench = _load_script()
+    bench = load_benchmark("timm_coverage.py")
     md, js = tmp_path / "cov.md", tmp_path / "cov.json"
     rows = bench.main(["--models", "mobilenetv3_small_050", "--torch-pruning", "--threads", "1",
                        "--markdown", str(md), "--json", str(js)])

@@ -2,35 +2,29 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
+
+from bench_scripts import load_benchmark
 
 pytest.importorskip("torch_pruning")
 
 from test_zoo import INPUT_SIZE as ZOO_INPUT_SIZE  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo_vs_torch_pruning.py"
-
 
 @functools.cache
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("zoo_vs_torch_pruning", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def _benchmark():
+    return load_benchmark("zoo_vs_torch_pruning.py")
 
 
 def test_input_sizes_match_the_zoo_test():
-    assert load_benchmark().INPUT_SIZE == ZOO_INPUT_SIZE
+    assert _benchmark().INPUT_SIZE == ZOO_INPUT_SIZE
 
 
 @pytest.mark.slow  # 23 s; tests/test_bench_timm_coverage.py runs Torch-Pruning on one model by default
 def test_two_models_both_tools(tmp_path, capsys, one_thread):
-    bench = load_benchmark()
+    bench = _benchmark()
     report = tmp_path / "table.md"
     argv = ["--models", "resnet18,mobilenet_v2", "--size", "32", "--threads", "1", "--max-memory-gb", "0"]
     rows = bench.main(argv + ["--markdown", str(report)])
