@@ -14,14 +14,18 @@ TOL = 1e-4  # max abs difference relative to the output scale (float32, eval mod
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random BN running stats and norm affine parameters, so that channels differ.
 
-    Weight matrices initialized to all zeros (ViT's classification head) are drawn
-    at random too: otherwise the output ignores the input and no check could fail.
+    Weight matrices initialized to all zeros (ViT's classification head) and scalar
+    gains initialized to zero (NFNet's ``skipinit_gain``, which hides every residual
+    branch) are drawn at random too: otherwise the output ignores what is pruned and no
+    check could fail.
     """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() >= 2 and not p.any():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+            elif p.numel() == 1 and not p.any():
+                p.copy_(torch.rand(p.shape, generator=g) * 0.5 + 0.5)
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
