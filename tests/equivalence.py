@@ -16,7 +16,8 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 
     Weight matrices initialized to all zeros (ViT's classification head) and scalar
     gains initialized to zero (NFNet's ``skipinit_gain``, which hides every residual
-    branch) are drawn at random too: otherwise the output ignores what is pruned and no
+    branch) or layer scales initialized to a tiny constant (PoolFormer's 1e-5) are drawn
+    at random too: otherwise the output ignores what is pruned and no
     check could fail.
     """
     g = torch.Generator().manual_seed(seed)
@@ -26,6 +27,8 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
             elif p.numel() == 1 and not p.any():
                 p.copy_(torch.rand(p.shape, generator=g) * 0.5 + 0.5)
+            elif p.dim() == 1 and p.numel() > 1 and 0 < p.abs().max() < 1e-3 and (p == p[0]).all():
+                p.copy_(torch.rand(p.shape, generator=g) * 0.5 + 0.5)  # a layer scale initialized to 1e-5
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)

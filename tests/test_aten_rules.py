@@ -184,6 +184,21 @@ class StdConvNet(nn.Module):
         return self.head(F.relu(self.std(F.relu(self.c1(x)))))
 
 
+class LiteralScale(nn.Module):
+    """timm's MetaFormer ``Scale``: ``x * self.scale.view(self.shape)`` with ``shape = (C, 1, 1)``
+    held as a Python attribute: the compact model must fall back to a GraphModule."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 5, 1)
+        self.scale = nn.Parameter(torch.rand(16) + 0.5)
+        self.shape = (16, 1, 1)
+
+    def forward(self, x):
+        a = self.c1(x)
+        return self.head(a + a * self.scale.view(self.shape))
+
+
 class PatchMerging(nn.Module):
     """Swin's patch merging: ``(N, H, W, C) -> (N, H/2, W/2, 2, 2, C) -> (N, H/2, W/2, 4C)``,
     then LayerNorm(4C) and Linear(4C -> 2C); and a reshape that folds the batch into
@@ -206,7 +221,7 @@ class PatchMerging(nn.Module):
 @pytest.mark.parametrize(
     "factory", [BNActNet, SplitBranches, ChunkAndSlice, ParamMatmulAndGroupNorm, StackedHeads, SizeReadElsewhere,
                 ExpandAsGates, ActivationProducts, ChannelsLastPad, PatchMerging,
-                FreshTensors],
+                FreshTensors, LiteralScale],
     ids=lambda f: f.__name__)
 def test_aten_wiring_is_equivalent(factory):
     torch.manual_seed(0)
@@ -258,6 +273,15 @@ def test_computed_weight_conv_freezes_both_sides_and_is_counted():
         assert graph.groups[gid].frozen, gid
     assert "computed weight" in graph.groups["std"].frozen_reasons[0]
     assert graph.full_flops == dmcpfx.count_flops(model, X)
+
+
+def test_a_parameter_viewed_with_a_literal_size_is_rewritten():
+    model = LiteralScale().eval()
+    graph = dmcpfx.analyze(model, X)
+    assert graph.groups["c1"].prunable
+    compact = dmcpfx.materialize(model, {"c1": 8}, X, graph=graph)
+    assert isinstance(compact, torch.fx.GraphModule)  # the same class would read shape (16, 1, 1)
+    assert compact(X).shape == (2, 5, 16, 16)
 
 
 def test_split_pieces_become_sub_spaces():

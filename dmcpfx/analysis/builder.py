@@ -11,7 +11,7 @@ import networkx as nx
 
 from .graph import ChannelGraph
 from .layout import Layout, Seg
-from .records import Group, MacRecord, Member, ModuleEdit, SliceSpec, _boundaries
+from .records import ConstantEntry, ConstantSite, Group, MacRecord, Member, ModuleEdit, SliceSpec, _boundaries
 
 @dataclass
 class _Space:
@@ -34,6 +34,9 @@ class GraphBuilder:
         self.macs: list[MacRecord] = []
         self.mask_sites: list[MaskSite] = []
         self.constant_sites: list[ConstantSite] = []
+        #: literal sizes in views of parameters: (graph tag, node, arg, index, tensor, tensor dim),
+        #: made constant sites at finalize once the tensor's slice (its layout) is known
+        self.param_view_literals: list[tuple[str, str, int, int, str, int]] = []
         self.pinned: dict[str, str] = {}
         self.producer_space: dict[str, int] = {}
         self.children: dict[int, list[int]] = {}  # refined space -> its sub-spaces
@@ -237,6 +240,10 @@ class GraphBuilder:
         return replace(rec, **changes) if changes else rec
 
     def finalize(self, **graph_kwargs) -> "ChannelGraph":
+        for tag, node, arg, index, tensor, dim in self.param_view_literals:
+            spec = self.slices.get((tensor, dim))
+            if spec is not None:  # an unsliced parameter keeps its size: nothing to rewrite
+                self.constant_sites.append(ConstantSite(tag, node, "literal", (ConstantEntry(arg, index, spec.layout),)))
         self.slices = {k: self._expand_record(v) for k, v in self.slices.items()}
         self.edits = {k: self._expand_record(v) for k, v in self.edits.items()}
         self.macs = [self._expand_record(r) for r in self.macs]

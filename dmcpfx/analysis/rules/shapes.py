@@ -65,6 +65,20 @@ def _reshape_paramref(in_shape, out_shape, ref: ParamRef) -> ParamRef | None:
     return ParamRef(ref.target, tuple(dims))
 
 
+def _param_view_literals(ctx: RuleContext, call: Call, after: ParamRef) -> None:
+    """A parameter viewed with its channel count as a literal (timm's ``Scale``:
+    ``scale.view(320, 1, 1)``): recorded so that a rewrite follows the parameter's slice."""
+    if call.op not in ("view", "reshape", "_unsafe_view"):
+        return
+    sizes = call.node.args[1] if len(call.node.args) > 1 else None
+    if not isinstance(sizes, (list, tuple)):
+        return
+    for index, pd in enumerate(after.dims):
+        if pd is None or index >= len(sizes) or not isinstance(sizes[index], int) or sizes[index] == -1:
+            continue
+        ctx.b.param_view_literals.append((ctx.tag, call.node.name, 1, index, after.target, pd))
+
+
 def reshape(ctx: RuleContext, call: Call):
     x, xi, result = call.v["self"], call.i["self"], call.result
     if isinstance(xi, ParamRef):
@@ -72,6 +86,7 @@ def reshape(ctx: RuleContext, call: Call):
         if moved is None:
             ctx.b.pin(xi.target, f"reshaped by aten.{call.op} {ctx.where(call)}")
             return OPAQUE
+        _param_view_literals(ctx, call, moved)
         return moved
     if not isinstance(xi, Layout):
         return opaque_like(result)
