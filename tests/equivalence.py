@@ -27,7 +27,7 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
             elif p.numel() == 1 and not p.any():
                 p.copy_(torch.rand(p.shape, generator=g) * 0.5 + 0.5)
-            elif p.dim() == 1 and p.numel() > 1 and 0 < p.abs().max() < 1e-3 and (p == p[0]).all():
+            elif p.numel() > 1 and 0 < p.abs().max() < 1e-3 and (p == p.flatten()[0]).all():
                 p.copy_(torch.rand(p.shape, generator=g) * 0.5 + 0.5)  # a layer scale initialized to 1e-5
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
