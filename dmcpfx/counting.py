@@ -10,8 +10,10 @@ original class, a compact model or a GraphModule) without using the analysis:
   ``out.numel() * contracted_dim``.
 
 Products of two activations (attention scores), biases, norms and activations are
-not counted. The total of one eval-mode forward on ``example_inputs`` is divided by
-its batch size (dim 0): torchvision resnet50 at 224x224 gives about 4.09e9.
+not counted. The MACs of one eval-mode forward on ``example_inputs`` are divided by
+its batch size (dim 0), except those of ops whose output is not batched (a positional
+encoding computed once per forward), which count once: MACs per image as at batch 1.
+torchvision resnet50 at 224x224 gives about 4.09e9.
 """
 from __future__ import annotations
 
@@ -29,10 +31,22 @@ _PRODUCTS = {_aten.mm.default: (0, 1), _aten.addmm.default: (1, 2), _aten.bmm.de
 
 
 class _MacCounter(TorchDispatchMode):
-    def __init__(self, param_storages: set[int]) -> None:
+    def __init__(self, param_storages: set[int], batch: int) -> None:
         super().__init__()
         self.params = param_storages
-        self.total = 0
+        self.batch = batch
+        self.batched = 0  # MACs of ops on the batch (their output's dim 0 is the batch)
+        self.unbatched = 0  # MACs of ops run once per forward (a positional encoding)
+
+    def _add(self, out: torch.Tensor | None, macs: int) -> None:
+        if out is None or (out.ndim and out.shape[0] == self.batch):
+            self.batched += macs
+        else:
+            self.unbatched += macs
+
+    @property
+    def per_image(self) -> int:
+        return self.batched // self.batch + self.unbatched
 
     def _is_param(self, t) -> bool:
         return isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in self.params
@@ -42,14 +56,14 @@ class _MacCounter(TorchDispatchMode):
         if func in _CONVS:
             weight = args[1]
             if not args[6]:  # not transposed
-                self.total += out.numel() * weight.shape[1] * math.prod(weight.shape[2:])
+                self._add(out, out.numel() * weight.shape[1] * math.prod(weight.shape[2:]))
         elif func is _aten._native_multi_head_attention.default:  # nn.MultiheadAttention's fast path
             tokens, embed = args[0].shape[-2] * args[0].shape[0], args[3]
-            self.total += tokens * 4 * embed * embed
+            self._add(None, tokens * 4 * embed * embed)  # (N, B, E) or (B, N, E): always on the batch
         elif func in _PRODUCTS:
             a, b = (args[i] for i in _PRODUCTS[func])
             if self._is_param(a) or self._is_param(b):
-                self.total += out.numel() * a.shape[-1]
+                self._add(out, out.numel() * a.shape[-1])
         return out
 
 
@@ -58,7 +72,7 @@ def count_flops(model: nn.Module, example_inputs) -> int:
     inputs = as_tuple(example_inputs)
     storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     modes = {m: m.training for m in model.modules()}
-    counter = _MacCounter(storages)
+    counter = _MacCounter(storages, int(inputs[0].shape[0]))
     try:
         model.eval()
         with torch.no_grad(), counter:
@@ -66,7 +80,7 @@ def count_flops(model: nn.Module, example_inputs) -> int:
     finally:
         for m, mode in modes.items():
             m.training = mode
-    return int(counter.total) // int(inputs[0].shape[0])
+    return int(counter.per_image)
 
 
 def count_params(model: nn.Module) -> int:

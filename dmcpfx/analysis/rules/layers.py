@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from torch import nn
 
 from ..records import ConstantEntry, ConstantSite, MacRecord, MaskSite, ModuleEdit, SliceSpec
@@ -23,7 +25,13 @@ def _producer_id(ctx: RuleContext, weight: str) -> str:
     return module or weight
 
 
-def _per_image(ctx: RuleContext, numel: int, channels: int) -> int:
+def _per_image(ctx: RuleContext, numel: int, channels: int, node=None) -> int:
+    """Output elements per channel for one image. An output whose dim 0 is not the
+    (symbolic) batch in the exported graph runs once per forward (XCiT's positional
+    encoding): it counts once, as at batch 1."""
+    val = node.meta.get("val") if node is not None else None
+    if isinstance(val, torch.Tensor) and val.ndim and isinstance(val.shape[0], int):
+        return numel // channels
     return numel // channels // ctx.batch
 
 
@@ -54,7 +62,7 @@ def conv(ctx: RuleContext, call: Call):
         lin = None
     bias_ok = call.v.get("bias") is None or is_whole_param(call.i.get("bias"), call.v["bias"])
     gid = _producer_id(ctx, wi.target)
-    spatial = _per_image(ctx, call.result.numel(), out_ch)
+    spatial = _per_image(ctx, call.result.numel(), out_ch, call.node)
     kernel = math.prod(w.shape[2:])
     convs = (nn.modules.conv._ConvNd,)
     if groups > 1 and groups == in_ch == out_ch:  # depthwise: output space == input space
@@ -106,7 +114,7 @@ def _computed_weight_conv(ctx: RuleContext, call: Call, x, w):
     ctx.b.freeze(out, reason)
     if ctx.tag == "eval":
         kind = "conv" if groups == 1 else ("dwconv" if groups == in_ch == out_ch else "gconv")
-        ctx.b.macs.append(MacRecord(module_path(call.node), kind, _per_image(ctx, call.result.numel(), out_ch),
+        ctx.b.macs.append(MacRecord(module_path(call.node), kind, _per_image(ctx, call.result.numel(), out_ch, call.node),
                                     math.prod(w.shape[2:]), groups, in_ch, out_ch, None, out))
     return out
 
@@ -131,7 +139,7 @@ def _dense(ctx: RuleContext, call: Call, x, xi, w, wi: ParamRef, in_dim: int, ou
     lin = layout_of(xi)
     if isinstance(xi, ParamRef):
         ctx.b.pin(xi.target, f"the input of a dense product {ctx.where(call)}")
-    spatial = _per_image(ctx, result.numel(), out_features)
+    spatial = _per_image(ctx, result.numel(), out_features, call.node)
     gid = _producer_id(ctx, wt)
     if lin is not None and lin.dim != x.ndim - 1:
         # the channels sit on another dim: this product mixes features, not channels
