@@ -100,7 +100,8 @@ class ChannelGraph:
                 per_out = _div(cin, rec.groups)
             else:
                 per_out = cin
-            total = total + rec.spatial * rec.kernel * per_out * cout
+            spatial = rec.spatial if rec.spatial_layout is None else rec.spatial * self.kept_extent(rec.spatial_layout, widths)
+            total = total + spatial * rec.kernel * per_out * cout
         return total
 
     def params(self, widths: Mapping[str, Width] | None = None) -> Width:

@@ -58,6 +58,9 @@ class MacRecord:
     out_channels: int
     in_layout: Layout | None
     out_layout: Layout | None
+    #: a channel dim among the rows of the product (a Linear over the tokens of a
+    #: ``(N, C, tokens)`` tensor: ResMLP, MLP-Mixer): ``spatial`` then counts per kept channel
+    spatial_layout: Layout | None = None
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,8 @@ def _dense(ctx: RuleContext, call: Call, x, xi, w, wi: ParamRef, in_dim: int, ou
     if lin is not None and lin.dim != x.ndim - 1:
         # the channels sit on another dim: this product mixes features, not channels
         if ctx.tag == "eval":
-            ctx.b.macs.append(MacRecord(gid, "linear", spatial, 1, 1, in_features, out_features, None, None))
+            ctx.b.macs.append(MacRecord(gid, "linear", spatial // lin.extent, 1, 1, in_features, out_features,
+                                        None, None, spatial_layout=lin))
         return lin
     out = ctx.b.producer_layout(gid, out_features, result.ndim - 1)
     if lin is not None:
