@@ -10,10 +10,10 @@ original class, a compact model or a GraphModule) without using the analysis:
   ``out.numel() * contracted_dim``.
 
 Products of two activations (attention scores), biases, norms and activations are
-not counted. The MACs of one eval-mode forward on ``example_inputs`` are divided by
-its batch size (dim 0), except those of ops whose output is not batched (a positional
-encoding computed once per forward), which count once: MACs per image as at batch 1.
-torchvision resnet50 at 224x224 gives about 4.09e9.
+not counted. One eval-mode forward runs on the first image of ``example_inputs``
+(dim 0 is the batch): MACs per image, as at batch 1, so an op computed once per
+forward (a positional encoding) counts once. torchvision resnet50 at 224x224 gives
+about 4.09e9.
 """
 from __future__ import annotations
 
@@ -31,22 +31,10 @@ _PRODUCTS = {_aten.mm.default: (0, 1), _aten.addmm.default: (1, 2), _aten.bmm.de
 
 
 class _MacCounter(TorchDispatchMode):
-    def __init__(self, param_storages: set[int], batch: int) -> None:
+    def __init__(self, param_storages: set[int]) -> None:
         super().__init__()
         self.params = param_storages
-        self.batch = batch
-        self.batched = 0  # MACs of ops on the batch (their output's dim 0 is the batch)
-        self.unbatched = 0  # MACs of ops run once per forward (a positional encoding)
-
-    def _add(self, out: torch.Tensor | None, macs: int) -> None:
-        if out is None or (out.ndim and out.shape[0] == self.batch):
-            self.batched += macs
-        else:
-            self.unbatched += macs
-
-    @property
-    def per_image(self) -> int:
-        return self.batched // self.batch + self.unbatched
+        self.total = 0
 
     def _is_param(self, t) -> bool:
         return isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in self.params
@@ -56,14 +44,14 @@ class _MacCounter(TorchDispatchMode):
         if func in _CONVS:
             weight = args[1]
             if not args[6]:  # not transposed
-                self._add(out, out.numel() * weight.shape[1] * math.prod(weight.shape[2:]))
+                self.total += out.numel() * weight.shape[1] * math.prod(weight.shape[2:])
         elif func is _aten._native_multi_head_attention.default:  # nn.MultiheadAttention's fast path
             tokens, embed = args[0].shape[-2] * args[0].shape[0], args[3]
-            self._add(None, tokens * 4 * embed * embed)  # (N, B, E) or (B, N, E): always on the batch
+            self.total += tokens * 4 * embed * embed
         elif func in _PRODUCTS:
             a, b = (args[i] for i in _PRODUCTS[func])
             if self._is_param(a) or self._is_param(b):
-                self._add(out, out.numel() * a.shape[-1])
+                self.total += out.numel() * a.shape[-1]
         return out
 
 
@@ -72,7 +60,8 @@ def count_flops(model: nn.Module, example_inputs) -> int:
     inputs = as_tuple(example_inputs)
     storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     modes = {m: m.training for m in model.modules()}
-    counter = _MacCounter(storages, int(inputs[0].shape[0]))
+    counter = _MacCounter(storages)
+    inputs = tuple(t[:1] for t in inputs)  # one image: what a batch of 1 costs
     try:
         model.eval()
         with torch.no_grad(), counter:
@@ -80,7 +69,7 @@ def count_flops(model: nn.Module, example_inputs) -> int:
     finally:
         for m, mode in modes.items():
             m.training = mode
-    return int(counter.per_image)
+    return int(counter.total)
 
 
 def count_params(model: nn.Module) -> int:
