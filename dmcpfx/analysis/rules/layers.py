@@ -26,11 +26,12 @@ def _producer_id(ctx: RuleContext, weight: str) -> str:
 
 
 def _per_image(ctx: RuleContext, numel: int, channels: int, node=None) -> int:
-    """Output elements per channel for one image. An output whose dim 0 is not the
-    (symbolic) batch in the exported graph runs once per forward (XCiT's positional
-    encoding): it counts once, as at batch 1."""
+    """Output elements per channel for one image. An output with no dim that depends on
+    the (symbolic) batch in the exported graph runs once per forward (XCiT's positional
+    encoding): it counts once, as at batch 1. The batch may sit in any dim (an
+    ``nn.MultiheadAttention`` works on ``(tokens, N, E)``)."""
     val = node.meta.get("val") if node is not None else None
-    if isinstance(val, torch.Tensor) and val.ndim and isinstance(val.shape[0], int):
+    if isinstance(val, torch.Tensor) and all(isinstance(d, int) for d in val.shape):
         return numel // channels
     return numel // channels // ctx.batch
 
