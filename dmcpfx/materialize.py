@@ -178,6 +178,29 @@ def _graph_module_fallback(compact: nn.Module, graph, widths) -> nn.Module:
             with fx_graph.inserting_before(next(n for n in fx_graph.nodes if n.op != "placeholder")):
                 flag = fx_graph.get_attr("training")
         node.update_arg(pos, flag)
-    gm = fx.GraphModule(compact, fx_graph, type(compact).__name__)
+    gm = fx.GraphModule(_attribute_root(compact, graph.graph_modules["eval"], fx_graph), fx_graph,
+                        type(compact).__name__)
     patch_constants(gm, graph, widths, "eval")
     return gm
+
+
+def _attribute_root(compact: nn.Module, traced: fx.GraphModule, fx_graph: fx.Graph) -> dict:
+    """Each ``get_attr`` target of ``fx_graph``, taken from ``compact`` (the sliced weights) or,
+    for the tensor constants that export lifted out of the forward code
+    (``lifted_tensor_0``, ...), from the traced module that holds them."""
+    root = {"training": compact.training}
+    for node in fx_graph.nodes:
+        if node.op == "get_attr" and node.target not in root:
+            root[node.target] = _lookup(compact, node.target)
+            if root[node.target] is None:
+                root[node.target] = _lookup(traced, node.target)
+    return root
+
+
+def _lookup(module: nn.Module, target: str):
+    value = module
+    for part in target.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value

@@ -220,6 +220,23 @@ def test_literal_flatten_returns_a_graph_module():
     assert compact.fc1.weight.shape[1] == 6 * 9  # the sliced weights under their own names
 
 
+class LiteralFlattenWithConstant(LiteralFlatten):
+    """As LiteralFlatten, plus a tensor made in forward: export lifts it into the graph."""
+
+    def forward(self, x):
+        x = (self.features(x) * torch.tensor([0.5, 1.0, 2.0])).view(-1, 108)  # over the width dim
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def test_graph_module_fallback_carries_lifted_constants():
+    model = LiteralFlattenWithConstant().eval()
+    x = torch.randn(2, 3, 12, 12)
+    compact = dmcpfx.materialize(model, {"features.2.0": 6}, x)  # verified against the masked model
+    assert isinstance(compact, torch.fx.GraphModule)
+    assert any(name.startswith("lifted_tensor") for name, _ in compact.named_buffers()) or any(
+        n.op == "get_attr" and "lifted" in str(n.target) for n in compact.graph.nodes)
+
+
 def test_same_class_and_state_dict_keys_when_possible():
     model = ConcatSEDepthwise().eval()
     compact = dmcpfx.materialize(model, {"a.0": 8}, X)
