@@ -28,6 +28,7 @@ __all__ = [
     "exact_params",
     "expected_flops",
     "expected_params",
+    "expected_width_values",
     "expected_widths",
     "min_widths",
     "parse_target",
@@ -176,3 +177,9 @@ def budget_loss(
     below = torch.log((e - tt).abs().clamp_min(eps))
     above = torch.log((e - lo_edge).abs().clamp_min(eps))
     return torch.where(e < lo_edge, below, torch.where(e < tt, torch.zeros_like(e), above))
+
+
+def expected_width_values(space: Any) -> dict[str, float]:
+    """``{group id: E[c]}`` as plain floats (channels; for records and derive)."""
+    with torch.no_grad():
+        return {gid: float(g.expected_width()) for gid, g in space.gates().items()}

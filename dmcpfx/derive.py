@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from .budget import exact_flops, exact_params, parse_target
+from .budget import exact_flops, exact_params, expected_width_values, parse_target
 from .errors import ArchError, ConfigError
 
 __all__ = ["derive"]
@@ -167,11 +167,6 @@ class _SmallestChange:
         return widths, f
 
 
-def _expected_widths(space: Any) -> dict[str, float]:
-    with torch.no_grad():
-        return {gid: float(g.expected_width()) for gid, g in space.gates().items()}
-
-
 def derive(
     space: Any,
     mode: str = "expected",
@@ -227,7 +222,7 @@ def derive(
     count = exact_flops if budget_metric == "flops" else exact_params
     full = int(space.full_flops) if budget_metric == "flops" else int(space.params())
     target = parse_target(target_flops, full, unit="MACs" if budget_metric == "flops" else "params")
-    preferred = _expected_widths(space)
+    preferred = expected_width_values(space)
     adjuster = _Adjuster(space, count, target, tolerance, preferred)
 
     if mode == "expected":

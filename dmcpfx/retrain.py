@@ -21,7 +21,6 @@ Accuracies are percentages in [0, 100]; losses are mean per-sample nats.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,16 +28,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from dmcpfx.accuracy import autocast_for, evaluate, sum_over_ranks
 from dmcpfx.errors import ConfigError
 from dmcpfx.fileio import write_text_atomic
 from dmcpfx.finite import FirstBadStep, check_parameters
 from dmcpfx.progress import bars_enabled
+from dmcpfx.retrain_state import CHECKPOINT_FORMAT, CHECKPOINT_NAME, METRICS_NAME, all_rng_states, load_resume_state
 from dmcpfx.training import (
     MetricsWriter,
-    capture_rng_state,
     cosine_schedule,
     ddp_wrap,
     distributed_context,
@@ -50,9 +49,6 @@ from dmcpfx.training import (
 
 __all__ = ["RetrainResult", "retrain", "evaluate", "reinitialize", "CHECKPOINT_NAME", "METRICS_NAME"]
 
-CHECKPOINT_NAME = "retrain_checkpoint.pt"
-METRICS_NAME = "retrain_metrics.jsonl"
-CHECKPOINT_FORMAT = "dmcpfx-retrain/1"
 
 InitMode = Literal["scratch", "inherit"]
 
@@ -105,97 +101,12 @@ def reinitialize(model: nn.Module) -> list[str]:
     return skipped
 
 
-def _autocast(amp: str | None, device: torch.device):
-    if amp is None:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _dist_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum ``values`` over all ranks (identity outside torch.distributed)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def _is_sharded(loader: Iterable) -> bool:
-    """Whether ``loader`` reads only this rank's share of its data set."""
-    from torch.utils.data import DistributedSampler
-
-    from dmcpfx.data import ShardSampler
-
-    return isinstance(getattr(loader, "sampler", None), (DistributedSampler, ShardSampler))
-
-
 _LOG_EVERY = 10  # steps between progress-bar updates (each one syncs with the device)
 
 
 def _lr_hint(optimizer: torch.optim.Optimizer) -> str:
     return (f"the learning rate (peak retrain.lr, now {optimizer.param_groups[0]['lr']:.3g}) is likely too high, "
             f"lower it (or check the data for NaN/inf)")
-
-
-def _all_rng_states() -> list[dict]:
-    """RNG states of every rank, in rank order (gathered to every rank)."""
-    import torch.distributed as dist
-
-    state = capture_rng_state()
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [state]
-    states: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(states, state)
-    return states
-
-
-# --------------------------------------------------------------------------- evaluate
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    device: torch.device | str | None = None,
-    *,
-    amp: str | None = None,
-) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (percent) and mean cross-entropy (nats) of ``model`` on ``loader``.
-
-    ``loader`` yields ``(images (N, C, H, W), labels (N,) int64)``. The model is put in
-    eval mode and restored to its previous mode afterwards. When the loader is
-    sharded over ranks (DistributedSampler / :class:`dmcpfx.data.ShardSampler`) the
-    counts are summed over all ranks, so every rank returns the global metrics.
-    With fewer than 5 classes, top-5 is top-k with k = number of classes.
-    """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    correct1 = correct5 = loss_sum = count = 0.0
-    try:
-        for images, labels in loader:
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            with _autocast(amp, device):
-                logits = model(images)
-            logits = logits.float()
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-            k = min(5, logits.shape[1])
-            topk = logits.topk(k, dim=1).indices
-            hits = topk.eq(labels[:, None])
-            correct1 += hits[:, 0].sum().item()
-            correct5 += hits.any(dim=1).sum().item()
-            count += labels.numel()
-    finally:
-        model.train(was_training)
-    if _is_sharded(loader):
-        correct1, correct5, loss_sum, count = _dist_sum([correct1, correct5, loss_sum, count], device)
-    if count == 0:
-        raise ConfigError("evaluate: the validation loader yielded no samples")
-    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count}
 
 
 # --------------------------------------------------------------------------- retrain
@@ -212,22 +123,6 @@ def _check_args(epochs: int, warmup_epochs: int, momentum: float, nesterov: bool
         raise ConfigError(f"retrain: amp must be None, 'bf16' or 'fp16', got {amp!r}")
     if init not in ("scratch", "inherit") and not callable(init):
         raise ConfigError(f"retrain: init must be 'scratch', 'inherit' or a callable, got {init!r}")
-
-
-def _load_resume_state(path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    from dmcpfx.product import load_checked  # a corrupt file: an error naming it, not a traceback
-
-    state = load_checked(path, "retrain checkpoint")
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path}: not a dmcpfx retrain checkpoint (format "
-                          f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
-    for key, value in config.items():
-        if state["config"].get(key) != value:
-            raise ConfigError(
-                f"{path}: cannot resume, {key}={state['config'].get(key)!r} in the checkpoint "
-                f"but {key}={value!r} now"
-            )
-    return state
 
 
 def _print_epoch(record: dict[str, Any], epochs: int) -> None:
@@ -265,7 +160,7 @@ class _EpochLoop:
         for i, (images, labels) in enumerate(bar):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-            with _autocast(self.amp, self.device):
+            with autocast_for(self.amp, self.device):
                 logits = self.model(images)
                 loss = self.criterion(logits.float(), labels)
             watch.update(loss, i + 1)
@@ -285,7 +180,7 @@ class _EpochLoop:
         bar.close()
         watch.check(desc, _lr_hint(self.optimizer))
         check_parameters(self.model, desc, _lr_hint(self.optimizer))
-        loss_sum, correct, seen = _dist_sum(sums.tolist(), self.device)
+        loss_sum, correct, seen = sum_over_ranks(sums.tolist(), self.device)
         if seen == 0:
             raise ConfigError(f"{desc}: the train loader yielded no batch")
         return loss_sum / seen, 100.0 * correct / seen
@@ -368,7 +263,7 @@ def retrain(
     }
     resume_state = None
     if resume and ckpt_path is not None and ckpt_path.exists():
-        resume_state = _load_resume_state(ckpt_path, config)
+        resume_state = load_resume_state(ckpt_path, config)
 
     # --- model and initialization (identical on every rank: same seed)
     seed_everything(seed)
@@ -439,7 +334,7 @@ def retrain(
         record["epoch_time_s"] = time.perf_counter() - started
         history.append(record)
 
-        rng_states = _all_rng_states()  # collective: every rank takes part
+        rng_states = all_rng_states()  # collective: every rank takes part
         if ctx.is_main:
             if writer is not None:
                 writer.write(record)

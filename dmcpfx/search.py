@@ -39,20 +39,20 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
 from .bn import BN_STATS, recalibrate_bn  # noqa: F401  (re-exported)
-from .budget import exact_flops, exact_params, expected_flops, expected_params, min_widths, parse_target
+from .budget import expected_flops, expected_params, expected_width_values
 from .errors import ConfigError
 from .evaluation import evaluate
 from .product import load_checked
 from .progress import is_terminal
 from .schedule import check_markov_schedule, markov_prob
+from .search_result import RunningMeans, SearchResult, check_budget, human
 from .search_state import (  # noqa: F401  (CHECKPOINT_FORMAT re-exported)
     CHECKPOINT_FORMAT,
     _check_resumable,
@@ -79,15 +79,6 @@ __all__ = ["SearchResult", "SearchStep", "evaluate", "search"]
 
 
 # --- small helpers ---------------------------------------------------------------------
-def human(n: float) -> str:
-    """``1234567 -> '1.23M'`` (powers of 1000)."""
-    n = float(n)
-    for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{suffix}"
-    return f"{n:.3g}"
-
-
 def _resolve_device(device: str | torch.device | None, ctx: DistContext) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -95,74 +86,6 @@ def _resolve_device(device: str | torch.device | None, ctx: DistContext) -> torc
         return ctx.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-
-class _Meter:
-    """Running sums of detached scalars (kept on device; one host sync per ``means()``)."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, values: Mapping[str, torch.Tensor]) -> None:
-        for k, v in values.items():
-            v = v.detach().double()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v
-            self.counts[k] = self.counts.get(k, 0) + 1
-
-    def means(self) -> dict[str, float]:
-        if not self.sums:
-            return {}
-        keys = list(self.sums)
-        vals = torch.stack([self.sums[k] for k in keys]).tolist()  # one device->host transfer
-        return {k: v / self.counts[k] for k, v in zip(keys, vals)}
-
-
-# --- the search ----------------------------------------------------------------------------
-@dataclass
-class SearchResult:
-    """What :func:`search` returns. Budget numbers are in the unit of ``budget_metric``."""
-
-    target: float
-    expected: float
-    full: int
-    budget_metric: str
-    expected_widths: dict[str, float]
-    epochs: int
-    steps: int
-    run_dir: Path | None = None
-    metrics_path: Path | None = None
-    checkpoint_path: Path | None = None
-    history: list[dict] = field(default_factory=list)
-
-    @property
-    def target_flops(self) -> float:
-        return self.target
-
-    @property
-    def expected_flops(self) -> float:
-        return self.expected
-
-
-def _expected_widths(space: Any) -> dict[str, float]:
-    with torch.no_grad():
-        return {gid: float(g.expected_width()) for gid, g in space.gates().items()}
-
-
-def _check_budget(space: Any, target_flops: int | float | str, budget_metric: str) -> tuple[float, int]:
-    """``(absolute target, full count)``; the target must lie between the min and the full sub-net."""
-    if budget_metric not in ("flops", "params"):
-        raise ConfigError(f"budget_metric must be 'flops' or 'params', got {budget_metric!r}")
-    unit = "MACs" if budget_metric == "flops" else "params"
-    full = int(space.full_flops) if budget_metric == "flops" else int(space.params())
-    target = parse_target(target_flops, full, unit=unit)
-    exact = exact_flops if budget_metric == "flops" else exact_params
-    smallest = exact(space, min_widths(space))
-    if target < smallest:
-        raise ConfigError(
-            f"target {human(target)} {unit} is below the smallest sub-net's {human(smallest)} {unit} "
-            f"(every group at its minimum width); raise the target or lower min_ratio in instrument()"
-        )
-    return target, full
 
 
 def search(
@@ -271,7 +194,7 @@ def search(
         raise ConfigError(f"bn_stats must be one of {', '.join(BN_STATS)}, got {bn_stats!r}")
     if not 0.0 <= lr_warmup_start <= lr:
         raise ConfigError(f"lr_warmup_start must be in [0, lr={lr}], got {lr_warmup_start}")
-    target, full = _check_budget(space, target_flops, budget_metric)
+    target, full = check_budget(space, target_flops, budget_metric)
 
     # --- data and schedule
     train_loader = _distributed_loader(train_loader, ctx, seed)
@@ -366,7 +289,7 @@ def search(
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         phase = "warmup" if epoch < warmup_epochs else "arch"
-        epoch_meter, interval_meter = _Meter(), _Meter()
+        epoch_meter, interval_meter = RunningMeans(), RunningMeans()
         t0, images = time.perf_counter(), 0
         bar = tqdm(
             train_loader, total=steps_per_epoch, desc=f"search {epoch + 1}/{epochs} [{phase}]",
@@ -394,7 +317,7 @@ def search(
             images += x.shape[0] * ctx.world_size
             step += 1
             if step % log_interval == 0 or step == total_steps:
-                means, interval_meter = interval_meter.means(), _Meter()
+                means, interval_meter = interval_meter.means(), RunningMeans()
                 e_now = means.pop("expected") if "expected" in means else current_expected()
                 if writer is not None:
                     writer.write({
@@ -422,7 +345,7 @@ def search(
                 calib_loader=train_loader, calib_batches=calib_batches, all_reduce=ctx.distributed,
             )
             record.update(val_loss=val["loss"], val_top1=val["top1"])
-        record["expected_widths"] = _expected_widths(space)
+        record["expected_widths"] = expected_width_values(space)
         history.append(record)
         metrics_bytes = 0
         if writer is not None:
@@ -457,6 +380,6 @@ def search(
     space.train(was_training)
     return SearchResult(
         target=target, expected=current_expected(), full=full, budget_metric=budget_metric,
-        expected_widths=_expected_widths(space), epochs=epochs, steps=step, run_dir=run_path,
+        expected_widths=expected_width_values(space), epochs=epochs, steps=step, run_dir=run_path,
         metrics_path=metrics_path, checkpoint_path=ckpt_path, history=history,
     )

@@ -1,0 +1,87 @@
+"""Accuracy of a plain model on a loader: top-1 / top-5 (percent) and mean cross-entropy.
+
+Used by :func:`dmcpfx.retrain.retrain` after every epoch and by the benchmarks. Under
+torch.distributed with a sharded loader the counts are summed over the ranks.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dmcpfx.errors import ConfigError
+
+__all__ = ["autocast_for", "evaluate", "sum_over_ranks"]
+
+
+def autocast_for(amp: str | None, device: torch.device):
+    if amp is None:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Sum ``values`` over all ranks (identity outside torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _is_sharded(loader: Iterable) -> bool:
+    """Whether ``loader`` reads only this rank's share of its data set."""
+    from torch.utils.data import DistributedSampler
+
+    from dmcpfx.data import ShardSampler
+
+    return isinstance(getattr(loader, "sampler", None), (DistributedSampler, ShardSampler))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device | str | None = None,
+    *,
+    amp: str | None = None,
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) and mean cross-entropy (nats) of ``model`` on ``loader``.
+
+    ``loader`` yields ``(images (N, C, H, W), labels (N,) int64)``. The model is put in
+    eval mode and restored to its previous mode afterwards. When the loader is
+    sharded over ranks (DistributedSampler / :class:`dmcpfx.data.ShardSampler`) the
+    counts are summed over all ranks, so every rank returns the global metrics.
+    With fewer than 5 classes, top-5 is top-k with k = number of classes.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = loss_sum = count = 0.0
+    try:
+        for images, labels in loader:
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with autocast_for(amp, device):
+                logits = model(images)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            k = min(5, logits.shape[1])
+            topk = logits.topk(k, dim=1).indices
+            hits = topk.eq(labels[:, None])
+            correct1 += hits[:, 0].sum().item()
+            correct5 += hits.any(dim=1).sum().item()
+            count += labels.numel()
+    finally:
+        model.train(was_training)
+    if _is_sharded(loader):
+        correct1, correct5, loss_sum, count = sum_over_ranks([correct1, correct5, loss_sum, count], device)
+    if count == 0:
+        raise ConfigError("evaluate: the validation loader yielded no samples")
+    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count}
