@@ -10,7 +10,11 @@ graph bakes the mode in); both share the weights.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import logging
+import sys
 import traceback
 
 import torch
@@ -64,6 +68,35 @@ def _one_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+#: torch loggers that print hints when an export fails; the failure is re-raised as one
+#: TraceError line, so they are silenced during the export
+_EXPORT_LOGGERS = ("torch.fx.experimental.symbolic_shapes", "torch._export", "torch.export", "torch._dynamo")
+
+
+@contextlib.contextmanager
+def _quiet_export():
+    """Silence torch's export loggers, and hold back what export writes to stderr: a failed
+    export prints its partial graph there. The held text is written out after a success
+    (the model's own warnings) and dropped after a failure (the TraceError says it in one line)."""
+    loggers = [logging.getLogger(name) for name in _EXPORT_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    held = io.StringIO()
+    failed = False
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        with contextlib.redirect_stderr(held):
+            yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if not failed and held.getvalue():
+            sys.stderr.write(held.getvalue())
+
+
 def export_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...], training: bool) -> fx.GraphModule:
     """Export ``model`` in train or eval mode; returns a plain GraphModule sharing its weights.
 
@@ -75,7 +108,7 @@ def export_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...], training: b
     batch = Dim("batch", min=1)
     dynamic = tuple({0: batch} for _ in inputs)
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_export():
             ep = torch.export.export(model, inputs, dynamic_shapes=dynamic, strict=False)
     except Exception as exc:  # noqa: BLE001 - re-raised as one line with the module named
         where = _failing_module(exc, model) or "<top-level forward>"
