@@ -66,6 +66,25 @@ def time_steps(step_fn, steps: int, warmup: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def conv_width_costs(channels: int, size: int, batch: int, device: torch.device, steps: int) -> list[str]:
+    """Markdown rows: one 3x3 conv ``c -> c`` (forward + backward, ``batch x c x size x size``)
+    at each width of the 10% grid of ``channels``, its MACs and its time as shares of the
+    full width. On a CPU, oneDNN computes channels in blocks (16 floats with AVX-512), so a
+    width costs about what the next multiple of the block costs."""
+    def one(c: int) -> float:
+        x = torch.randn(batch, c, size, size, device=device, requires_grad=True)
+        w = torch.randn(c, c, 3, 3, device=device, requires_grad=True)
+        return time_steps(lambda: F.conv2d(x, w, padding=1).sum().backward(), steps, 2, device)
+
+    widths = sorted({max(1, round(channels * k / 10)) for k in range(1, 11)}, reverse=True)
+    full = one(channels)
+    rows = ["| width | MACs / full | time / full | ms |", "|---:|---:|---:|---:|"]
+    for c in widths:
+        sec = full if c == channels else one(c)
+        rows.append(f"| {c} | {c * c / channels ** 2:.1%} | {sec / full:.1%} | {sec * 1e3:.2f} |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="small_resnet", help="small_resnet or a torchvision model name")
@@ -80,6 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--target", default="0.5", help="budget for the arch step (ratio or MACs)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--markdown", default=None, help="also write the table to this file")
+    ap.add_argument("--conv-widths", type=int, default=0, metavar="C",
+                    help="also time one 3x3 conv at each width of the 10%% grid of C channels "
+                         "(at the input size halved twice, the last stage of the small ResNet)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -169,6 +191,11 @@ def main(argv: list[str] | None = None) -> None:
     for phase in phases.get("sliced", {}):
         m, sl = phases["masked"].get(phase, 0.0), phases["sliced"][phase]
         lines.append(f"| {phase} | {m:.4f} | {m / plain:.2f} | {sl:.4f} | {sl / plain:.2f} |")
+    if args.conv_widths:
+        size = max(1, args.size // 4)
+        lines += ["", f"One 3x3 conv, {args.batch}x{args.conv_widths}x{size}x{size}, forward + backward, at the widths "
+                  "of a 10% grid (what a sliced sub-net's layer costs):", ""]
+        lines += conv_width_costs(args.conv_widths, size, args.batch, device, args.steps)
     text = "\n".join(lines)
     print(text)
     if args.markdown:

@@ -10,10 +10,12 @@ from bench_scripts import load_benchmark
 def test_search_overhead_prints_masked_and_sliced_rows(capsys, tmp_path):
     module = load_benchmark("search_overhead.py")
     table = tmp_path / "overhead.md"
-    module.main(["--batch", "4", "--size", "16", "--steps", "1", "--warmup", "0", "--markdown", str(table)])
+    module.main(["--batch", "4", "--size", "16", "--steps", "1", "--warmup", "0", "--markdown", str(table),
+                 "--conv-widths", "16"])
     out = capsys.readouterr().out
     for row in ("| plain |", "| warm-up step | masked |", "| warm-up step | sliced |",
                 "| arch-phase step | masked |", "| arch-phase step | sliced |", "sliced / masked"):
         assert row in out
+    assert "| 16 | 100.0% | 100.0% |" in out and "| 2 | 1.6% |" in out  # the conv-width table, full to 10%
     assert "unavailable" not in out  # the small ResNet is slimmable
     assert table.read_text().strip() in out
