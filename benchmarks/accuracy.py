@@ -56,7 +56,7 @@ from accuracy_arms import (  # noqa: E402
     dmcp_search, fresh_model, make_data, tp_compact, train_and_score, uniform_compact,
 )
 from dmcpfx.fileio import write_text_atomic  # noqa: E402
-from dmcpfx.holdout import split_holdout  # noqa: E402
+from dmcpfx.search.holdout import split_holdout  # noqa: E402
 
 ARMS = ("dmcp", "dmcp_direct", "uniform", "tp")
 LABELS = {"full": "unpruned", "plain_s": "plain, search epochs", "dmcp": "DMCP expected",

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dmcpfx  # noqa: E402
 from dmcpfx.data import DataBundle, digits_loaders  # noqa: E402
-from dmcpfx.evaluation import evaluate as evaluate_space  # noqa: E402
-from dmcpfx.retrain import evaluate  # noqa: E402
+from dmcpfx.search.evaluation import evaluate as evaluate_space  # noqa: E402
+from dmcpfx.product.retrain import evaluate  # noqa: E402
 from examples.models import small_resnet  # noqa: E402
 
 # the digits demo's search hyper-parameters (examples/digits_demo.yaml)

@@ -111,7 +111,7 @@ sys.path.insert(0, str(REPO))
 import dmcpfx  # noqa: E402
 from dmcpfx.data import synthetic_loaders  # noqa: E402
 from dmcpfx.fileio import write_text_atomic  # noqa: E402
-from dmcpfx.onnx_export import run_and_compare  # noqa: E402
+from dmcpfx.product.onnx_export import run_and_compare  # noqa: E402
 
 DEFAULT_ARCH_DIR = REPO / "benchmarks" / "results" / "archs"
 MACS_BAND = 0.02  # every arm's exact MACs within 2% of the target

@@ -33,9 +33,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dmcpfx  # noqa: E402
-from dmcpfx.budget import parse_target  # noqa: E402
+from dmcpfx.search.budget import parse_target  # noqa: E402
 from dmcpfx.fileio import write_text_atomic  # noqa: E402
-from dmcpfx.search import SearchStep, _amp_dtype, _autocast  # noqa: E402
+from dmcpfx.search.loop import SearchStep, _amp_dtype, _autocast  # noqa: E402
 from dmcpfx.training import param_groups  # noqa: E402
 
 

@@ -4,20 +4,20 @@ Pipeline (DESIGN.md section 1): ``analyze`` -> ``instrument`` -> ``search`` ->
 ``derive`` -> ``materialize`` (+ ``export_onnx``) -> ``retrain``.
 """
 from .analysis import analyze
-from .arch import Arch, load_arch, save_arch, validate_widths
+from .product.arch import Arch, load_arch, save_arch, validate_widths
 from .counting import count_flops, count_params
 from .errors import AnalysisError, ArchError, ConfigError, DmcpfxError, NonFiniteError, TraceError
-from .gates import MarkovGate, split_channels
+from .search.gates import MarkovGate, split_channels
 from .analysis.graph import ChannelGraph, Group
-from .instrument import GroupInfo, SearchSpace, instrument
+from .search.instrument import GroupInfo, SearchSpace, instrument
 from .materialize import MaterializeError, materialize
-from .onnx_export import OnnxExportError, export_onnx
-from .budget import budget_loss, expected_flops, parse_target
-from .derive import derive
-from .plots import plot_widths
-from .product import load
-from .retrain import retrain
-from .search import search
+from .product.onnx_export import OnnxExportError, export_onnx
+from .search.budget import budget_loss, expected_flops, parse_target
+from .search.derive import derive
+from .product.plots import plot_widths
+from .product.run_dir import load
+from .product.retrain import retrain
+from .search.loop import search
 
 __all__ = [
     "analyze", "instrument", "materialize", "export_onnx", "count_flops", "count_params",

@@ -51,13 +51,13 @@ OUTPUT_SUFFIXES = (".pt", ".pth", ".onnx")
 def _cmd_materialize(args) -> int:
     from pathlib import Path
 
-    from .arch import load_arch
+    from .product.arch import load_arch
     from .counting import count_flops, count_params
     from .errors import ConfigError
     from .materialize import materialize
     from .models import load_model, parse_shape
-    from .onnx_export import export_onnx
-    from .product import save_weights
+    from .product.onnx_export import export_onnx
+    from .product.run_dir import save_weights
 
     suffix = Path(args.output).suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
@@ -130,7 +130,7 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_import_mmrazor(args) -> int:
-    from .mmrazor import import_mmrazor
+    from .product.mmrazor import import_mmrazor
 
     widths = import_mmrazor(args.file, args.output, input_shape=args.input_shape)
     print(f"wrote {args.output}: {len(widths)} groups from {args.file}")

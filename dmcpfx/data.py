@@ -22,7 +22,7 @@ Sources:
 
 Multi-process training (torchrun): ``distributed=True`` shards the train set
 with a :class:`~torch.utils.data.DistributedSampler` (the training loop must call
-``sampler.set_epoch(epoch)``, as :func:`dmcpfx.retrain.retrain` does).
+``sampler.set_epoch(epoch)``, as :func:`dmcpfx.product.retrain.retrain` does).
 """
 from __future__ import annotations
 

@@ -15,10 +15,10 @@ import torch
 from torch import fx, nn
 
 from .analysis import analyze
-from .arch import resolve_arch
+from .product.arch import resolve_arch
 from .errors import DmcpfxError
 from .analysis.graph import ChannelGraph
-from .gates import MarkovGate, split_channels
+from .search.gates import MarkovGate, split_channels
 from .passes.gate_insertion import gate_key, insert_gates
 from .passes.weight_slicing import patch_constants, slice_model
 from .analysis.export import as_tuple
@@ -32,9 +32,9 @@ def materialize(model, arch, example_inputs, *, graph: ChannelGraph | None = Non
                 rtol: float = 1e-3, submodule: str | None = None) -> nn.Module:
     """Return a compact copy of ``model`` keeping ``arch``'s widths (LEADING channels).
 
-    ``model``: an ``nn.Module`` or a :class:`~dmcpfx.instrument.SearchSpace` (its
+    ``model``: an ``nn.Module`` or a :class:`~dmcpfx.search.instrument.SearchSpace` (its
     current weights are used); ``arch``: ``{group_id: width}``, an
-    :class:`~dmcpfx.arch.Arch` or the path of an arch YAML. ``model`` is untouched.
+    :class:`~dmcpfx.product.arch.Arch` or the path of an arch YAML. ``model`` is untouched.
     ``graph``: the ``dmcpfx.analyze(model, example_inputs)`` result when the caller
     has it (a SearchSpace brings its own), so the model is not analyzed again; it is
     used only when it was made on inputs of the same shapes and parameters of the

@@ -39,7 +39,7 @@ from .config_checks import validate_config
 from .errors import ConfigError
 from .fileio import write_json_atomic, write_text_atomic
 from .progress import bars_enabled, is_terminal, print_search_epoch
-from .product import ONNX_NAME, SLICE_NAME, WEIGHTS_NAME, load_checked, load_weights, save_weights
+from .product.run_dir import ONNX_NAME, SLICE_NAME, WEIGHTS_NAME, load_checked, load_weights, save_weights
 
 __all__ = ["STAGES", "run_pipeline", "PipelineResult"]
 
@@ -133,7 +133,7 @@ class _Run:
 
     def rebuild(self, weights: str) -> torch.nn.Module:
         """factory (the seeded ``self.model``) -> materialize(arch.yaml) -> the weights of ``weights``."""
-        from .product import _apply, build_compact
+        from .product.run_dir import _apply, build_compact
 
         state = load_weights(self.path(weights), "weights file")
         compact = build_compact(self.cfg.model.spec, self.path("arch.yaml"), list(self.x.shape), model=self.model)
@@ -153,14 +153,14 @@ class _Run:
             for name in needed:
                 if not self.path(name).is_file():
                     raise ConfigError(f"{self.path(name)} not found: run `dmcpfx search` with this config first")
-            from .arch import load_arch
+            from .product.arch import load_arch
 
             load_arch(self.path("arch.yaml"))
             load_weights(self.path(needed[1]), "weights file")
 
     def validate(self) -> None:
         """Everything checkable without training, before the run directory exists."""
-        from .budget import parse_target
+        from .search.budget import parse_target
 
         cfg = self.cfg
         for name, loader in (("train", self.bundle.train), ("val", self.bundle.val)):
@@ -172,7 +172,7 @@ class _Run:
             raise ConfigError(f"{self.dir} already holds a finished run (report.md); choose another run.name, "
                               f"--run-dir, or set run.resume=true")
         if any(s in self.stages for s in ("analyze", "search", "derive")):
-            from .instrument import instrument
+            from .search.instrument import instrument
 
             s = cfg.search
             self.space = instrument(self.model, self.x, min_ratio=s.min_ratio, step=s.step, divisor=s.divisor,
@@ -189,7 +189,7 @@ class _Run:
             self.summary.pop("model", None)
 
     def _check_target(self) -> None:
-        from .budget import min_widths
+        from .search.budget import min_widths
 
         smallest = self.space.flops(min_widths(self.space))
         if self.target < smallest:
@@ -213,12 +213,12 @@ class _Run:
             write_text_atomic(self.path("analysis.txt"), graph.table() + "\n")
 
     def search(self) -> None:
-        from .search import search
+        from .search.loop import search
 
         s, r = self.cfg.search, self.cfg.run
         self.search_train, self.holdout = self.bundle.train, None
         if self.cfg.derive.mode == "direct":  # direct derive ranks on training images the search never sees
-            from .holdout import split_holdout
+            from .search.holdout import split_holdout
 
             n = len(self.bundle.train.dataset)
             held = max(1, min(self.cfg.derive.holdout_images, n // 5))  # at most a fifth of a small set
@@ -247,7 +247,7 @@ class _Run:
         return lambda record: print_search_epoch(record, epochs)
 
     def derive(self) -> None:
-        from .derive import derive
+        from .search.derive import derive
 
         d = self.cfg.derive
         self.widths = derive(
@@ -271,9 +271,9 @@ class _Run:
             self.save_summary()
 
     def retrain(self) -> None:
-        from .retrain import retrain
+        from .product.retrain import retrain
 
-        from .onnx_export import export_onnx
+        from .product.onnx_export import export_onnx
 
         if self.compact is None:
             self.compact = self.rebuild(SLICE_NAME)
@@ -295,7 +295,7 @@ class _Run:
         self.save_summary()
 
     def report(self) -> str | None:
-        from .report import write_report
+        from .product.report import write_report
 
         if not self.main:
             return None

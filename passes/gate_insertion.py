@@ -82,7 +82,7 @@ def gate_key(group_id: str, taken: set[str]) -> str:
 def insert_gates(channel_graph, gates: nn.ModuleDict, keys: dict[str, str]) -> dict[str, fx.GraphModule]:
     """Return instrumented copies of the traced graphs (``{"eval": gm, "train": gm}``).
 
-    ``gates`` maps gate keys to :class:`~dmcpfx.gates.MarkovGate` modules and
+    ``gates`` maps gate keys to :class:`~dmcpfx.search.gates.MarkovGate` modules and
     ``keys`` maps group ids to those keys; the copies share every original module
     (so training the instrumented model trains the original weights).
     """

@@ -94,7 +94,7 @@ def test_failed_save_writes_nothing(tmp_path, resnext):
 
 
 def test_failed_onnx_check_leaves_no_file(tmp_path, monkeypatch):
-    import dmcpfx.onnx_export as ox
+    import dmcpfx.product.onnx_export as ox
 
     def broken(*a, **k):
         raise ox.OnnxExportError("forced mismatch")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import dmcpfx
-from dmcpfx.budget import (
+from dmcpfx.search.budget import (
     budget_loss,
     exact_flops,
     exact_params,
@@ -17,7 +17,7 @@ from dmcpfx.budget import (
     parse_target,
 )
 from dmcpfx.errors import ConfigError
-from dmcpfx.gates import MarkovGate, split_channels
+from dmcpfx.search.gates import MarkovGate, split_channels
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

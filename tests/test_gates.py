@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dmcpfx.gates import MarkovGate, split_channels
+from dmcpfx.search.gates import MarkovGate, split_channels
 
 
 @pytest.mark.parametrize("width,divisor", [(64, 1), (100, 8), (256, 8), (12, 8), (30, 4), (1000, 1)])

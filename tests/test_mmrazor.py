@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from dmcpfx import ArchError, load_arch
-from dmcpfx.mmrazor import RESNET50_UNITS, import_mmrazor, parse_mmrazor
+from dmcpfx.product.mmrazor import RESNET50_UNITS, import_mmrazor, parse_mmrazor
 
 REPO = Path(__file__).resolve().parents[1]
 # the widths of MMRazor's DMCP_R50_2G.yaml, by unit index

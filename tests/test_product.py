@@ -166,7 +166,7 @@ def test_corrupt_weights_name_the_file(tmp_path, content):
 
 
 def test_count_widths_are_validated():
-    from dmcpfx.arch import validate_count_widths
+    from dmcpfx.product.arch import validate_count_widths
 
     space = dmcpfx.instrument(small_resnet(width=8, blocks=(1,)), torch.randn(1, 3, 8, 8))
     for widths, match in [({"conv1": 100}, r"'conv1': width 100 is outside"), ({"nope": 3}, "unknown group 'nope'"),

@@ -9,7 +9,7 @@ from torch import nn
 
 from dmcpfx.data import digits_loaders
 from dmcpfx.errors import ConfigError
-from dmcpfx.retrain import CHECKPOINT_NAME, METRICS_NAME, RetrainResult, evaluate, reinitialize, retrain
+from dmcpfx.product.retrain import CHECKPOINT_NAME, METRICS_NAME, RetrainResult, evaluate, reinitialize, retrain
 from dmcpfx.demo_models import small_resnet
 
 FAST = dict(lr=0.1, progress=False, device="cpu")
@@ -185,7 +185,7 @@ import torch
 torch.set_num_threads(1)
 from dmcpfx.training import distributed_context
 from dmcpfx.data import digits_loaders
-from dmcpfx.retrain import retrain
+from dmcpfx.product.retrain import retrain
 from dmcpfx.demo_models import small_resnet
 ctx = distributed_context()
 bundle = digits_loaders(image_size=16, train_subset=512, batch_size=16, distributed=True)

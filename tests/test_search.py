@@ -18,10 +18,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import dmcpfx
-from dmcpfx.budget import exact_flops, expected_flops, expected_params
-from dmcpfx.derive import derive
+from dmcpfx.search.budget import exact_flops, expected_flops, expected_params
+from dmcpfx.search.derive import derive
 from dmcpfx.errors import ConfigError
-from dmcpfx.search import evaluate, search
+from dmcpfx.search.loop import evaluate, search
 from dmcpfx.training import (
     MetricsWriter,
     capture_rng_state,

@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import dmcpfx
-from dmcpfx.bn import bn_buffers
-from dmcpfx.budget import budget_loss, exact_flops, expected_flops
-from dmcpfx.derive import derive, round_expected
+from dmcpfx.search.bn import bn_buffers
+from dmcpfx.search.budget import budget_loss, exact_flops, expected_flops
+from dmcpfx.search.derive import derive, round_expected
 from dmcpfx.errors import ConfigError
-from dmcpfx.evaluation import evaluate
-from dmcpfx.holdout import split_holdout
-from dmcpfx.schedule import markov_prob
-from dmcpfx.search_step import SearchStep
+from dmcpfx.search.evaluation import evaluate
+from dmcpfx.search.holdout import split_holdout
+from dmcpfx.search.schedule import markov_prob
+from dmcpfx.search.step import SearchStep
 from dmcpfx.training import cosine_schedule, param_groups
 from test_search import TinyResNet, loaders, make_space
 
@@ -220,7 +220,7 @@ def test_pipeline_direct_derive_ranks_on_held_out_training_images(tmp_path, monk
     cfg = load_config(None, ["search.epochs=2", "data.train_subset=160", "data.image_size=16", "data.batch_size=32",
                              "derive.mode=direct", "derive.holdout_images=32", "derive.tolerance=0.05",
                              "run.progress=false", f"run.dir={tmp_path}", "run.name=direct"])
-    derive_mod = importlib.import_module("dmcpfx.derive")  # the package attribute is the function
+    derive_mod = importlib.import_module("dmcpfx.search.derive")
     seen = {}
     real = derive_mod.derive
 

@@ -1,6 +1,6 @@
 """The search under torchrun: 2 CPU processes, gloo (DESIGN.md section 10).
 
-The worker script calls :func:`dmcpfx.search.search` exactly as a single process would;
+The worker script calls :func:`dmcpfx.search.loop.search` exactly as a single process would;
 search() picks up torchrun's environment, initialises gloo, shards the digits with a
 DistributedSampler and wraps the space in DDP.
 """
@@ -24,7 +24,7 @@ WORKER = textwrap.dedent(
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
     import dmcpfx
-    from dmcpfx.search import search
+    from dmcpfx.search.loop import search
 
     out_dir = sys.argv[1]
     rank = int(os.environ["RANK"])

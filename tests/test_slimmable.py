@@ -17,9 +17,9 @@ import torchvision
 from torch import nn
 
 import dmcpfx
-from dmcpfx.search import SearchStep
-from dmcpfx.bn import bn_buffers
-from dmcpfx.slimmable import SlicedRunner
+from dmcpfx.search.loop import SearchStep
+from dmcpfx.search.bn import bn_buffers
+from dmcpfx.search.slimmable import SlicedRunner
 from equivalence import first_tensor, randomize_norms, random_widths
 from test_zoo import INPUT_SIZE, MODELS, SLOW
 

@@ -1,4 +1,4 @@
-"""Checkpoint/resume and data-parallel helpers of :func:`dmcpfx.search.search`.
+"""Checkpoint/resume and data-parallel helpers of :func:`dmcpfx.search.loop.search`.
 
 A checkpoint (format :data:`CHECKPOINT_FORMAT`) holds the weights and alphas, both
 optimizers and schedulers, every RNG state (per rank), the sub-net sampler's and the
@@ -13,8 +13,8 @@ from typing import Any, Mapping
 
 import torch
 
-from .errors import ConfigError
-from .training import DistContext, capture_rng_state, restore_rng_state, seed_everything
+from ..errors import ConfigError
+from ..training import DistContext, capture_rng_state, restore_rng_state, seed_everything
 
 __all__ = ["CHECKPOINT_FORMAT"]
 

@@ -18,8 +18,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .fileio import atomic_path
+from ..errors import ConfigError
+from ..fileio import atomic_path
 
 __all__ = ["load", "build_compact", "save_weights", "load_weights", "load_checked", "WEIGHTS_NAME",
            "SLICE_NAME", "ONNX_NAME"]
@@ -79,8 +79,8 @@ def _apply(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> 
 def build_compact(spec: str, arch: str | os.PathLike | Mapping[str, int], input_shape, *,
                   kwargs: Mapping[str, Any] | None = None, model: nn.Module | None = None) -> nn.Module:
     """factory (``spec`` with ``kwargs``, or the given ``model``) -> materialize to ``arch``."""
-    from .materialize import materialize
-    from .models import check_input_shape, load_model
+    from ..materialize import materialize
+    from ..models import check_input_shape, load_model
 
     shape = check_input_shape(list(input_shape), "input shape")
     base = model if model is not None else load_model(spec, **dict(kwargs or {})).eval()

@@ -26,7 +26,7 @@ from torch import nn
 
 from .bn import BN_STATS, FrozenStats
 from .budget import budget_loss, expected_flops, expected_params
-from .errors import ConfigError
+from ..errors import ConfigError
 from .slimmable import SlicedRunner
 
 __all__ = ["SearchStep", "distill_loss", "to_device"]

@@ -12,7 +12,7 @@ One *iteration* on a batch ``(x, y)``:
    distillation).
 2. **architecture step** (after the first ``warmup_epochs``, every iteration, same batch):
    gates in ``expected`` mode at max width, ``loss = CE + budget_weight * budget_loss``
-   (:func:`dmcpfx.budget.budget_loss`), gradient wrt the alphas only, SGD (nesterov,
+   (:func:`dmcpfx.search.budget.budget_loss`), gradient wrt the alphas only, SGD (nesterov,
    momentum 0.9, no weight decay) with lr cosine from ``arch_lr`` to ``arch_min_lr`` over
    the architecture phase. It leaves the BatchNorm running statistics bit-identical
    (:mod:`dmcpfx.bn`); by default only the max net of the weight step updates them.
@@ -47,13 +47,13 @@ from torch import nn
 
 from .bn import BN_STATS, recalibrate_bn  # noqa: F401  (re-exported)
 from .budget import expected_flops, expected_params, expected_width_values
-from .errors import ConfigError
+from ..errors import ConfigError
 from .evaluation import evaluate
-from .product import load_checked
-from .progress import is_terminal
+from ..product.run_dir import load_checked
+from ..progress import is_terminal
 from .schedule import check_markov_schedule, markov_prob
-from .search_result import RunningMeans, SearchResult, check_budget, human
-from .search_state import (  # noqa: F401  (CHECKPOINT_FORMAT re-exported)
+from .result import RunningMeans, SearchResult, check_budget, human
+from .state import (  # noqa: F401  (CHECKPOINT_FORMAT re-exported)
     CHECKPOINT_FORMAT,
     _check_resumable,
     _distributed_loader,
@@ -61,8 +61,8 @@ from .search_state import (  # noqa: F401  (CHECKPOINT_FORMAT re-exported)
     _load_state,
     _loader_generators,
 )
-from .search_step import SearchStep, _amp_dtype, _autocast, distill_loss, to_device  # noqa: F401  (re-exported)
-from .training import (
+from .step import SearchStep, _amp_dtype, _autocast, distill_loss, to_device  # noqa: F401  (re-exported)
+from ..training import (
     DistContext,
     MetricsWriter,
     cosine_schedule,
@@ -134,7 +134,7 @@ def search(
         train_loader: yields ``(inputs, labels)``; must have ``len()``. Under torchrun a
             plain DataLoader is rebuilt with a DistributedSampler (per-rank batch size).
         target_flops: the budget -- absolute (``2e9``, ``"2G"``) or a ratio of the full
-            model (``0.5``), see :func:`dmcpfx.budget.parse_target`. MACs of one forward on
+            model (``0.5``), see :func:`dmcpfx.search.budget.parse_target`. MACs of one forward on
             the example input; a parameter count when ``budget_metric="params"``.
         epochs: total epochs; the first ``warmup_epochs`` (default ``epochs // 2``) train
             the weights only.
@@ -309,7 +309,7 @@ def search(
             if in_arch:
                 stats.update(stepper.arch_step(x, y))
                 scheds["arch_scheduler"].step()
-            from .finite import check_search_step  # NaN/inf loss or alpha: stop, naming epoch and step
+            from ..finite import check_search_step  # NaN/inf loss or alpha: stop, naming epoch and step
 
             check_search_step(stats, space, epoch=epoch + 1, step=step + 1, lr=lr_now, arch_lr=arch_lr_now)
             epoch_meter.add(stats)

@@ -1,7 +1,7 @@
 """Evaluation of a SearchSpace sub-net (or of the supernet) with clean BatchNorm statistics.
 
 :func:`evaluate` re-estimates the BatchNorm statistics at the evaluated widths on
-``calib_batches`` TRAINING batches first (official: 5; :func:`dmcpfx.bn.recalibrate_bn`)
+``calib_batches`` TRAINING batches first (official: 5; :func:`dmcpfx.search.bn.recalibrate_bn`)
 and restores the supernet's own statistics afterwards. ``calib_batches=0`` evaluates with
 the supernet's own running statistics, and must be asked for explicitly.
 """
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bn import FrozenStats, batchnorm_sites, recalibrate_bn
-from .errors import ConfigError
-from .search_step import _amp_dtype, _autocast, _gate_state, _restore_gate_state, to_device
+from ..errors import ConfigError
+from .step import _amp_dtype, _autocast, _gate_state, _restore_gate_state, to_device
 
 __all__ = ["evaluate"]
 
@@ -45,7 +45,7 @@ def evaluate(
     The sub-net is ``widths`` (hard prefix masks, missing groups at full width) when given,
     else the gate ``mode`` (``max``, ``min`` or ``expected``). The BatchNorm statistics are
     first re-estimated at that sub-net on ``calib_batches`` batches of ``calib_loader``
-    (TRAINING data; see :func:`dmcpfx.bn.recalibrate_bn`); ``calib_batches=0`` keeps the
+    (TRAINING data; see :func:`dmcpfx.search.bn.recalibrate_bn`); ``calib_batches=0`` keeps the
     supernet's own statistics. Without a ``calib_loader`` the own statistics are used, with a
     warning unless ``calib_batches=0`` says so on purpose. The
     space's own statistics, gate modes and train/eval flag are restored afterwards, so

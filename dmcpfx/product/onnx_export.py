@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .compare import max_abs_diff, output_scale
-from .errors import DmcpfxError
-from .fileio import atomic_path
-from .analysis.export import as_tuple
+from ..compare import max_abs_diff, output_scale
+from ..errors import DmcpfxError
+from ..fileio import atomic_path
+from ..analysis.export import as_tuple
 
 __all__ = ["OnnxExportError", "export_onnx", "run_and_compare", "CHECK_BATCHES"]
 

@@ -18,7 +18,7 @@ on a few training batches anyway (:func:`recalibrate_bn`, official: 5 batches).
 
 A BatchNorm is found in two forms (:func:`batchnorm_sites`): an eager
 ``nn.BatchNorm*`` module, or an ATen ``batch_norm`` call of an exported graph (a
-:class:`~dmcpfx.instrument.SearchSpace`, a GraphModule fallback) whose running buffers
+:class:`~dmcpfx.search.instrument.SearchSpace`, a GraphModule fallback) whose running buffers
 live in plain holder modules. Both are handled alike.
 """
 from __future__ import annotations
@@ -190,8 +190,8 @@ def recalibrate_bn(space: nn.Module, loader: Iterable, batches: int, *, device: 
     in train mode (graph batch-norm calls are switched to training for the duration).
     Fewer batches than asked (a short loader) is fine; zero batches is an error.
     """
-    from .errors import ConfigError
-    from .search_step import _amp_dtype, _autocast, to_device
+    from ..errors import ConfigError
+    from .step import _amp_dtype, _autocast, to_device
 
     device = device or next(space.parameters()).device
     sites = batchnorm_sites(space)

@@ -16,7 +16,7 @@ Every schedule is a pure function of the step, so a resumed search reproduces it
 """
 from __future__ import annotations
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["MARKOV_SCHEDULES", "markov_prob", "check_markov_schedule"]
 

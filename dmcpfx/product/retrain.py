@@ -30,12 +30,12 @@ from typing import Any, Callable, Iterable, Literal
 import torch
 from torch import nn
 
-from dmcpfx.accuracy import autocast_for, evaluate, sum_over_ranks
+from dmcpfx.product.accuracy import autocast_for, evaluate, sum_over_ranks
 from dmcpfx.errors import ConfigError
 from dmcpfx.fileio import write_text_atomic
 from dmcpfx.finite import FirstBadStep, check_parameters
 from dmcpfx.progress import bars_enabled
-from dmcpfx.retrain_state import CHECKPOINT_FORMAT, CHECKPOINT_NAME, METRICS_NAME, all_rng_states, load_resume_state
+from dmcpfx.product.retrain_state import CHECKPOINT_FORMAT, CHECKPOINT_NAME, METRICS_NAME, all_rng_states, load_resume_state
 from dmcpfx.training import (
     MetricsWriter,
     cosine_schedule,

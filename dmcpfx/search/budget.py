@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "budget_loss",

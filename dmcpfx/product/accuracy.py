@@ -1,6 +1,6 @@
 """Accuracy of a plain model on a loader: top-1 / top-5 (percent) and mean cross-entropy.
 
-Used by :func:`dmcpfx.retrain.retrain` after every epoch and by the benchmarks. Under
+Used by :func:`dmcpfx.product.retrain.retrain` after every epoch and by the benchmarks. Under
 torch.distributed with a sharded loader the counts are summed over the ranks.
 """
 from __future__ import annotations

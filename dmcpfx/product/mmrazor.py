@@ -25,8 +25,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import ArchError
-from .yamlio import first_line, safe_load
+from ..errors import ArchError
+from ..yamlio import first_line, safe_load
 
 __all__ = ["RESNET50_UNITS", "import_mmrazor", "parse_mmrazor"]
 
@@ -102,9 +102,9 @@ def import_mmrazor(path: str | os.PathLike, output: str | os.PathLike, *,
     import torch
     import torchvision
 
-    from .analysis import analyze
+    from ..analysis import analyze
     from .arch import save_arch
-    from .models import parse_shape
+    from ..models import parse_shape
 
     p = Path(path)
     if not p.is_file():

@@ -22,9 +22,9 @@ from typing import Mapping
 
 import yaml
 
-from .errors import ArchError
-from .fileio import write_text_atomic
-from .yamlio import first_line, safe_load
+from ..errors import ArchError
+from ..fileio import write_text_atomic
+from ..yamlio import first_line, safe_load
 
 FORMAT = "dmcpfx-arch/1"
 TOP_KEYS = ("format", "model", "input_shape", "flops", "params", "groups")
@@ -53,7 +53,7 @@ def save_arch(
 ) -> Path:
     """Write ``widths`` as an arch YAML (atomically) with exact full/pruned FLOPs and params.
 
-    ``space_or_graph``: a :class:`~dmcpfx.instrument.SearchSpace` or a
+    ``space_or_graph``: a :class:`~dmcpfx.search.instrument.SearchSpace` or a
     :class:`~dmcpfx.analysis.graph.ChannelGraph` of the model the widths belong to.
     """
     graph = getattr(space_or_graph, "graph", space_or_graph)

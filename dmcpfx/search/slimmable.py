@@ -28,8 +28,8 @@ from typing import Iterator, Mapping
 import torch
 from torch import fx, nn
 
-from .materialize import _matches, _run_eval
-from .passes.weight_slicing import _spell_out_args, _update_attributes, as_split_with_sizes, set_constant
+from ..materialize import _matches, _run_eval
+from ..passes.weight_slicing import _spell_out_args, _update_attributes, as_split_with_sizes, set_constant
 
 #: module attributes that :func:`~dmcpfx.passes.weight_slicing._update_attributes` may change
 _ATTRIBUTES = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",

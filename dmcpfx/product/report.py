@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .fileio import write_json_atomic, write_text_atomic
+from ..fileio import write_json_atomic, write_text_atomic
 
 __all__ = ["onnx_latency_ms", "report_table", "write_report"]
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["split_holdout"]
 

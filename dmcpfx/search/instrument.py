@@ -14,13 +14,13 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .analysis import analyze
-from .arch import validate_count_widths
-from .errors import ArchError
+from ..analysis import analyze
+from ..product.arch import validate_count_widths
+from ..errors import ArchError
 from .gates import MarkovGate, split_channels
-from .analysis.graph import ChannelGraph, Width
-from .passes.gate_insertion import gate_key, insert_gates
-from .analysis.export import as_tuple
+from ..analysis.graph import ChannelGraph, Width
+from ..passes.gate_insertion import gate_key, insert_gates
+from ..analysis.export import as_tuple
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class SearchSpace(nn.Module):
 
     # gates
     def gates(self) -> dict[str, MarkovGate]:
-        """Group id -> its :class:`~dmcpfx.gates.MarkovGate` (network order)."""
+        """Group id -> its :class:`~dmcpfx.search.gates.MarkovGate` (network order)."""
         return {gid: self.gate_modules[key] for gid, key in self._keys.items()}
 
     def set_mode(self, mode: str) -> None:
@@ -184,7 +184,7 @@ def instrument(
     that submodule, on its own inputs captured from one run of ``model``.
     """
     if submodule:
-        from .analysis.submodule import capture_inputs, resolve_submodule
+        from ..analysis.submodule import capture_inputs, resolve_submodule
 
         inputs = capture_inputs(model, example_inputs, submodule)
         return instrument(resolve_submodule(model, submodule), inputs, min_ratio=min_ratio, step=step,

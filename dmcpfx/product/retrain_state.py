@@ -26,7 +26,7 @@ def all_rng_states() -> list[dict]:
 
 
 def load_resume_state(path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    from dmcpfx.product import load_checked  # a corrupt file: an error naming it, not a traceback
+    from dmcpfx.product.run_dir import load_checked  # a corrupt file: an error naming it, not a traceback
 
     state = load_checked(path, "retrain checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:

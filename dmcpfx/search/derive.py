@@ -14,12 +14,12 @@ budget (exact count ``<= target * (1 + tolerance)``):
 - ``"direct"``: draw Markov samples from the gates (official rejection sampling) until
   ``samples`` distinct architectures lie within ``tolerance`` of the target, then pick the
   best one on ``val_loader`` (lowest loss; pass HELD-OUT TRAINING data, never the split a
-  report scores, see :func:`dmcpfx.holdout.split_holdout`) or, without a loader, the one
+  report scores, see :func:`dmcpfx.search.holdout.split_holdout`) or, without a loader, the one
   closest to the target. Each sample's BatchNorm statistics are re-estimated on
   ``calib_batches`` batches of ``calib_loader`` first.
 
 With ``path`` the arch YAML (DESIGN.md section 6) is written by ``dmcpfx.save_arch``; with
-``plot_path`` a kept-vs-full width bar chart (:func:`dmcpfx.plots.plot_widths`).
+``plot_path`` a kept-vs-full width bar chart (:func:`dmcpfx.product.plots.plot_widths`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from .budget import exact_flops, exact_params, expected_width_values, parse_target
-from .errors import ArchError, ConfigError
+from ..errors import ArchError, ConfigError
 
 __all__ = ["derive"]
 
@@ -192,7 +192,7 @@ def derive(
         mode: ``"expected"`` (``E[c]`` rounded to the divisor + the smallest change that
             meets the band; official) or ``"direct"`` (Markov samples within tolerance,
             best on held-out training data).
-        target_flops: the budget, absolute or a ratio (:func:`dmcpfx.budget.parse_target`);
+        target_flops: the budget, absolute or a ratio (:func:`dmcpfx.search.budget.parse_target`);
             MACs of one forward on the example input (a parameter count when
             ``budget_metric="params"``).
         tolerance: relative band around the target; the result never exceeds
@@ -202,7 +202,7 @@ def derive(
             sample closest to the target is adjusted greedily (with a warning).
         val_loader, val_batches: ``direct`` only -- rank the in-band samples by mean loss
             on (the first ``val_batches`` batches of) this loader: a held-out part of the
-            TRAINING data (:func:`dmcpfx.holdout.split_holdout`), never the reported split.
+            TRAINING data (:func:`dmcpfx.search.holdout.split_holdout`), never the reported split.
         calib_loader, calib_batches: ``direct`` only -- re-estimate BatchNorm statistics for
             each sample on ``calib_batches`` (default 5, official) training batches before
             ranking it (the supernet's statistics are restored afterwards); with a
@@ -216,7 +216,7 @@ def derive(
         raise ConfigError(f"budget_metric must be 'flops' or 'params', got {budget_metric!r}")
     if not 0.0 < tolerance < 1.0:
         raise ConfigError(f"tolerance must be in (0, 1), got {tolerance}")
-    from .finite import check_alphas  # non-finite alphas: a diverged search, no arch
+    from ..finite import check_alphas  # non-finite alphas: a diverged search, no arch
 
     check_alphas(space)
     count = exact_flops if budget_metric == "flops" else exact_params
@@ -235,11 +235,11 @@ def derive(
         raise ConfigError(f"derive mode must be 'expected' or 'direct', got {mode!r}")
 
     if path is not None:
-        from .arch import save_arch
+        from ..product.arch import save_arch
 
         save_arch(path, widths, space, model=model_name, target_flops=target if budget_metric == "flops" else None)
     if plot_path is not None:
-        from .plots import plot_widths
+        from ..product.plots import plot_widths
 
         plot_widths(space, widths, plot_path)
     return widths
@@ -291,7 +291,7 @@ def _direct(space: Any, count, adjuster: _Adjuster, *, samples: int, max_draws: 
         return widths
     if val_loader is None or len(found) == 1:
         return min(found, key=lambda wf: abs(wf[1] - adjuster.target))[0]
-    from .search import evaluate
+    from .loop import evaluate
 
     scored = []
     for widths, f in found:

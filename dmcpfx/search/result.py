@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import torch
 
 from .budget import exact_flops, exact_params, min_widths, parse_target
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["RunningMeans", "SearchResult", "check_budget", "human"]
 
