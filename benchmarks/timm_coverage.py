@@ -111,6 +111,7 @@ def measure(name: str, with_tp: bool, timeout: float, report=None) -> dict:
     try:
         model, x = build_timm(name)
         randomize_norms(model)
+        row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     except Exception as exc:  # noqa: BLE001
         row["error"] = f"build: {one_line(exc)}"
         return row
@@ -225,6 +226,23 @@ def _seconds(rows: list[dict]) -> str:
     return f"{values[len(values) // 2]:.1f} / {values[-1]:.1f}" if values else "-"
 
 
+#: the issue's scope of the time figure: models up to ResNet-50 size (its 25.6M parameters)
+RESNET50_PARAMS_M = 25.6
+
+
+def time_summary(rows: list[dict], limit_s: float = 10.0) -> str:
+    """One line: how many models up to ResNet-50's parameter count take at most ``limit_s``
+    for analyze + materialize, and the slowest of them."""
+    timed = [r for r in rows if "seconds" in r and r.get("params_m", float("inf")) <= RESNET50_PARAMS_M]
+    if not timed:
+        return "Time: no model up to ResNet-50 size was timed."
+    fast = [r for r in timed if r["seconds"] <= limit_s]
+    slow = sorted((r for r in timed if r["seconds"] > limit_s), key=lambda r: -r["seconds"])
+    over = ", ".join(f"{r['model']} {r['seconds']:.1f} s" for r in slow) or "none"
+    return (f"Time (analyze + materialize, models with at most {RESNET50_PARAMS_M}M parameters): "
+            f"{len(fast)} of {len(timed)} within {limit_s:.0f} s; over it: {over}.")
+
+
 def model_table(rows: list[dict]) -> list[str]:
     lines = ["| model | family | ours equivalent | class | share | analyze+materialize s | fx trace s | TP | TP share | top freeze reason / error |",
              "|---|---|---|---|---:|---:|---:|---|---:|---|"]
@@ -281,7 +299,8 @@ def main(argv=None) -> list[dict]:
             row = measure(name, args.torch_pruning, args.timeout)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    text = "\n".join(["## Per family", "", *family_table(rows), "", "## Per model", "", *model_table(rows), ""])
+    text = "\n".join(["## Per family", "", *family_table(rows), "", time_summary(rows), "",
+                      "## Per model", "", *model_table(rows), ""])
     print(text)
     if args.markdown:
         write_text_atomic(Path(args.markdown), text)

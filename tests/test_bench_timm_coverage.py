@@ -29,3 +29,5 @@ def test_one_model_both_tools(tmp_path, one_thread):
     text = md.read_text()
     assert "| mobilenet | 1 | 1 | 1 |" in text  # the family row: 1 model, analyzed, equivalent
     assert js.is_file()
+    assert 0.5 < row["params_m"] < 5, row  # mobilenetv3_small_050: about 1.6M parameters
+    assert "of 1 within 10 s" in text  # the time summary counts the model (at most ResNet-50 size)
