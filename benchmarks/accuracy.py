@@ -53,15 +53,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dmcpfx  # noqa: E402
 from accuracy_arms import (  # noqa: E402
-    dmcp_search, fresh_model, make_data, tp_compact, train_and_score, uniform_compact,
+    dmcp_search, fresh_model, make_data, random_compact, tp_compact, train_and_score, uniform_compact,
 )
 from dmcpfx.fileio import write_text_atomic  # noqa: E402
 from dmcpfx.search.holdout import split_holdout  # noqa: E402
 
-ARMS = ("dmcp", "dmcp_direct", "uniform", "tp")
+ARMS = ("dmcp", "dmcp_direct", "uniform", "tp", "random")
 LABELS = {"full": "unpruned", "plain_s": "plain, search epochs", "dmcp": "DMCP expected",
-          "dmcp_direct": "DMCP direct", "uniform": "uniform", "tp": "TP-L1"}
-TOLERANCE = {"dmcp": 0.01, "dmcp_direct": 0.01, "uniform": 0.02, "tp": 0.02}
+          "dmcp_direct": "DMCP direct", "uniform": "uniform", "tp": "TP-L1", "random": "random archs"}
+TOLERANCE = {"dmcp": 0.01, "dmcp_direct": 0.01, "uniform": 0.02, "tp": 0.02, "random": 0.01}
 PROTOCOLS = ("inherit", "paper")
 
 
@@ -84,6 +84,7 @@ class Settings:
     data_seed: int
     threads: int
     holdout: int
+    random_archs: int = 0
 
 
 @dataclass
@@ -148,7 +149,10 @@ def run_seed(s: Settings, seed: int) -> dict[str, Any]:
         compacts = {"dmcp": out.expected, "dmcp_direct": out.direct,
                     "uniform": uniform_compact(space, full, target, x),
                     "tp": tp_compact(full, x, space.full_flops, target)}
-        for kind, compact in compacts.items():
+        draw = torch.Generator().manual_seed(1000 * seed + round(100 * target))
+        compacts = list(compacts.items()) + [("random", random_compact(space, full, target, x, draw))
+                                             for _ in range(s.random_archs)]
+        for kind, compact in compacts:
             arm = arms.setdefault((kind, target), Arm(kind, target))
             _record(arm, compact, x, ids)
             for protocol in PROTOCOLS:
@@ -249,6 +253,22 @@ def verdict(arms: Mapping[tuple, Arm], target: float) -> list[str]:
     return out
 
 
+def random_lines(arms: Mapping[tuple, Arm], targets: Sequence[float]) -> list[str]:
+    """How much the architecture matters: DMCP and uniform against the spread of random in-band archs."""
+    out = []
+    for t in targets:
+        r = arms.get(("random", t))
+        if r is None:
+            continue
+        for protocol in PROTOCOLS:
+            vals = r.top1[protocol]
+            others = ", ".join(f"{LABELS[k]} {statistics.fmean(arms[(k, t)].top1[protocol]):.2f}"
+                               for k in ("dmcp", "uniform") if (k, t) in arms)
+            out.append(f"Random archs at {t:.0%} MACs [{protocol}]: {len(vals)} archs, {fmt(vals)} "
+                       f"(min {min(vals):.2f}, max {max(vals):.2f}); {others}")
+    return out
+
+
 def plot_wider(arms: Mapping[tuple, Arm], ids: Sequence[str], full: Sequence[int], targets: Sequence[float],
                path: Path) -> None:
     """Bars: DMCP (expected) width / full width per group, mean over seeds, against uniform."""
@@ -298,6 +318,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None, tuple
     ap.add_argument("--seed-dir", type=Path, default=None,
                     help="save each finished seed there (seed<N>.pt) and reuse the saved ones (a killed run resumes)")
     ap.add_argument("--report-only", action="store_true", help="with --seed-dir: report the saved seeds, run nothing")
+    ap.add_argument("--random-archs", type=int, default=0, metavar="N",
+                    help="also N random in-band architectures per seed and target (leading channels of the "
+                         "trained unpruned model, both protocols): how much the architecture matters on this task")
     ap.add_argument("--smoke", action="store_true", help="tiny run for the test")
     a = ap.parse_args(argv)
     if a.smoke:
@@ -306,7 +329,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None, tuple
         seeds=tuple(a.seeds), targets=tuple(a.targets), epochs=a.epochs, search_epochs=a.search_epochs, lr=a.lr,
         batch_size=a.batch_size, train_subset=a.train_subset or None, augment=a.augment, noise=a.noise,
         image_size=a.image_size, width=a.width, val_fraction=a.val_fraction, data_seed=a.data_seed,
-        threads=a.threads, holdout=a.holdout,
+        threads=a.threads, holdout=a.holdout, random_archs=a.random_archs,
     ), a.markdown, (a.jobs, a.seed_dir, a.report_only)
 
 
@@ -320,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for seed in s.seeds:
             f = seed_dir / f"seed{seed}.pt"
             if f.is_file():
-                saved[seed] = torch.load(f, weights_only=False)
+                saved[seed] = torch.load(f, weights_only=True)  # plain lists and numbers: never unpickle
     todo = [] if report_only else [seed for seed in s.seeds if seed not in saved]
     if jobs > 1 and len(todo) > 1:
         import multiprocessing as mp
@@ -352,7 +375,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{s.holdout} training images held out for direct; torch {torch.__version__}, threads {s.threads} x jobs {jobs}, "
         f"wall {(time.perf_counter() - started) / 60:.1f} min", "",
     ] + table(ordered, full_macs) + [""] + supernet_lines(supernet) + [""]
-    lines += verdict(arms, min(s.targets)) + warn + ["", "Widths per group (" + ", ".join(ids) + "), per seed:"]
+    lines += verdict(arms, min(s.targets)) + warn
+    lines += ([""] + random_lines(arms, s.targets) if s.random_archs else [])
+    lines += ["", "Widths per group (" + ", ".join(ids) + "), per seed:"]
     lines += [f"- {a.label}: " + "; ".join(str(w) for w in a.widths) for a in ordered if a.target is not None]
     text = "\n".join(lines) + "\n"
     print("\n" + text, end="", flush=True)

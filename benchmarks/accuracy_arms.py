@@ -149,6 +149,18 @@ def uniform_compact(space: dmcpfx.SearchSpace, trained: nn.Module, target: float
     return dmcpfx.materialize(trained, uniform_widths(space, ratio), (x,))
 
 
+def random_compact(space: dmcpfx.SearchSpace, trained: nn.Module, target: float, x: torch.Tensor,
+                   generator: torch.Generator) -> nn.Module:
+    """A random architecture at ``target`` of the full MACs: every group draws a valid width
+    uniformly, then derive's smallest change brings the exact MACs within 1% of the target.
+    Leading channels of ``trained`` (as uniform), so both protocols apply."""
+    from dmcpfx.search.derive import fit_widths, valid_widths
+
+    drawn = {gid: ws[int(torch.randint(len(ws), (), generator=generator))] for gid, ws in valid_widths(space).items()}
+    widths, _ = fit_widths(space, drawn, target * space.full_flops)
+    return dmcpfx.materialize(trained, widths, (x,))
+
+
 def tp_prune(model: nn.Module, x: torch.Tensor, pruning_ratio: float) -> nn.Module:
     """L1-magnitude channel pruning of a copy of ``model`` (Torch-Pruning, local ratios)."""
     import torch_pruning as tp

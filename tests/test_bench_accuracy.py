@@ -15,13 +15,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import accuracy  # noqa: E402
 
 EXPECTED = ["unpruned", "plain, search epochs"] + [
-    f"{name} {t}" for t in ("50%", "25%") for name in ("DMCP expected", "DMCP direct", "uniform", "TP-L1")
+    f"{name} {t}" for t in ("50%", "25%") for name in ("DMCP expected", "DMCP direct", "uniform", "TP-L1", "random archs")
 ]
 
 
 def test_accuracy_smoke(tmp_path, capsys, one_thread):
     out = tmp_path / "accuracy.md"
-    results = accuracy.main(["--smoke", "--markdown", str(out)])
+    results = accuracy.main(["--smoke", "--random-archs", "1", "--markdown", str(out)])
     arms = results["arms"]
     assert list(arms) == EXPECTED
     full = arms["unpruned"]["macs"][0]
@@ -41,7 +41,8 @@ def test_accuracy_smoke(tmp_path, capsys, one_thread):
     text = out.read_text(encoding="utf-8")
     for label in EXPECTED:
         assert f"| {label} |" in printed and f"| {label} |" in text
-    for phrase in ("own BN statistics", "re-estimated", "Goal at 25% MACs [inherit]", "Goal at 25% MACs [paper]"):
+    for phrase in ("own BN statistics", "re-estimated", "Goal at 25% MACs [inherit]", "Goal at 25% MACs [paper]",
+                   "Random archs at 25% MACs [paper]: 1 archs"):
         assert phrase in text
     assert "off target" not in text
     png = out.with_name("accuracy_widths.png")

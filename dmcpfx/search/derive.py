@@ -32,7 +32,7 @@ import torch
 from .budget import exact_flops, exact_params, expected_width_values, parse_target
 from ..errors import ArchError, ConfigError
 
-__all__ = ["derive"]
+__all__ = ["derive", "fit_widths", "valid_widths"]
 
 
 class _Adjuster:
@@ -165,6 +165,19 @@ class _SmallestChange:
             else:
                 f, _, widths = min(moves, key=lambda m: (self.hi - m[0], m[1]))
         return widths, f
+
+
+def fit_widths(space: Any, widths: Mapping[str, int], target: float, tolerance: float = 0.01,
+               count: Callable[[Any, Mapping[str, int]], int] = exact_flops) -> tuple[dict[str, int], int]:
+    """``widths`` (valid widths of every group) moved into ``target * (1 +- tolerance)`` by the
+    smallest change that ``derive(expected)`` makes; returns ``(widths, count)``. ``target``:
+    absolute, in the unit of ``count`` (default: exact MACs per image)."""
+    return _SmallestChange(space, count, float(target), tolerance).run(dict(widths))
+
+
+def valid_widths(space: Any) -> dict[str, list[int]]:
+    """``{group id: its valid widths}``: multiples of the divisor in ``[min_ch, C]``, plus ``C``."""
+    return {gid: _valid_widths(info) for gid, info in space.groups.items()}
 
 
 def derive(
