@@ -283,11 +283,12 @@ def plot_wider(arms: Mapping[tuple, Arm], ids: Sequence[str], full: Sequence[int
         d = [statistics.fmean(w[i] for w in arms[("dmcp", t)].widths) / full[i] for i in xs]
         u = [statistics.fmean(w[i] for w in arms[("uniform", t)].widths) / full[i] for i in xs]
         ax.bar([i - 0.2 for i in xs], d, 0.4, label="DMCP expected (mean of seeds)",
-               color=["tab:green" if a > b else "tab:red" for a, b in zip(d, u)])
+               color=["tab:green" if a > b + 1e-9 else "tab:red" if a < b - 1e-9 else "tab:blue"
+                      for a, b in zip(d, u)])
         ax.bar([i + 0.2 for i in xs], u, 0.4, label="uniform", color="tab:gray")
         ax.set_ylabel(f"kept / full at {t:.0%} MACs")
         ax.set_xticks(list(xs), [f"{g}\n({c})" for g, c in zip(ids, full)], rotation=60, ha="right", fontsize=7)
-        ax.legend(fontsize=8, title="green: DMCP wider than uniform", title_fontsize=8,
+        ax.legend(fontsize=8, title="green: DMCP wider than uniform, red: narrower, blue: equal", title_fontsize=8,
                   loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
