@@ -26,7 +26,7 @@ from typing import Any, Iterable, Union
 import yaml
 
 from .errors import ConfigError
-from .yamlio import first_line, safe_load
+from .yamlio import first_line, load_file, safe_load
 
 __all__ = ["Config", "load_config", "apply_overrides", "config_to_dict"]
 
@@ -231,14 +231,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     cfg = Config()
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            doc = safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p} is not valid YAML: {first_line(exc)}") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {p}: {exc}") from exc
+        doc = load_file(p, "config file", ConfigError)
         if doc is None:
             doc = {}
         if not isinstance(doc, dict):

@@ -5,11 +5,13 @@ the first. :func:`safe_load` raises :class:`DuplicateKeyError` naming the key an
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["UniqueKeyLoader", "DuplicateKeyError", "safe_load"]
+__all__ = ["UniqueKeyLoader", "DuplicateKeyError", "load_file", "safe_load"]
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
@@ -52,3 +54,17 @@ def first_line(exc: yaml.YAMLError) -> str:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None and "line" not in problem else ""
         return f"{problem}{where}"
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def load_file(path: str | os.PathLike, what: str, error: type[Exception], invalid: str = "is not valid YAML") -> Any:
+    """:func:`safe_load` of the file at ``path``; a missing, unreadable or invalid file raises
+    ``error`` with one line naming the file (``what``: e.g. ``"arch file"``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} not found: {p}")
+    try:
+        return safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise error(f"{p} {invalid}: {first_line(exc)}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {what} {p}: {exc}") from exc

@@ -24,7 +24,7 @@ import yaml
 
 from ..errors import ArchError
 from ..fileio import write_text_atomic
-from ..yamlio import first_line, safe_load
+from ..yamlio import load_file
 
 FORMAT = "dmcpfx-arch/1"
 TOP_KEYS = ("format", "model", "input_shape", "flops", "params", "groups")
@@ -79,14 +79,7 @@ def save_arch(
 def load_arch(path: str | os.PathLike) -> Arch:
     """Read and structurally validate an arch YAML; errors name the file and key."""
     p = Path(path)
-    if not p.is_file():
-        raise ArchError(f"arch file not found: {p}")
-    try:
-        doc = safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ArchError(f"{p} is not valid YAML: {first_line(exc)}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArchError(f"cannot read arch file {p}: {exc}") from exc
+    doc = load_file(p, "arch file", ArchError)
     if not isinstance(doc, dict):
         raise ArchError(f"{p}: expected a mapping with keys format/groups, got {type(doc).__name__}")
     unknown = sorted(str(k) for k in doc if k not in TOP_KEYS)

@@ -23,10 +23,9 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from ..errors import ArchError
-from ..yamlio import first_line, safe_load
+from ..yamlio import load_file
 
 __all__ = ["RESNET50_UNITS", "import_mmrazor", "parse_mmrazor"]
 
@@ -107,12 +106,7 @@ def import_mmrazor(path: str | os.PathLike, output: str | os.PathLike, *,
     from ..models import parse_shape
 
     p = Path(path)
-    if not p.is_file():
-        raise ArchError(f"MMRazor file not found: {p}")
-    try:
-        doc = safe_load(p.read_text(encoding="utf-8"))  # YAML is a superset of JSON
-    except yaml.YAMLError as exc:
-        raise ArchError(f"{p} is neither YAML nor JSON: {first_line(exc)}") from exc
+    doc = load_file(p, "MMRazor file", ArchError, invalid="is neither YAML nor JSON")  # YAML is a superset of JSON
     raw = parse_mmrazor(doc, str(p))
     shape = parse_shape(input_shape) if isinstance(input_shape, str) else tuple(input_shape)
     graph = analyze(torchvision.models.resnet50().eval(), torch.randn(*shape), model_name=MODEL_SPEC)
