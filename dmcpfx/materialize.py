@@ -20,7 +20,7 @@ from .errors import DmcpfxError
 from .analysis.graph import ChannelGraph
 from .search.gates import MarkovGate, split_channels
 from .passes.gate_insertion import gate_key, insert_gates
-from .passes.weight_slicing import patch_constants, slice_model
+from .passes.weight_slicing import _owner, patch_constants, slice_model
 from .analysis.export import as_tuple
 
 
@@ -191,16 +191,15 @@ def _attribute_root(compact: nn.Module, traced: fx.GraphModule, fx_graph: fx.Gra
     root = {"training": compact.training}
     for node in fx_graph.nodes:
         if node.op == "get_attr" and node.target not in root:
-            root[node.target] = _lookup(compact, node.target)
-            if root[node.target] is None:
-                root[node.target] = _lookup(traced, node.target)
+            value = _lookup(compact, node.target)
+            root[node.target] = value if value is not None else _lookup(traced, node.target)
     return root
 
 
 def _lookup(module: nn.Module, target: str):
-    value = module
-    for part in target.split("."):
-        value = getattr(value, part, None)
-        if value is None:
-            return None
-    return value
+    """The attribute at the qualified name ``target`` of ``module``, or None."""
+    try:
+        owner, attr = _owner(module, target)
+    except AttributeError:  # no such submodule
+        return None
+    return getattr(owner, attr, None)

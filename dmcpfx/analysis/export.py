@@ -81,20 +81,15 @@ def _quiet_export():
     loggers = [logging.getLogger(name) for name in _EXPORT_LOGGERS]
     levels = [lg.level for lg in loggers]
     held = io.StringIO()
-    failed = False
     try:
         for lg in loggers:
             lg.setLevel(logging.CRITICAL)
         with contextlib.redirect_stderr(held):
             yield
-    except BaseException:
-        failed = True
-        raise
+        sys.stderr.write(held.getvalue())  # reached only after a success
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-        if not failed and held.getvalue():
-            sys.stderr.write(held.getvalue())
 
 
 def export_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...], training: bool) -> fx.GraphModule:
