@@ -5,7 +5,6 @@ torch.distributed with a sharded loader the counts are summed over the ranks.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Iterable
 
 import torch
@@ -13,15 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmcpfx.errors import ConfigError
+from dmcpfx.search.step import _amp_dtype, _autocast
 
 __all__ = ["autocast_for", "evaluate", "sum_over_ranks"]
 
 
 def autocast_for(amp: str | None, device: torch.device):
-    if amp is None:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    """Autocast to ``amp`` (``"bf16"``, ``"fp16"`` or None: float32), as the search step does."""
+    return _autocast(device, _amp_dtype(amp))
 
 
 def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
