@@ -173,12 +173,33 @@ def run_seed(s: Settings, seed: int) -> dict[str, Any]:
 def _run_and_save(job: tuple[Settings, int, Path | None]) -> tuple[int, dict[str, Any]]:
     s, seed, seed_dir = job
     res = run_seed(s, seed)
+    res["settings"] = seed_settings(s)
     if seed_dir is not None:
         seed_dir.mkdir(parents=True, exist_ok=True)
         tmp = seed_dir / f"seed{seed}.pt.tmp"
         torch.save(res, tmp)
         tmp.replace(seed_dir / f"seed{seed}.pt")
     return seed, res
+
+
+def seed_settings(s: Settings) -> dict[str, Any]:
+    """The knobs a saved seed depends on (every field but the seed list, threads and jobs)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()
+            if k not in ("seeds", "threads")}
+
+
+def load_seed(path: Path, s: Settings) -> dict[str, Any]:
+    """A saved seed of ``--seed-dir``, only if it was run with the same settings as ``s``."""
+    res = torch.load(path, weights_only=True)  # plain lists and numbers: never unpickle
+    want, got = seed_settings(s), res.get("settings") if isinstance(res, dict) else None
+    if not isinstance(got, dict):
+        raise SystemExit(f"{path}: no settings record (an older accuracy.py wrote it); delete it to run that seed again")
+    diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+    if diff:
+        k = diff[0]
+        raise SystemExit(f"{path}: run with {k}={got.get(k)!r}, this run has {k}={want.get(k)!r}; "
+                         "use another --seed-dir or delete the file")
+    return res
 
 
 def _copy(model):
@@ -302,7 +323,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None, tuple
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.25], help="ratios of the full MACs")
     ap.add_argument("--epochs", type=int, default=20, help="recipe R: epochs of every (re)training")
-    ap.add_argument("--search-epochs", type=int, default=30, help="DMCP search epochs (and of the plain yardstick)")
+    ap.add_argument("--search-epochs", type=int, default=90,
+                    help="DMCP search epochs (and of the plain yardstick); shorter searches leave the "
+                         "supernet's max width further below plain training (benchmarks/README.md)")
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--train-subset", type=int, default=0, help="training images kept (0: all)")
@@ -344,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for seed in s.seeds:
             f = seed_dir / f"seed{seed}.pt"
             if f.is_file():
-                saved[seed] = torch.load(f, weights_only=True)  # plain lists and numbers: never unpickle
+                saved[seed] = load_seed(f, s)
     todo = [] if report_only else [seed for seed in s.seeds if seed not in saved]
     if jobs > 1 and len(todo) > 1:
         import multiprocessing as mp

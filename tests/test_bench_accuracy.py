@@ -47,3 +47,19 @@ def test_accuracy_smoke(tmp_path, capsys, one_thread):
     assert "off target" not in text
     png = out.with_name("accuracy_widths.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saved_seed_from_other_settings_is_refused(tmp_path):
+    """A saved seed is reused only under the settings it was run with (one line naming the file)."""
+    import torch
+
+    s, _, _ = accuracy.parse_args(["--search-epochs", "30"])
+    path = tmp_path / "seed0.pt"
+    torch.save({"arms": [], "supernet": [], "settings": accuracy.seed_settings(s)}, path)
+    assert accuracy.load_seed(path, s)["settings"]["search_epochs"] == 30
+    other, _, _ = accuracy.parse_args(["--search-epochs", "90"])
+    with pytest.raises(SystemExit, match=r"seed0\.pt: run with search_epochs=30, this run has search_epochs=90"):
+        accuracy.load_seed(path, other)
+    torch.save({"arms": [], "supernet": []}, path)
+    with pytest.raises(SystemExit, match=r"seed0\.pt: no settings record"):
+        accuracy.load_seed(path, s)
