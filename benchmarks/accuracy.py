@@ -183,7 +183,7 @@ def _run_and_save(job: tuple[Settings, int, Path | None]) -> tuple[int, dict[str
 
 
 def seed_settings(s: Settings) -> dict[str, Any]:
-    """The knobs a saved seed depends on (every field but the seed list, threads and jobs)."""
+    """The knobs a saved seed depends on (every field but the seed list and the thread count)."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()
             if k not in ("seeds", "threads")}
 
