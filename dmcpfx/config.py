@@ -69,7 +69,9 @@ class SearchConfig:
     ``lr_warmup_start``: weight lr at the first warm-up step. ``calib_batches``: training
     batches for every BatchNorm re-estimation. ``markov_schedule``: official
     (``1 - markov_decay^step``) | linear (to ``markov_prob_final``). ``bn_stats``: max | all
-    (which weight-step forwards update the BN running statistics; see dmcpfx.bn)."""
+    (which weight-step forwards update the BN running statistics; see dmcpfx.search.bn).
+    ``alpha_init``: budget (alphas start at the uniform network of 99% of the target; this
+    project's default) | zero (official; expected MACs start near 4% of the full model)."""
 
     target: Union[str, float, int] = "50%"
     epochs: int = 8
@@ -91,6 +93,7 @@ class SearchConfig:
     markov_schedule: str = "official"
     markov_decay: float = 0.9999
     markov_prob_final: float = 1.0
+    alpha_init: str = "budget"
     bn_stats: str = "max"
     amp: Union[str, None] = None
     channels_last: bool = False

@@ -103,6 +103,7 @@ def validate_config(cfg) -> None:
     _int("search.num_random", s.num_random, 0)
     _float("search.label_smoothing", s.label_smoothing, 0.0, 1.0, high_open=True)
     _int("search.calib_batches", s.calib_batches, 0)
+    _choice("search.alpha_init", s.alpha_init, ("budget", "zero"))
     _choice("search.amp", s.amp, AMP)
     _int("search.seed", s.seed, 0)
     _int("search.log_interval", s.log_interval, 1)

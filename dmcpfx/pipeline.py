@@ -8,6 +8,7 @@ Run directory (rank 0 writes, every file atomically)::
     metrics.jsonl        search metrics; checkpoint.pt: search checkpoint (resumable)
     arch.yaml            derived widths with exact MACs/params (format dmcpfx-arch/1)
     widths.png           kept vs full channels per group
+    search.png           the search: expected MACs over the target (band shaded), each group's E[c]/C
     supernet_slice.pt    the supernet's weights sliced to arch.yaml, before retraining (state dict)
     retrain_metrics.jsonl, retrain_checkpoint.pt   retraining
     compact.pt           THE PRODUCT: the retrained compact model's state dict (dmcpfx.load(run_dir))
@@ -38,7 +39,7 @@ from .config import Config, config_to_dict
 from .config_checks import validate_config
 from .errors import ConfigError
 from .fileio import write_json_atomic, write_text_atomic
-from .progress import bars_enabled, is_terminal, print_search_epoch
+from .progress import bars_enabled, derive_line, is_terminal, print_search_epoch
 from .product.run_dir import ONNX_NAME, SLICE_NAME, WEIGHTS_NAME, load_checked, load_weights, save_weights
 
 __all__ = ["STAGES", "run_pipeline", "PipelineResult"]
@@ -231,12 +232,18 @@ class _Run:
             num_random=s.num_random, label_smoothing=s.label_smoothing, calib_batches=s.calib_batches,
             log_interval=s.log_interval, progress=bars_enabled(r.progress), callback=self._epoch_line(),
             lr_warmup_start=s.lr_warmup_start, markov_schedule=s.markov_schedule, markov_decay=s.markov_decay,
-            markov_prob_final=s.markov_prob_final, bn_stats=s.bn_stats,
+            markov_prob_final=s.markov_prob_final, bn_stats=s.bn_stats, alpha_init=s.alpha_init,
         )
         last = result.history[-1] if result.history else {}
         if "val_top1" in last:
             self.summary["supernet_top1"] = 100.0 * float(last["val_top1"])
         self.summary.update(expected_macs=float(result.expected), search_epochs=result.epochs)
+        if self.main and result.metrics_path is not None:
+            from .product.plots import plot_search
+            from .training import MetricsWriter
+
+            full_widths = {gid: info.width for gid, info in self.space.groups.items()}
+            plot_search(MetricsWriter(result.metrics_path).read(), full_widths, self.path("search.png"))
         self.save_summary()
 
     def _epoch_line(self):
@@ -259,6 +266,12 @@ class _Run:
         )
         self.summary.update(pruned_macs=int(self.space.flops(self.widths)),
                             pruned_params=int(self.space.params(self.widths)))
+        expected = self.summary.get("expected_macs")
+        if expected:
+            self.summary["derive_change"] = self.summary["pruned_macs"] / float(expected) - 1.0
+            if self.main and self.cfg.run.progress:
+                print(derive_line(d.mode, float(expected), self.summary["pruned_macs"], float(self.target)),
+                      flush=True)
         self.save_summary()
 
     def materialize(self) -> None:

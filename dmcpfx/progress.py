@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Mapping
 
-__all__ = ["is_terminal", "bars_enabled", "print_search_epoch"]
+__all__ = ["is_terminal", "bars_enabled", "derive_line", "print_search_epoch"]
 
 
 def is_terminal() -> bool:
@@ -33,3 +33,11 @@ def print_search_epoch(record: Mapping[str, Any], epochs: int) -> None:
     print(f"search epoch {record.get('epoch')}/{epochs} [{record.get('phase')}]: loss "
           f"{_f(record, 'loss_max', '.4f')}, expected {_f(record, 'expected', '.4g')} of target "
           f"{_f(record, 'target', '.4g')} MACs{val}, {_f(record, 'seconds', '.1f')}s", flush=True)
+
+
+def derive_line(mode: str, expected: float, derived: float, target: float) -> str:
+    """One line for derive: the search's expected MACs, the derived arch's exact MACs, the move
+    from the expectation and the target (all MACs per image)."""
+    return (f"derive ({mode}): the search ended at E = {expected:,.0f} MACs ({expected / target:.1%} of the target); "
+            f"arch.yaml has {derived:,.0f} MACs ({derived / expected - 1.0:+.2%} from E, "
+            f"{derived / target:.1%} of the target {target:,.0f})")

@@ -71,6 +71,15 @@ def report_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _search_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Where the search ended (expected MACs vs the target) and how far derive moved it."""
+    expected, target = summary.get("expected_macs"), summary.get("target_macs")
+    if not expected or not target:
+        return []
+    return [f"The search ended at E = {_fmt(expected, 'count')} expected MACs ({expected / target:.1%} of the "
+            f"target); derive moved the count by {summary.get('derive_change', 0.0):+.2%} from E.", ""]
+
+
 def _export_batch1(model: nn.Module, x1: torch.Tensor, path: Path) -> Path:
     """Export for timing only (unchecked): the fast TorchScript exporter, else the default one."""
     import contextlib
@@ -114,6 +123,7 @@ def write_report(run_dir: str | Path, cfg, summary: dict, full_model: nn.Module,
         f"{_fmt(pruned, 'count')} MACs"
         + (f" ({(pruned / target - 1):+.2%} vs target)." if target and pruned else "."),
         "",
+        *_search_lines(summary),
         table,
         "",
         "Full top-1: the searched supernet at max width (BatchNorm re-estimated); pruned top-1: the "
@@ -133,10 +143,14 @@ def write_report(run_dir: str | Path, cfg, summary: dict, full_model: nn.Module,
         "`metrics.jsonl`: the search (the full top-1 is its last `val_top1`).",
         "- `supernet_slice.pt`: the supernet's weights sliced to `arch.yaml`, before retraining (not the product).",
         "- `config.yaml`: the resolved config of this run.",
+        "- `search.png`: the search's expected MACs over the target (budget band shaded) and each group's "
+        "expected width over its full width, per step (from `metrics.jsonl`).",
         "",
         "![kept vs full channels per group](widths.png)",
         "",
     ]
+    if (run_dir / "search.png").is_file():
+        lines += ["![the search: expected MACs over the target, and each group's expected width](search.png)", ""]
     write_json_atomic(run_dir / "summary.json", summary)
     write_text_atomic(run_dir / "report.md", "\n".join(lines))
     return table

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from .budget import exact_flops, exact_params, expected_width_values, parse_target
+from .budget import exact_flops, exact_params, expected_flops, expected_params, expected_width_values, parse_target
 from ..errors import ArchError, ConfigError
 
 __all__ = ["derive", "fit_widths", "valid_widths"]
@@ -239,7 +239,8 @@ def derive(
     adjuster = _Adjuster(space, count, target, tolerance, preferred)
 
     if mode == "expected":
-        widths, _ = _SmallestChange(space, count, target, tolerance).run(round_expected(space, preferred))
+        widths, derived = _SmallestChange(space, count, target, tolerance).run(round_expected(space, preferred))
+        _warn_far_from_expected(space, derived, target, budget_metric)
     elif mode == "direct":
         widths = _direct(space, count, adjuster, samples=samples, max_draws=max_draws, seed=seed,
                          val_loader=val_loader, val_batches=val_batches, calib_loader=calib_loader,
@@ -256,6 +257,24 @@ def derive(
 
         plot_widths(space, widths, plot_path)
     return widths
+
+
+EXPECTED_MOVE_LIMIT = 0.02  # derive(expected) moves the count at most this far from the search's E
+
+
+def _warn_far_from_expected(space: Any, derived: int, target: float, budget_metric: str) -> None:
+    """Warn when the derived count lies more than 2% from the searched expectation: the widths then
+    come from the band fill, not from the marginals (the search did not reach its budget)."""
+    with torch.no_grad():
+        expected = float(expected_flops(space) if budget_metric == "flops" else expected_params(space))
+    move = derived / expected - 1.0
+    if abs(move) > EXPECTED_MOVE_LIMIT:
+        warnings.warn(
+            f"derive(expected): the search ended at E = {expected:,.0f} ({expected / target:.1%} of the target) and "
+            f"meeting the band moved the count by {move:+.1%}; the widths come from that fill more than from the "
+            f"search (longer search, or search.alpha_init=budget)",
+            stacklevel=3,
+        )
 
 
 def _draw(gates: Mapping[str, Any], generator: torch.Generator, count: int) -> list[dict[str, int]]:

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from .bn import BN_STATS, recalibrate_bn  # noqa: F401  (re-exported)
+from .alpha_init import check_alpha_init, init_alphas
 from .budget import expected_flops, expected_params, expected_width_values
 from ..errors import ConfigError
 from .evaluation import evaluate
@@ -118,6 +119,7 @@ def search(
     markov_schedule: str = "official",
     markov_decay: float = 0.9999,
     markov_prob_final: float = 1.0,
+    alpha_init: str = "budget",
     bn_stats: str = "max",
     distill_temperature: float = 1.0,
     label_smoothing: float = 0.0,
@@ -165,6 +167,12 @@ def search(
             sub-net is a Markov sample (:mod:`dmcpfx.schedule`): ``"official"``
             ``1 - markov_decay^s`` (default), or ``"linear"`` from 0 at the first
             architecture step to ``markov_prob_final`` at the last.
+        alpha_init: where the alphas start (:mod:`dmcpfx.search.alpha_init`): ``"budget"``
+            (default, a deviation from the official code) one common value that puts the
+            expected count at 99% of the target, so the search is at its budget from the first
+            step whatever the number of architecture steps; ``"zero"`` (official) alpha = 0,
+            expected MACs near 4% of the full model at the start. Applied when the search starts
+            from scratch, not on resume.
         bn_stats: which weight-step forwards update the BatchNorm running statistics:
             ``"max"`` (default, the max net only) or ``"all"`` (official). No gradient
             depends on it; the architecture step never updates them (:mod:`dmcpfx.bn`).
@@ -190,6 +198,7 @@ def search(
     if not 0 <= warmup_epochs <= epochs:
         raise ConfigError(f"warmup_epochs must be in [0, epochs={epochs}], got {warmup_epochs}")
     check_markov_schedule(markov_schedule, markov_decay, markov_prob_final)
+    check_alpha_init(alpha_init)
     if bn_stats not in BN_STATS:
         raise ConfigError(f"bn_stats must be one of {', '.join(BN_STATS)}, got {bn_stats!r}")
     if not 0.0 <= lr_warmup_start <= lr:
@@ -247,8 +256,14 @@ def search(
         "target": target, "budget_metric": budget_metric, "epochs": epochs, "warmup_epochs": warmup_epochs,
         "steps_per_epoch": steps_per_epoch, "seed": seed, "num_random": num_random, "world_size": ctx.world_size,
         "slimmable": stepper.slimmable, "markov_schedule": markov_schedule, "markov_decay": float(markov_decay),
-        "markov_prob_final": float(markov_prob_final), "bn_stats": bn_stats,
+        "markov_prob_final": float(markov_prob_final), "bn_stats": bn_stats, "alpha_init": alpha_init,
     }
+
+    expected_fn = expected_flops if budget_metric == "flops" else expected_params
+
+    def current_expected() -> float:
+        with torch.no_grad():
+            return float(expected_fn(space))
 
     # --- files and resume
     run_path = Path(run_dir) if run_dir is not None else None
@@ -269,16 +284,14 @@ def search(
         del loaded
     else:
         seed_everything(seed + ctx.rank)
+        alpha_start = init_alphas(space, alpha_init, target, expected_fn)  # deterministic: same on every rank
         if writer is not None and writer.path.exists():
             writer.path.unlink()
         if writer is not None:
             writer.write({"kind": "slimmable", "sliced": stepper.slimmable, "reason": stepper.slimmable_reason})
-
-    expected_fn = expected_flops if budget_metric == "flops" else expected_params
-
-    def current_expected() -> float:
-        with torch.no_grad():
-            return float(expected_fn(space))
+            writer.write({"kind": "start", "step": 0, "alpha_init": alpha_init, "alpha": alpha_start,
+                          "expected": current_expected(), "target": target, "full": full, "metric": budget_metric,
+                          "expected_widths": expected_width_values(space)})
 
     # --- the loop
     # not tqdm.auto: its asyncio variant calls iter() on the loader one extra time per epoch
