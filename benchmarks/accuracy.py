@@ -27,7 +27,7 @@ Per seed ``s`` (every knob shared by all arms):
 - Two protocols: **inherit** -- every pruned arm fine-tunes its inherited weights with R;
   **paper** -- DMCP and uniform are retrained with R from scratch (the DMCP paper), TP-L1
   fine-tunes (its method; the same numbers as in inherit).
-- Exact MACs per image (``dmcpfx.count_flops`` on 1x3xSxS); DMCP must lie within 1% of the
+- Exact MACs per image (``count_flops`` on 1x3xSxS); DMCP must lie within 1% of the
   target, uniform/TP within 2% (their step functions cannot always do better).
 
 Goal: DMCP >= uniform + 1 point at 25% MACs in both protocols (reported, never tuned for).
@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dmcpfx  # noqa: E402
+from dmcpfx.counting import count_flops, count_params  # noqa: E402
 from accuracy_arms import (  # noqa: E402
     dmcp_search, fresh_model, make_data, random_compact, tp_compact, train_and_score, uniform_compact,
 )
@@ -110,8 +111,8 @@ class Arm:
 
 
 def _record(arm: Arm, model, x, ids) -> None:
-    arm.macs.append(dmcpfx.count_flops(model, x))
-    arm.params.append(dmcpfx.count_params(model))
+    arm.macs.append(count_flops(model, x))
+    arm.params.append(count_params(model))
     arm.widths.append([int(model.get_submodule(g).out_channels) for g in ids])
 
 

@@ -16,9 +16,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dmcpfx  # noqa: E402
+from dmcpfx.counting import count_flops  # noqa: E402
 from dmcpfx.data import DataBundle, digits_loaders  # noqa: E402
 from dmcpfx.search.evaluation import evaluate as evaluate_space  # noqa: E402
-from dmcpfx.product.retrain import evaluate  # noqa: E402
+from dmcpfx.accuracy import evaluate  # noqa: E402
 from examples.models import small_resnet  # noqa: E402
 
 # the digits demo's search hyper-parameters (examples/digits_demo.yaml)
@@ -176,5 +177,5 @@ def tp_prune(model: nn.Module, x: torch.Tensor, pruning_ratio: float) -> nn.Modu
 
 def tp_compact(trained: nn.Module, x: torch.Tensor, full_macs: int, target: float) -> nn.Module:
     goal = target * full_macs
-    ratio = bisect_ratio(lambda p: dmcpfx.count_flops(tp_prune(trained, x, p), x), goal, increasing=False)
+    ratio = bisect_ratio(lambda p: count_flops(tp_prune(trained, x, p), x), goal, increasing=False)
     return tp_prune(trained, x, ratio)

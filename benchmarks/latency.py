@@ -28,7 +28,7 @@ latency does not depend on the weight values; BatchNorm in eval mode):
   the band; the closest ratio is kept and flagged;
 - ``TP L1``: the same without ``round_to`` (reference).
 
-Every arm's MACs are counted with ``dmcpfx.count_flops`` on the compact model at
+Every arm's MACs are counted with ``count_flops`` on the compact model at
 ``1x3xSxS`` and must lie within 2% of ``t * full`` (printed; a miss is flagged, never
 hidden). The derived dmcp widths are cached as arch YAML under
 ``benchmarks/results/archs/`` (the file name holds the search settings; ``--research``
@@ -109,6 +109,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import dmcpfx  # noqa: E402
+from dmcpfx.arch import load_arch  # noqa: E402
+from dmcpfx.counting import count_flops  # noqa: E402
 from dmcpfx.data import synthetic_loaders  # noqa: E402
 from dmcpfx.fileio import write_text_atomic  # noqa: E402
 from dmcpfx.product.onnx_export import run_and_compare  # noqa: E402
@@ -141,7 +143,7 @@ class Arm:
     key: str                      # e.g. "dmcp-d8", "full"
     target: float | None          # MACs ratio asked for (None: the full model)
     model: nn.Module
-    macs: int                     # exact, dmcpfx.count_flops at 1x3xSxS
+    macs: int                     # exact, count_flops at 1x3xSxS
     note: str = ""
     ms: dict[str, float] = field(default_factory=dict)  # column -> median milliseconds
     padded: int | None = None     # MACs with channels padded to ORT's NCHWc block
@@ -250,7 +252,7 @@ def dmcp_widths(model: nn.Module, name: str, x: torch.Tensor, divisor: int, targ
     size = x.shape[-1]
     path = arch_cache_path(Path(args.arch_dir), name, size, divisor, target, args)
     if path.exists() and not args.research:
-        arch = dmcpfx.load_arch(path)
+        arch = load_arch(path)
         if arch.input_shape and list(arch.input_shape) != list(x.shape):
             raise RuntimeError(f"{path} was derived for input {arch.input_shape}, not {list(x.shape)}")
         print(f"  dmcp d{divisor} t={target:g}: arch from {path.relative_to(REPO) if path.is_relative_to(REPO) else path}",
@@ -335,7 +337,7 @@ def tp_arm(model: nn.Module, x: torch.Tensor, target: float, full_macs: int,
            round_to: int | None) -> tuple[nn.Module, str]:
     def macs_of(keep: float) -> tuple[int, nn.Module]:
         pruned = tp_prune(model, x, 1.0 - keep, round_to)
-        return dmcpfx.count_flops(pruned, (x,)), pruned
+        return count_flops(pruned, (x,)), pruned
 
     keep, _, pruned = solve_keep(macs_of, target * full_macs, guess=math.sqrt(target), lo=0.05)
     return pruned, f"pruning_ratio {1.0 - keep:.4f}"
@@ -346,13 +348,13 @@ def build_arms(name: str, args) -> list[Arm]:
     """The full model and every requested arm at every target, MACs verified."""
     model = build_model(name, args.seed)
     x = torch.randn(1, 3, args.size, args.size)
-    full_macs = dmcpfx.count_flops(model, (x,))
+    full_macs = count_flops(model, (x,))
     arms = [Arm("full", None, model, full_macs)]
     for target in args.targets:
         for key in args.arms:
             t0 = time.perf_counter()
             compact, note = make_arm(key, model, name, x, target, full_macs, args)
-            macs = dmcpfx.count_flops(compact, (x,))
+            macs = count_flops(compact, (x,))
             ok = within_band(macs, target * full_macs)
             note = note + ("" if ok else f"; MACs MISS the {MACS_BAND:.0%} band")
             arms.append(Arm(key, target, compact.eval(), macs, note))
@@ -559,7 +561,7 @@ def padded_macs(model: nn.Module, x: torch.Tensor, block: int) -> int:
     inputs, such as the RGB image, are read as NCHW). Linear layers are unchanged.
     """
     if block <= 1:
-        return dmcpfx.count_flops(model, (x,))
+        return count_flops(model, (x,))
 
     def up(c: int) -> int:
         return -(-c // block) * block

@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dmcpfx  # noqa: E402
 from dmcpfx.search.budget import parse_target  # noqa: E402
 from dmcpfx.fileio import write_text_atomic  # noqa: E402
-from dmcpfx.search.loop import SearchStep, _amp_dtype, _autocast  # noqa: E402
+from dmcpfx.amp import amp_dtype, autocast  # noqa: E402
+from dmcpfx.search.step import SearchStep  # noqa: E402
 from dmcpfx.training import param_groups  # noqa: E402
 
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     space = space.to(device, memory_format=fmt).train()
     x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(args.num_classes, (args.batch,), device=device)
-    dtype = _amp_dtype(args.amp)
+    dtype = amp_dtype(args.amp)
 
     # plain training of the original model
     opt = torch.optim.SGD(param_groups(model, 4e-5), lr=0.01, momentum=0.9, nesterov=True)
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def plain_step() -> None:
         opt.zero_grad(set_to_none=True)
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             out = model(x)
         loss = F.cross_entropy(out.float(), y)
         if scaler is not None:

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import dmcpfx  # noqa: E402
+from dmcpfx.counting import count_flops  # noqa: E402
 from dmcpfx.fileio import write_text_atomic  # noqa: E402
 from equivalence import TOL, first_tensor, randomize_norms, random_widths, rel_diff  # noqa: E402
 from zoo_models import FAMILY_OF, TIMM_MODELS, build_timm  # noqa: E402
@@ -128,7 +129,7 @@ def measure(name: str, with_tp: bool, timeout: float, report=None) -> dict:
         result = None
         try:
             with time_limit(timeout):
-                result = run_torch_pruning(model, x, dmcpfx.count_flops(model, x), 10)
+                result = run_torch_pruning(model, x, count_flops(model, x), 10)
             row["tp"] = result.status
             row["tp_seconds"] = result.seconds
         except Exception as exc:  # noqa: BLE001

@@ -11,7 +11,7 @@ one warm-up of both tools on a tiny network before the first model):
 
 - **ours** (``--ours analyze``, the default: what a user runs to prune at fixed
   widths): ``dmcpfx.analyze(model, x)``, per prunable group the gate candidate
-  (``dmcpfx.split_channels``, the widths ``instrument`` offers; groups too narrow
+  (``split_channels``, the widths ``instrument`` offers; groups too narrow
   for a gate are left whole, as ``instrument`` does) nearest 0.5 x width, and
   ``dmcpfx.materialize(model, widths, x, graph=graph)`` (reusing that analysis)
   with its default ``verify=True``: it deep-copies, slices the weights and checks
@@ -52,7 +52,7 @@ one-line reason; one model or tool failing never stops the run. So does running
 past ``--timeout`` seconds (per tool and model, default 600) or past the
 ``--max-memory-gb`` address-space cap (default 75% of RAM + 3 GiB: Torch-Pruning's
 index mapping grows without bound on Swin and MaxViT). MACs are counted
-with ``dmcpfx.count_flops`` (conv + linear modules) for both tools, pruned / full.
+with ``count_flops`` (conv + linear modules) for both tools, pruned / full.
 Warnings are collected and summarized at the end.
 
 Command (the official figures: all 80 models)::
@@ -88,6 +88,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the section 8 oracle helpers (tests/equivalence.py)
 
 import dmcpfx  # noqa: E402
+from dmcpfx.counting import count_flops  # noqa: E402
+from dmcpfx.search.gates import split_channels  # noqa: E402
 from dmcpfx.fileio import write_text_atomic  # noqa: E402
 from equivalence import TOL, first_tensor, randomize_norms, rel_diff  # noqa: E402
 
@@ -175,7 +177,7 @@ def run_eval(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def macs_ratio(pruned: nn.Module, x: torch.Tensor, full_macs: int) -> float:
-    return dmcpfx.count_flops(pruned, x) / max(full_macs, 1)
+    return count_flops(pruned, x) / max(full_macs, 1)
 
 
 # --- ours --------------------------------------------------------------------------------
@@ -188,7 +190,7 @@ def half_widths_from_graph(graph: dmcpfx.ChannelGraph) -> dict[str, int]:
     """Widths from the analysis alone: the gate candidates ``instrument`` would offer."""
     widths = {}
     for gid, group in graph.prunable.items():
-        split = dmcpfx.split_channels(group.width, divisor=group.divisor)
+        split = split_channels(group.width, divisor=group.divisor)
         if split.n:  # instrument skips groups too narrow to prune
             widths[gid] = nearest_half(split.candidates, group.width)
     return widths
@@ -414,7 +416,7 @@ def warm_up(ours_path: str) -> None:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
     ).eval()
     x = torch.randn(1, 3, 16, 16)
-    full = dmcpfx.count_flops(net, x)
+    full = count_flops(net, x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_ours(net, x, full, ours_path)
@@ -434,7 +436,7 @@ def compare_model(name: str, size: int, ours_path: str, timeout: float, warned: 
             warnings.simplefilter("ignore")  # torchvision's init notices (GoogLeNet, Inception)
             model, x = build(name, size)
             full_out = run_eval(model, x)
-            full_macs = dmcpfx.count_flops(model, x)
+            full_macs = count_flops(model, x)
     except Exception as exc:  # noqa: BLE001
         reason = f"model build/run: {one_line(exc)}"
         return Row(name, ToolResult(error=reason, notes=[reason]), ToolResult(error=reason, notes=[reason]))

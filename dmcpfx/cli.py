@@ -51,7 +51,7 @@ OUTPUT_SUFFIXES = (".pt", ".pth", ".onnx")
 def _cmd_materialize(args) -> int:
     from pathlib import Path
 
-    from .product.arch import load_arch
+    from .arch import load_arch
     from .counting import count_flops, count_params
     from .errors import ConfigError
     from .materialize import materialize

@@ -10,8 +10,10 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
-__all__ = ["max_abs_diff", "output_scale", "outputs_match"]
+__all__ = ["max_abs_diff", "module_matches", "output_scale", "outputs_match", "run_eval"]
 
 
 def _array(value: Any) -> np.ndarray:
@@ -54,3 +56,39 @@ def outputs_match(got: Any, want: Any, rtol: float, *, floor: float = 1.0) -> bo
     except ValueError:
         return False
     return diff <= rtol * max(output_scale(want), floor)
+
+
+def run_eval(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
+    """``module(*inputs)`` in eval mode without autograd; every submodule's train flag is restored."""
+    modes = {m: m.training for m in module.modules()}
+    try:
+        module.eval()
+        with torch.no_grad():
+            return module(*inputs)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _flatten(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _flatten(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _flatten(v)]
+    return []
+
+
+def module_matches(module: nn.Module, inputs: tuple[torch.Tensor, ...], reference: Any, rtol: float) -> bool:
+    """Whether ``module``'s eval output on ``inputs`` matches ``reference`` (tensor, or nested
+    tuples / lists / dicts of tensors) within ``rtol`` (:func:`outputs_match`, floor 1e-6);
+    a crash, a different structure or shape, a NaN or an unmatched inf is a mismatch."""
+    try:
+        out = run_eval(module, inputs)
+    except Exception:  # noqa: BLE001 - a crash is a mismatch; the caller falls back or raises
+        return False
+    got, want = _flatten(out), _flatten(reference)
+    if len(got) != len(want):
+        return False
+    return all(a.shape == b.shape and outputs_match(a, b, rtol, floor=1e-6) for a, b in zip(got, want))

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
+from .models import check_input_shape
 
 __all__ = ["validate_config", "check_device"]
 
@@ -72,8 +73,6 @@ def validate_config(cfg) -> None:
     if not isinstance(m.spec, str) or ":" not in m.spec:
         _fail("model.spec", "'torchvision:NAME', 'package.module:factory' or 'path/to/file.py:factory'", m.spec)
     if m.input_shape is not None:
-        from .models import check_input_shape
-
         check_input_shape(m.input_shape, "config key 'model.input_shape'")
     _int("model.num_classes", m.num_classes, 2, optional=True)
     if not all(isinstance(k, str) for k in m.kwargs):

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .analysis.export import as_tuple
+from .inputs import as_tuple
 
 _aten = torch.ops.aten
 _CONVS = {_aten.convolution.default, _aten._convolution.default, _aten.convolution_overrideable.default}

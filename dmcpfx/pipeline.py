@@ -40,7 +40,21 @@ from .config_checks import validate_config
 from .errors import ConfigError
 from .fileio import write_json_atomic, write_text_atomic
 from .progress import bars_enabled, derive_line, is_terminal, print_search_epoch
-from .product.run_dir import ONNX_NAME, SLICE_NAME, WEIGHTS_NAME, load_checked, load_weights, save_weights
+from . import data
+from .arch import load_arch
+from .materialize import materialize
+from .models import check_input_shape, load_model
+from .plots import plot_search
+from .product.onnx_export import export_onnx
+from .product.report import write_report
+from .product.retrain import retrain
+from .product.run_dir import ONNX_NAME, SLICE_NAME, WEIGHTS_NAME, apply_weights, build_compact, load_weights, save_weights
+from .search.budget import min_widths, parse_target
+from .search.derive import derive
+from .search.holdout import split_holdout
+from .search.instrument import instrument
+from .search.loop import search
+from .training import MetricsWriter, distributed_context, load_checked
 
 __all__ = ["STAGES", "run_pipeline", "PipelineResult"]
 
@@ -60,8 +74,6 @@ class PipelineResult:
 
 def make_data(cfg: Config, distributed: bool):
     """The :class:`~dmcpfx.data.DataBundle` of ``cfg.data`` (sharded when ``distributed``)."""
-    from . import data
-
     d = cfg.data
     if d.kind == "digits":
         return data.digits_loaders(batch_size=d.batch_size, image_size=d.image_size, train_subset=d.train_subset,
@@ -79,8 +91,6 @@ def make_data(cfg: Config, distributed: bool):
 
 def build_model(cfg: Config, bundle) -> tuple[torch.nn.Module, torch.Tensor]:
     """The model of ``cfg.model`` (fresh weights) in eval mode and a random example input."""
-    from .models import check_input_shape, load_model
-
     shape = check_input_shape(cfg.model.input_shape or list(bundle.input_shape), "model.input_shape")
     torch.manual_seed(cfg.search.seed)  # before the factory: the same seed gives the same weights
     model = load_model(cfg.model.spec, **model_kwargs(cfg, bundle)).eval()
@@ -102,8 +112,6 @@ class _Run:
     """State handed from stage to stage."""
 
     def __init__(self, cfg: Config, stages: Sequence[str]):
-        from .training import distributed_context
-
         unknown = [s for s in stages if s not in STAGES]
         if unknown:
             raise ConfigError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
@@ -134,11 +142,9 @@ class _Run:
 
     def rebuild(self, weights: str) -> torch.nn.Module:
         """factory (the seeded ``self.model``) -> materialize(arch.yaml) -> the weights of ``weights``."""
-        from .product.run_dir import _apply, build_compact
-
         state = load_weights(self.path(weights), "weights file")
         compact = build_compact(self.cfg.model.spec, self.path("arch.yaml"), list(self.x.shape), model=self.model)
-        return _apply(compact, state, str(self.path(weights))).cpu()
+        return apply_weights(compact, state, str(self.path(weights))).cpu()
 
     def _check_resume_files(self) -> None:
         """Everything a resume or a later stage reads must load, before anything is changed."""
@@ -154,15 +160,12 @@ class _Run:
             for name in needed:
                 if not self.path(name).is_file():
                     raise ConfigError(f"{self.path(name)} not found: run `dmcpfx search` with this config first")
-            from .product.arch import load_arch
 
             load_arch(self.path("arch.yaml"))
             load_weights(self.path(needed[1]), "weights file")
 
     def validate(self) -> None:
         """Everything checkable without training, before the run directory exists."""
-        from .search.budget import parse_target
-
         cfg = self.cfg
         for name, loader in (("train", self.bundle.train), ("val", self.bundle.val)):
             if hasattr(loader, "__len__") and len(loader) == 0:
@@ -173,8 +176,6 @@ class _Run:
             raise ConfigError(f"{self.dir} already holds a finished run (report.md); choose another run.name, "
                               f"--run-dir, or set run.resume=true")
         if any(s in self.stages for s in ("analyze", "search", "derive")):
-            from .search.instrument import instrument
-
             s = cfg.search
             self.space = instrument(self.model, self.x, min_ratio=s.min_ratio, step=s.step, divisor=s.divisor,
                                     model_name=cfg.model.spec)
@@ -190,8 +191,6 @@ class _Run:
             self.summary.pop("model", None)
 
     def _check_target(self) -> None:
-        from .search.budget import min_widths
-
         smallest = self.space.flops(min_widths(self.space))
         if self.target < smallest:
             raise ConfigError(f"search.target {self.cfg.search.target!r} = {self.target:,.0f} MACs is below the "
@@ -214,13 +213,9 @@ class _Run:
             write_text_atomic(self.path("analysis.txt"), graph.table() + "\n")
 
     def search(self) -> None:
-        from .search.loop import search
-
         s, r = self.cfg.search, self.cfg.run
         self.search_train, self.holdout = self.bundle.train, None
         if self.cfg.derive.mode == "direct":  # direct derive ranks on training images the search never sees
-            from .search.holdout import split_holdout
-
             n = len(self.bundle.train.dataset)
             held = max(1, min(self.cfg.derive.holdout_images, n // 5))  # at most a fifth of a small set
             self.search_train, self.holdout = split_holdout(self.bundle.train, held, seed=s.seed)
@@ -239,9 +234,6 @@ class _Run:
             self.summary["supernet_top1"] = 100.0 * float(last["val_top1"])
         self.summary.update(expected_macs=float(result.expected), search_epochs=result.epochs)
         if self.main and result.metrics_path is not None:
-            from .product.plots import plot_search
-            from .training import MetricsWriter
-
             full_widths = {gid: info.width for gid, info in self.space.groups.items()}
             plot_search(MetricsWriter(result.metrics_path).read(), full_widths, self.path("search.png"))
         self.save_summary()
@@ -254,8 +246,6 @@ class _Run:
         return lambda record: print_search_epoch(record, epochs)
 
     def derive(self) -> None:
-        from .search.derive import derive
-
         d = self.cfg.derive
         self.widths = derive(
             self.space, d.mode, target_flops=self.target, tolerance=d.tolerance, samples=d.samples,
@@ -275,8 +265,6 @@ class _Run:
         self.save_summary()
 
     def materialize(self) -> None:
-        from .materialize import materialize
-
         base = self.space.to_model().cpu().eval()
         self.compact = materialize(base, self.widths, self.x)
         if self.main:
@@ -284,10 +272,6 @@ class _Run:
             self.save_summary()
 
     def retrain(self) -> None:
-        from .product.retrain import retrain
-
-        from .product.onnx_export import export_onnx
-
         if self.compact is None:
             self.compact = self.rebuild(SLICE_NAME)
         t, r = self.cfg.retrain, self.cfg.run
@@ -308,8 +292,6 @@ class _Run:
         self.save_summary()
 
     def report(self) -> str | None:
-        from .product.report import write_report
-
         if not self.main:
             return None
         if self.compact is None:

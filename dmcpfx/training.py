@@ -7,6 +7,7 @@ Everything here is model-agnostic:
 - :func:`capture_rng_state` / :func:`restore_rng_state` -- every global RNG, stored as
   tensors and plain Python values so it survives ``torch.load(weights_only=True)``;
 - :func:`save_checkpoint` / :func:`load_checkpoint` -- atomic save, safe load;
+- :func:`load_checked` -- ``torch.load(weights_only=True)`` with a one-line error naming the file;
 - :class:`MetricsWriter` -- one JSON object per line, flushed after every record;
 - :func:`distributed_context` / :func:`ddp_wrap` -- torchrun (``RANK``, ``WORLD_SIZE``,
   ``LOCAL_RANK``) support; a single process sees ``world_size == 1`` and no wrapping.
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from .errors import ConfigError
 from .fileio import torch_save_atomic
 
 __all__ = [
@@ -37,6 +39,8 @@ __all__ = [
     "ddp_wrap",
     "distributed_context",
     "load_checkpoint",
+    "load_checked",
+    "start_over_hint",
     "param_groups",
     "restore_rng_state",
     "save_checkpoint",
@@ -159,6 +163,28 @@ def seed_everything(seed: int) -> None:
 
 
 # --- checkpoints and metrics --------------------------------------------------------------
+def start_over_hint(path: Path) -> str:
+    """How to redo the stage that wrote ``path`` (the tail of a one-line error)."""
+    return (f"delete {path.name} to redo the stage that writes it (or start over in a new run directory: "
+            f"--run-dir or run.name)")
+
+
+def load_checked(path: str | os.PathLike, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU; a missing, empty, truncated or foreign
+    file is a :class:`ConfigError` naming the file and how to start over."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {p} not found")
+    if p.stat().st_size == 0:
+        raise ConfigError(f"{what} {p} is empty; {start_over_hint(p)}")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, ...
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{what} {p} is corrupt, truncated or not a weights-only file ({first[:160]}); "
+                          f"{start_over_hint(p)}") from exc
+
+
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
     """``torch.save(state)`` atomically: a reader never sees a half-written checkpoint."""
     torch_save_atomic(dict(state), path)

@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 
 
-def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+def owner_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     prefix, _, attr = name.rpartition(".")
     return (model.get_submodule(prefix) if prefix else model), attr
 
@@ -33,7 +33,7 @@ def _set_tensor(owner: nn.Module, attr: str, new: torch.Tensor) -> None:
 def slice_model(model: nn.Module, channel_graph, widths: dict[str, int]) -> None:
     """Slice ``model`` (whose analysis is ``channel_graph``) in place to ``widths``."""
     for spec in channel_graph.slices:
-        owner, attr = _owner(model, spec.tensor)
+        owner, attr = owner_of(model, spec.tensor)
         tensor = getattr(owner, attr)
         idx = channel_graph.kept_indices(spec.layout, widths)
         if spec.grouped > 1:
@@ -45,10 +45,10 @@ def slice_model(model: nn.Module, channel_graph, widths: dict[str, int]) -> None
             new = tensor.detach().index_select(spec.dim, idx.to(tensor.device)).clone()
         _set_tensor(owner, attr, new)
     for edit in channel_graph.edits.values():
-        _update_attributes(model.get_submodule(edit.module), edit, channel_graph, widths)
+        update_attributes(model.get_submodule(edit.module), edit, channel_graph, widths)
 
 
-def _update_attributes(m: nn.Module, edit, channel_graph, widths) -> None:
+def update_attributes(m: nn.Module, edit, channel_graph, widths) -> None:
     if edit.kind == "conv":
         m.out_channels = m.weight.shape[0]
         m.in_channels = m.weight.shape[1] * m.groups
@@ -69,7 +69,7 @@ def _update_attributes(m: nn.Module, edit, channel_graph, widths) -> None:
         m.num_parameters = m.weight.shape[0]
 
 
-def _spell_out_args(node: fx.Node, last: int) -> None:
+def spell_out_args(node: fx.Node, last: int) -> None:
     """Give ``node`` positional arguments up to index ``last`` (schema defaults filled in)."""
     schema = node.target._schema.arguments
     args = list(node.args)
@@ -82,7 +82,7 @@ def _spell_out_args(node: fx.Node, last: int) -> None:
 
 def set_constant(node: fx.Node, entry, value) -> None:
     """Put ``value`` (an int, or a Node that yields one) where ``entry`` points in ``node``'s
-    arguments (``_spell_out_args`` must have given it that argument)."""
+    arguments (``spell_out_args`` must have given it that argument)."""
     if entry.index is None:
         node.update_arg(entry.arg, value)
     else:
@@ -109,7 +109,7 @@ def patch_constants(gm: fx.GraphModule, channel_graph, widths: dict[str, int], t
         if site.kind == "split":
             as_split_with_sizes(node, [int(channel_graph.kept_extent(e.layout, widths)) for e in site.entries])
             continue
-        _spell_out_args(node, max(e.arg for e in site.entries))
+        spell_out_args(node, max(e.arg for e in site.entries))
         for entry in site.entries:
             set_constant(node, entry, int(channel_graph.kept_extent(entry.layout, widths)) // entry.divide)
     gm.recompile()

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import dmcpfx
+from dmcpfx.counting import count_flops, count_params
 
 TOL = 1e-4  # max abs difference relative to the output scale (float32, eval mode)
 
@@ -120,8 +121,8 @@ def check_properties(model: nn.Module, x, seeds=(0, 1, 2)) -> dict:
         # the check can fail: pruning really changed the function
         assert rel_diff(masked, full) > 10 * TOL, f"seed {seed}: pruning did not change the output"
         # property 2: exact FLOPs / params == analytic count
-        assert dmcpfx.count_flops(compact, x) == space.flops(widths)
-        assert dmcpfx.count_params(compact) == space.params(widths)
+        assert count_flops(compact, x) == space.flops(widths)
+        assert count_params(compact) == space.params(widths)
         assert space.flops(widths) < space.full_flops
         figures["p1"] = max(figures["p1"], d)
         compacts.append((widths, compact))

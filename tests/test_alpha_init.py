@@ -15,7 +15,7 @@ import torch
 from dmcpfx.config import Config, apply_overrides
 from dmcpfx.config_checks import validate_config
 from dmcpfx.errors import ConfigError
-from dmcpfx.product.plots import plot_search
+from dmcpfx.plots import plot_search
 from dmcpfx.search.alpha_init import START_FRACTION, budget_alpha, init_alphas
 from dmcpfx.search.budget import exact_flops, expected_flops, expected_params
 from dmcpfx.search.derive import derive

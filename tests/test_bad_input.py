@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 import dmcpfx
+from dmcpfx.arch import load_arch, save_arch
 
 X = torch.randn(1, 3, 32, 32)
 
@@ -67,29 +68,29 @@ def test_bad_arch_names_the_group(resnext, widths, match):
 
 def test_arch_yaml_round_trip_and_format_errors(tmp_path, resnext):
     graph = dmcpfx.analyze(resnext, X)
-    path = dmcpfx.save_arch(tmp_path / "a.yaml", {"conv1": 32}, graph, model="torchvision:resnext50_32x4d")
-    arch = dmcpfx.load_arch(path)
+    path = save_arch(tmp_path / "a.yaml", {"conv1": 32}, graph, model="torchvision:resnext50_32x4d")
+    arch = load_arch(path)
     assert arch.widths["conv1"] == 32 and arch.flops["pruned"] < arch.flops["full"]
     compact = dmcpfx.materialize(resnext, path, X)
     assert compact.conv1.out_channels == 32
     bad = tmp_path / "bad.yaml"
     bad.write_text(path.read_text().replace("dmcpfx-arch/1", "dmcpfx-arch/9"))
     with pytest.raises(dmcpfx.ArchError, match="unsupported format 'dmcpfx-arch/9'"):
-        dmcpfx.load_arch(bad)
+        load_arch(bad)
     other = tmp_path / "other.yaml"
     other.write_text(path.read_text().replace("of: 64", "of: 48", 1))
     with pytest.raises(dmcpfx.ArchError, match="another model"):
         dmcpfx.materialize(resnext, other, X)
     (tmp_path / "notyaml.yaml").write_text("groups: [1, 2")
     with pytest.raises(dmcpfx.ArchError, match="not valid YAML"):
-        dmcpfx.load_arch(tmp_path / "notyaml.yaml")
+        load_arch(tmp_path / "notyaml.yaml")
 
 
 def test_failed_save_writes_nothing(tmp_path, resnext):
     graph = dmcpfx.analyze(resnext, X)
     target = tmp_path / "arch.yaml"
     with pytest.raises(dmcpfx.ArchError):
-        dmcpfx.save_arch(target, {"nope": 1}, graph)
+        save_arch(target, {"nope": 1}, graph)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -186,10 +187,10 @@ def test_duplicate_yaml_keys_name_the_key(tmp_path, capsys):
     arch = tmp_path / "a.yaml"
     arch.write_text("format: dmcpfx-arch/1\ngroups:\n  conv1: {channels: 8, of: 64}\n  conv1: 4\n")
     with pytest.raises(dmcpfx.ArchError, match="duplicate key 'conv1'"):
-        dmcpfx.load_arch(arch)
+        load_arch(arch)
     arch.write_text("format: dmcpfx-arch/1\ngroups: {}\nwidths: {}\n")
     with pytest.raises(dmcpfx.ArchError, match=r"unknown top-level key\(s\) \['widths'\]"):
-        dmcpfx.load_arch(arch)
+        load_arch(arch)
     assert not (tmp_path / "r").exists()
 
 

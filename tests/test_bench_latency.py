@@ -16,6 +16,7 @@ pytest.importorskip("torch_pruning")
 pytest.importorskip("onnxruntime")
 
 import dmcpfx  # noqa: E402
+from dmcpfx.arch import load_arch  # noqa: E402
 
 @pytest.mark.slow  # about 55 s on 2 cores: the default run keeps under its 10-minute budget
 def test_latency_smoke(tmp_path):
@@ -44,7 +45,7 @@ def test_latency_smoke(tmp_path):
     cached = sorted(arch_dir.glob("mobilenet_v2_64px_d*_t0.5_*.yaml"))
     assert len(cached) == 2
     for path in cached:
-        arch = dmcpfx.load_arch(path)
+        arch = load_arch(path)
         assert arch.input_shape == [1, 3, 64, 64]
 
     text = md.read_text()

@@ -49,7 +49,7 @@ def test_demo_pipeline_reduced(tmp_path):
     assert abs(arch["flops"]["target"] / arch["flops"]["full"] - 0.5) < 1e-6
     # the exact MACs of the saved compact model are the arch's
     import dmcpfx
-    from dmcpfx import count_flops
+    from dmcpfx.counting import count_flops
 
     compact = dmcpfx.load(run)  # factory -> materialize(arch.yaml) -> load_state_dict(compact.pt, strict)
     x = torch.randn(1, 3, 16, 16)

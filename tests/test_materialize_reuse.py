@@ -7,6 +7,7 @@ import torch
 import torchvision
 
 import dmcpfx
+from dmcpfx.counting import count_flops
 from equivalence import randomize_norms, random_widths
 
 
@@ -31,7 +32,7 @@ def test_reused_graph_gives_the_same_compact_model(monkeypatch):
     with torch.no_grad():
         want = fresh(x)
         assert torch.equal(reused(x), want) and torch.equal(from_space(x), want)
-    assert dmcpfx.count_flops(reused, x) == graph.flops(widths)
+    assert count_flops(reused, x) == graph.flops(widths)
 
 
 def test_a_graph_of_other_inputs_or_another_model_is_not_reused():

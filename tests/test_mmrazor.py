@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dmcpfx import ArchError, load_arch
+from dmcpfx import ArchError
+from dmcpfx.arch import load_arch
 from dmcpfx.product.mmrazor import RESNET50_UNITS, import_mmrazor, parse_mmrazor
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import dmcpfx
+from dmcpfx.arch import save_arch
 from dmcpfx.compare import max_abs_diff, outputs_match
 from dmcpfx.demo_models import small_resnet
 
@@ -103,7 +104,7 @@ def test_comparisons_count_nan_as_a_mismatch():
     assert max_abs_diff(inf, inf) == 0.0 and max_abs_diff(inf, -inf) == math.inf
     assert max_abs_diff(np.zeros(3), np.full(3, 0.5)) == 0.5
     assert not outputs_match(torch.zeros(2), torch.zeros(3), 1e-4)
-    from dmcpfx.materialize import _matches
+    from dmcpfx.compare import module_matches
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3))
     with torch.no_grad():
@@ -111,7 +112,7 @@ def test_comparisons_count_nan_as_a_mismatch():
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         ref = model(x)
-    assert not _matches(model, (x,), ref, 1e-4)
+    assert not module_matches(model, (x,), ref, 1e-4)
 
 
 def test_onnx_check_fails_on_nan_and_leaves_no_file(tmp_path):
@@ -139,7 +140,7 @@ def test_load_from_spec_arch_and_weights(tmp_path):
     model = small_resnet(width=8, blocks=(1, 1)).eval()
     x = torch.randn(1, 3, 16, 16)
     graph = dmcpfx.analyze(model, x)
-    arch = dmcpfx.save_arch(tmp_path / "arch.yaml", {"conv1": 4}, graph, model="dmcpfx.demo_models:small_resnet")
+    arch = save_arch(tmp_path / "arch.yaml", {"conv1": 4}, graph, model="dmcpfx.demo_models:small_resnet")
     compact = dmcpfx.materialize(model, arch, x)
     torch.save(compact.state_dict(), tmp_path / "w.pt")
     again = dmcpfx.load("dmcpfx.demo_models:small_resnet", arch, tmp_path / "w.pt",
@@ -166,7 +167,7 @@ def test_corrupt_weights_name_the_file(tmp_path, content):
 
 
 def test_count_widths_are_validated():
-    from dmcpfx.product.arch import validate_count_widths
+    from dmcpfx.arch import validate_count_widths
 
     space = dmcpfx.instrument(small_resnet(width=8, blocks=(1,)), torch.randn(1, 3, 8, 8))
     for widths, match in [({"conv1": 100}, r"'conv1': width 100 is outside"), ({"nope": 3}, "unknown group 'nope'"),

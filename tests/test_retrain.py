@@ -9,7 +9,9 @@ from torch import nn
 
 from dmcpfx.data import digits_loaders
 from dmcpfx.errors import ConfigError
-from dmcpfx.product.retrain import CHECKPOINT_NAME, METRICS_NAME, RetrainResult, evaluate, reinitialize, retrain
+from dmcpfx.accuracy import evaluate
+from dmcpfx.product.retrain import RetrainResult, reinitialize, retrain
+from dmcpfx.product.retrain_state import CHECKPOINT_NAME, METRICS_NAME
 from dmcpfx.demo_models import small_resnet
 
 FAST = dict(lr=0.1, progress=False, device="cpu")

@@ -21,7 +21,8 @@ import dmcpfx
 from dmcpfx.search.budget import exact_flops, expected_flops, expected_params
 from dmcpfx.search.derive import derive
 from dmcpfx.errors import ConfigError
-from dmcpfx.search.loop import evaluate, search
+from dmcpfx.search.evaluation import evaluate
+from dmcpfx.search.loop import search
 from dmcpfx.training import (
     MetricsWriter,
     capture_rng_state,

@@ -6,6 +6,7 @@ import torch
 import torchvision
 
 import dmcpfx
+from dmcpfx.counting import count_flops
 from dmcpfx.analysis.submodule import capture_inputs
 from equivalence import assert_untouched, check_properties, randomize_norms, random_widths, rel_diff, state_snapshot
 
@@ -49,7 +50,7 @@ def test_detection_backbone_pruned_in_place(name):
     assert all(rel_diff(a, b) <= 1e-4 for a, b in zip(got, masked))  # NaN fails
     assert any(rel_diff(m, f) > 1e-3 for m, f in zip(masked, full))  # pruning changed something
     assert [a.shape for a in got] == [f.shape for f in full]  # the heads see the shapes they expect
-    assert dmcpfx.count_flops(compact, x) < dmcpfx.count_flops(model, x)
+    assert count_flops(compact, x) < count_flops(model, x)
     compact(x)  # the whole detector runs end to end
     assert_untouched(model, before)
 

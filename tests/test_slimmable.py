@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 
 import dmcpfx
-from dmcpfx.search.loop import SearchStep
+from dmcpfx.search.step import SearchStep
 from dmcpfx.search.bn import bn_buffers
 from dmcpfx.search.slimmable import SlicedRunner
 from equivalence import first_tensor, randomize_norms, random_widths

@@ -14,18 +14,18 @@ every submodule and the global RNG state.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import fx, nn
 from torch.fx.node import map_arg
 
 from ..errors import AnalysisError
-from .export import EXPORT_BATCH, as_tuple, batch_of, export_both_modes
+from ..inputs import as_tuple
+from .export import EXPORT_BATCH, batch_of, export_both_modes
 from .builder import GraphBuilder
-from .graph import ChannelGraph
-from .layout import iter_layouts, iter_paramrefs
+from .channel_graph import ChannelGraph
+from .model_state import preserved_state
 from .rules import RuleContext, apply
+from .submodule import capture_inputs, resolve_submodule
 
 
 class _ChannelInterpreter(fx.Interpreter):
@@ -51,22 +51,6 @@ class _ChannelInterpreter(fx.Interpreter):
         return result
 
 
-@contextlib.contextmanager
-def preserved_state(model: nn.Module):
-    """Restore ``model``'s buffers, submodule modes and the RNG state on exit."""
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    modes = {m: m.training for m in model.modules()}
-    try:
-        with torch.random.fork_rng(devices=[]):
-            yield
-    finally:
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-        for m, mode in modes.items():
-            m.training = mode
-
-
 def analyze(model: nn.Module, example_inputs, *, model_name: str | None = None,
             submodule: str | None = None) -> ChannelGraph:
     """Export ``model`` and discover its coupled channel groups (DESIGN.md section 2).
@@ -81,8 +65,6 @@ def analyze(model: nn.Module, example_inputs, *, model_name: str | None = None,
     and the group and tensor names stay relative to the submodule.
     """
     if submodule:
-        from .submodule import capture_inputs, resolve_submodule
-
         inputs = capture_inputs(model, example_inputs, submodule)
         return analyze(resolve_submodule(model, submodule), inputs, model_name=model_name)
     inputs = as_tuple(example_inputs)
@@ -102,4 +84,4 @@ def analyze(model: nn.Module, example_inputs, *, model_name: str | None = None,
     )
 
 
-__all__ = ["analyze", "as_tuple", "iter_layouts", "iter_paramrefs", "preserved_state"]
+__all__ = ["analyze"]

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field, fields, replace
 
 import networkx as nx
 
-from .graph import ChannelGraph
+from .channel_graph import ChannelGraph
 from .layout import Layout, Seg
-from .records import ConstantEntry, ConstantSite, Group, MacRecord, Member, ModuleEdit, SliceSpec, _boundaries
+from .records import ConstantEntry, ConstantSite, Group, MacRecord, Member, ModuleEdit, SliceSpec, segment_boundaries
 
 @dataclass
 class _Space:
@@ -150,7 +150,7 @@ class GraphBuilder:
         inside a partial segment or a space that must stay whole."""
         lay = self.expand(layout)
         for _ in range(len(cuts) + 1):
-            bounds = _boundaries(lay)
+            bounds = segment_boundaries(lay)
             missing = [c for c in cuts if 0 < c < lay.channels and c not in bounds]
             if not missing:
                 return lay
@@ -177,7 +177,7 @@ class GraphBuilder:
                 self.freeze(ea, f"{why}: channel layouts do not line up")
                 self.freeze(eb, f"{why}: channel layouts do not line up")
                 return
-            cuts_a, cuts_b = _boundaries(ea), _boundaries(eb)
+            cuts_a, cuts_b = segment_boundaries(ea), segment_boundaries(eb)
             if cuts_a == cuts_b:
                 break
             union = sorted(cuts_a | cuts_b)

@@ -27,16 +27,6 @@ from ..errors import AnalysisError, ConfigError, TraceError
 EXPORT_BATCH = 2
 
 
-def as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
-    """Normalize ``example_inputs`` (a tensor or a tuple of tensors) to a tuple."""
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
-            isinstance(t, torch.Tensor) for t in example_inputs):
-        return tuple(example_inputs)
-    raise ConfigError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
-
-
 def batch_of(inputs: tuple[torch.Tensor, ...], batch: int = EXPORT_BATCH) -> tuple[torch.Tensor, ...]:
     """The first sample of every input repeated ``batch`` times (dim 0 is the batch)."""
     out = []

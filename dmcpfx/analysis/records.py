@@ -152,7 +152,7 @@ class Group:
 # --- the builder -------------------------------------------------------------------------
 
 
-def _boundaries(layout: Layout) -> set[int]:
+def segment_boundaries(layout: Layout) -> set[int]:
     """Interior channel offsets where one segment ends and the next begins."""
     cuts, offset = set(), 0
     for seg in layout.segs[:-1]:

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ..errors import AnalysisError, ConfigError
-from .export import as_tuple
+from ..inputs import as_tuple
+from .model_state import preserved_state
 
 
 def resolve_submodule(model: nn.Module, path: str | None) -> nn.Module:
@@ -29,8 +30,6 @@ def capture_inputs(model: nn.Module, example_inputs, path: str) -> tuple[torch.T
 
     The model's buffers, modes and the RNG state are left as they were.
     """
-    from . import preserved_state  # the package imports this module
-
     sub = resolve_submodule(model, path)
     seen: list[tuple] = []
 

@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
+from ..analysis import analyze
+from ..arch import save_arch
 from ..errors import ArchError
+from ..models import parse_shape
 from ..yamlio import load_file
 
 __all__ = ["RESNET50_UNITS", "import_mmrazor", "parse_mmrazor"]
@@ -100,10 +103,6 @@ def import_mmrazor(path: str | os.PathLike, output: str | os.PathLike, *,
     """
     import torch
     import torchvision
-
-    from ..analysis import analyze
-    from .arch import save_arch
-    from ..models import parse_shape
 
     p = Path(path)
     doc = load_file(p, "MMRazor file", ArchError, invalid="is neither YAML nor JSON")  # YAML is a superset of JSON

@@ -14,7 +14,7 @@ from torch import nn
 from ..compare import max_abs_diff, output_scale
 from ..errors import DmcpfxError
 from ..fileio import atomic_path
-from ..analysis.export import as_tuple
+from ..inputs import as_tuple
 
 __all__ = ["OnnxExportError", "export_onnx", "run_and_compare", "CHECK_BATCHES"]
 

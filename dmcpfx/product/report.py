@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..fileio import write_json_atomic, write_text_atomic
+from .onnx_export import export_onnx
 
 __all__ = ["onnx_latency_ms", "report_table", "write_report"]
 
@@ -85,8 +86,6 @@ def _export_batch1(model: nn.Module, x1: torch.Tensor, path: Path) -> Path:
     import contextlib
     import io
     import warnings
-
-    from .onnx_export import export_onnx
 
     model = model.cpu().eval()
     try:

@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterable, Literal
 import torch
 from torch import nn
 
-from dmcpfx.product.accuracy import autocast_for, evaluate, sum_over_ranks
+from dmcpfx.accuracy import evaluate, sum_over_ranks
+from dmcpfx.amp import autocast_for
 from dmcpfx.errors import ConfigError
 from dmcpfx.fileio import write_text_atomic
 from dmcpfx.finite import FirstBadStep, check_parameters
@@ -47,7 +48,7 @@ from dmcpfx.training import (
     seed_everything,
 )
 
-__all__ = ["RetrainResult", "retrain", "evaluate", "reinitialize", "CHECKPOINT_NAME", "METRICS_NAME"]
+__all__ = ["RetrainResult", "retrain", "reinitialize"]
 
 
 InitMode = Literal["scratch", "inherit"]

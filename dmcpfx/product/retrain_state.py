@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from dmcpfx.errors import ConfigError
-from dmcpfx.training import capture_rng_state
+from dmcpfx.training import capture_rng_state, load_checked  # a corrupt file: an error naming it
 
 CHECKPOINT_NAME = "retrain_checkpoint.pt"
 METRICS_NAME = "retrain_metrics.jsonl"
@@ -26,8 +26,6 @@ def all_rng_states() -> list[dict]:
 
 
 def load_resume_state(path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    from dmcpfx.product.run_dir import load_checked  # a corrupt file: an error naming it, not a traceback
-
     state = load_checked(path, "retrain checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{path}: not a dmcpfx retrain checkpoint (format "

@@ -18,36 +18,19 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..arch import Arch, load_arch
 from ..errors import ConfigError
 from ..fileio import atomic_path
+from ..materialize import materialize
+from ..models import check_input_shape, load_model
+from ..training import load_checked, start_over_hint
 
-__all__ = ["load", "build_compact", "save_weights", "load_weights", "load_checked", "WEIGHTS_NAME",
+__all__ = ["load", "apply_weights", "build_compact", "save_weights", "load_weights", "WEIGHTS_NAME",
            "SLICE_NAME", "ONNX_NAME"]
 
 WEIGHTS_NAME = "compact.pt"        # the retrained compact model (state dict)
 SLICE_NAME = "supernet_slice.pt"   # the supernet's weights sliced to the arch, before retraining
 ONNX_NAME = "compact.onnx"         # the retrained compact model, ONNX, dynamic batch
-
-
-def _start_over(path: Path) -> str:
-    return (f"delete {path.name} to redo the stage that writes it (or start over in a new run directory: "
-            f"--run-dir or run.name)")
-
-
-def load_checked(path: str | os.PathLike, what: str) -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU; a missing, empty, truncated or foreign
-    file is a :class:`ConfigError` naming the file and how to start over."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{what} {p} not found")
-    if p.stat().st_size == 0:
-        raise ConfigError(f"{what} {p} is empty; {_start_over(p)}")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, ...
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{what} {p} is corrupt, truncated or not a weights-only file ({first[:160]}); "
-                          f"{_start_over(p)}") from exc
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
@@ -63,11 +46,13 @@ def load_weights(path: str | os.PathLike, what: str = "weights file") -> dict[st
     state = load_checked(path, what)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{what} {path} is not a state dict of tensors (got {type(state).__name__}); "
-                          f"{_start_over(Path(path))}")
+                          f"{start_over_hint(Path(path))}")
     return dict(state)
 
 
-def _apply(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+def apply_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+    """``model.load_state_dict(state, strict=True)``, in eval mode; a mismatch is a ConfigError
+    naming ``source`` (the weights file)."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -79,9 +64,6 @@ def _apply(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> 
 def build_compact(spec: str, arch: str | os.PathLike | Mapping[str, int], input_shape, *,
                   kwargs: Mapping[str, Any] | None = None, model: nn.Module | None = None) -> nn.Module:
     """factory (``spec`` with ``kwargs``, or the given ``model``) -> materialize to ``arch``."""
-    from ..materialize import materialize
-    from ..models import check_input_shape, load_model
-
     shape = check_input_shape(list(input_shape), "input shape")
     base = model if model is not None else load_model(spec, **dict(kwargs or {})).eval()
     return materialize(base, arch, torch.randn(*shape))
@@ -121,11 +103,9 @@ def load(run_dir_or_spec: str | os.PathLike, arch: str | os.PathLike | Mapping[s
         spec = str(run_dir_or_spec)
     state = load_weights(weights)
     if input_shape is None:
-        from .arch import Arch, load_arch
-
         loaded = arch if isinstance(arch, Arch) else load_arch(arch) if isinstance(arch, (str, os.PathLike)) else None
         input_shape = loaded.input_shape if loaded is not None else None
         if not input_shape:
             raise ConfigError("load(): pass input_shape (the arch gives none)")
     compact = build_compact(spec, arch, input_shape, kwargs=kwargs)
-    return _apply(compact, state, str(weights))
+    return apply_weights(compact, state, str(weights))

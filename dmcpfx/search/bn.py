@@ -18,7 +18,7 @@ on a few training batches anyway (:func:`recalibrate_bn`, official: 5 batches).
 
 A BatchNorm is found in two forms (:func:`batchnorm_sites`): an eager
 ``nn.BatchNorm*`` module, or an ATen ``batch_norm`` call of an exported graph (a
-:class:`~dmcpfx.search.instrument.SearchSpace`, a GraphModule fallback) whose running buffers
+:class:`~dmcpfx.search.space.SearchSpace`, a GraphModule fallback) whose running buffers
 live in plain holder modules. Both are handled alike.
 """
 from __future__ import annotations
@@ -30,20 +30,15 @@ from typing import Iterable, Iterator
 import torch
 from torch import fx, nn
 
+from ..amp import amp_dtype, autocast, to_device
+from ..passes.batchnorm_args import BN_CALLS, cumulative_batch_norm
+from ..errors import ConfigError
+
 __all__ = ["BN_STATS", "BatchNormSite", "FrozenStats", "batchnorm_sites", "bn_buffers", "recalibrate_bn"]
 
 #: which weight-step forwards update the BatchNorm running statistics
 BN_STATS = ("max", "all")
 
-_aten = torch.ops.aten
-#: ATen batch-norm calls that update running buffers in place when training:
-#: op -> argument positions of (running_mean, running_var, training, momentum)
-_BN_CALLS = {
-    _aten.batch_norm.default: (3, 4, 5, 6),
-    _aten.native_batch_norm.default: (3, 4, 5, 6),
-    _aten._native_batch_norm_legit.default: (3, 4, 5, 6),
-    _aten.cudnn_batch_norm.default: (3, 4, 5, 6),
-}
 _COUNT = "num_batches_tracked"
 
 
@@ -69,7 +64,7 @@ class BatchNormSite:
 
 def _graph_sites(gm: fx.GraphModule, sites: dict[int, BatchNormSite]) -> None:
     for node in gm.graph.nodes:
-        pos = _BN_CALLS.get(node.target) if node.op == "call_function" else None
+        pos = BN_CALLS.get(node.target) if node.op == "call_function" else None
         if pos is None or len(node.args) <= pos[1]:
             continue
         mean, var = node.args[pos[0]], node.args[pos[1]]
@@ -155,31 +150,6 @@ class FrozenStats:
             self.restore()
 
 
-@contextlib.contextmanager
-def _cumulative_graph_calls(sites: list[BatchNormSite]) -> Iterator[callable]:
-    """Graph batch-norm calls switched to training with a settable momentum; yields
-    ``set_momentum(m)`` (recompiles the graphs). Arguments are restored afterwards."""
-    saved = [(gm, node, node.args) for site in sites for gm, node in site.calls]
-    graphs = {id(gm): gm for gm, _, _ in saved}
-
-    def set_momentum(momentum: float) -> None:
-        for gm, node, args in saved:
-            pos = _BN_CALLS[node.target]
-            new = list(args)
-            new[pos[2]], new[pos[3]] = True, float(momentum)
-            node.args = tuple(new)
-        for gm in graphs.values():
-            gm.recompile()
-
-    try:
-        yield set_momentum
-    finally:
-        for gm, node, args in saved:
-            node.args = args
-        for gm in graphs.values():
-            gm.recompile()
-
-
 @torch.no_grad()
 def recalibrate_bn(space: nn.Module, loader: Iterable, batches: int, *, device: torch.device | None = None,
                    amp: str | None = None, channels_last: bool = False) -> None:
@@ -190,9 +160,6 @@ def recalibrate_bn(space: nn.Module, loader: Iterable, batches: int, *, device: 
     in train mode (graph batch-norm calls are switched to training for the duration).
     Fewer batches than asked (a short loader) is fine; zero batches is an error.
     """
-    from ..errors import ConfigError
-    from .step import _amp_dtype, _autocast, to_device
-
     device = device or next(space.parameters()).device
     sites = batchnorm_sites(space)
     eager = [s.module for s in sites if s.module is not None]
@@ -210,17 +177,17 @@ def recalibrate_bn(space: nn.Module, loader: Iterable, batches: int, *, device: 
         var.fill_(1.0)
         for c in count:
             c.zero_()
-    dtype = _amp_dtype(amp)
+    dtype = amp_dtype(amp)
     seen = 0
     try:
-        with _cumulative_graph_calls(graph_sites) as set_momentum:
+        with cumulative_batch_norm([call for site in graph_sites for call in site.calls]) as set_momentum:
             for i, batch in enumerate(loader):
                 if i >= batches:
                     break
                 x, _ = to_device(batch, device, channels_last)
                 if graph_sites:
                     set_momentum(1.0 / (seen + 1))  # the running mean of the batch statistics
-                with _autocast(device, dtype):
+                with autocast(device, dtype):
                     space(x)
                 seen += 1
     finally:

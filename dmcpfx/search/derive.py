@@ -18,8 +18,8 @@ budget (exact count ``<= target * (1 + tolerance)``):
   closest to the target. Each sample's BatchNorm statistics are re-estimated on
   ``calib_batches`` batches of ``calib_loader`` first.
 
-With ``path`` the arch YAML (DESIGN.md section 6) is written by ``dmcpfx.save_arch``; with
-``plot_path`` a kept-vs-full width bar chart (:func:`dmcpfx.product.plots.plot_widths`).
+With ``path`` the arch YAML (DESIGN.md section 6) is written by ``dmcpfx.arch.save_arch``; with
+``plot_path`` a kept-vs-full width bar chart (:func:`dmcpfx.plots.plot_widths`).
 """
 from __future__ import annotations
 
@@ -29,8 +29,12 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from .budget import exact_flops, exact_params, expected_flops, expected_params, expected_width_values, parse_target
+from ..arch import save_arch
 from ..errors import ArchError, ConfigError
+from ..finite import check_alphas
+from ..plots import plot_widths
+from .budget import exact_flops, exact_params, expected_flops, expected_params, expected_width_values, parse_target
+from .evaluation import evaluate
 
 __all__ = ["derive", "fit_widths", "valid_widths"]
 
@@ -221,7 +225,7 @@ def derive(
             ranking it (the supernet's statistics are restored afterwards); with a
             ``val_loader`` and ``calib_batches > 0`` a ``calib_loader`` is required.
         seed: seed of the sampling generator.
-        path: write the arch YAML there (``dmcpfx.save_arch``, exact full/pruned/target).
+        path: write the arch YAML there (``dmcpfx.arch.save_arch``, exact full/pruned/target).
         plot_path: write a PNG bar chart of kept vs full width per group.
         model_name: passed to ``save_arch`` as ``model`` (e.g. ``"torchvision.models.resnet50"``).
     """
@@ -229,9 +233,7 @@ def derive(
         raise ConfigError(f"budget_metric must be 'flops' or 'params', got {budget_metric!r}")
     if not 0.0 < tolerance < 1.0:
         raise ConfigError(f"tolerance must be in (0, 1), got {tolerance}")
-    from ..finite import check_alphas  # non-finite alphas: a diverged search, no arch
-
-    check_alphas(space)
+    check_alphas(space)  # non-finite alphas: a diverged search, no arch
     count = exact_flops if budget_metric == "flops" else exact_params
     full = int(space.full_flops) if budget_metric == "flops" else int(space.params())
     target = parse_target(target_flops, full, unit="MACs" if budget_metric == "flops" else "params")
@@ -249,12 +251,8 @@ def derive(
         raise ConfigError(f"derive mode must be 'expected' or 'direct', got {mode!r}")
 
     if path is not None:
-        from ..product.arch import save_arch
-
         save_arch(path, widths, space, model=model_name, target_flops=target if budget_metric == "flops" else None)
     if plot_path is not None:
-        from ..product.plots import plot_widths
-
         plot_widths(space, widths, plot_path)
     return widths
 
@@ -323,8 +321,6 @@ def _direct(space: Any, count, adjuster: _Adjuster, *, samples: int, max_draws: 
         return widths
     if val_loader is None or len(found) == 1:
         return min(found, key=lambda wf: abs(wf[1] - adjuster.target))[0]
-    from .loop import evaluate
-
     scored = []
     for widths, f in found:
         res = evaluate(space, val_loader, widths=widths, max_batches=val_batches,

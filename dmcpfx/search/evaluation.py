@@ -16,7 +16,8 @@ from torch import nn
 
 from .bn import FrozenStats, batchnorm_sites, recalibrate_bn
 from ..errors import ConfigError
-from .step import _amp_dtype, _autocast, _gate_state, _restore_gate_state, to_device
+from ..amp import amp_dtype, autocast, to_device
+from .step import gate_state, restore_gate_state
 
 __all__ = ["evaluate"]
 
@@ -64,7 +65,7 @@ def evaluate(
             stacklevel=2,
         )
     device = torch.device(device) if device is not None else next(space.parameters()).device
-    gate_state = _gate_state(space)
+    saved_gates = gate_state(space)
     was_training = space.training
     bn_backup = None
     try:
@@ -77,7 +78,7 @@ def evaluate(
             bn_backup.save()
             recalibrate_bn(space, calib_loader, calib_batches, device=device, amp=amp, channels_last=channels_last)
         space.eval()
-        dtype = _amp_dtype(amp)
+        dtype = amp_dtype(amp)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         n = 0
@@ -85,7 +86,7 @@ def evaluate(
             if max_batches is not None and i >= max_batches:
                 break
             x, y = to_device(batch, device, channels_last)
-            with _autocast(device, dtype):
+            with autocast(device, dtype):
                 out = space(x)
             out = out.float()
             loss_sum += F.cross_entropy(out, y, reduction="sum").double()
@@ -93,7 +94,7 @@ def evaluate(
             n += y.numel()
     finally:
         space.train(was_training)
-        _restore_gate_state(space, gate_state)
+        restore_gate_state(space, saved_gates)
         if bn_backup is not None:
             bn_backup.restore()
     totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(n), dtype=torch.float64, device=device)])

@@ -1,168 +1,25 @@
-"""The search space: a traced model with one Markov gate per prunable group.
+"""Stage 2: :func:`instrument` builds the search space of a model.
 
-:func:`instrument` copies the model, analyzes it and runs the gate-insertion pass
-(:mod:`dmcpfx.passes.gate_insertion`). The returned :class:`SearchSpace` is an
-``nn.Module``: at max width its forward equals the original model's.
+It copies the model, analyzes it and runs the gate-insertion pass
+(:mod:`dmcpfx.passes.gate_insertion`). The returned
+:class:`~dmcpfx.search.space.SearchSpace` is an ``nn.Module``: at max width its forward
+equals the original model's.
 """
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 from torch import nn
 
 from ..analysis import analyze
-from ..product.arch import validate_count_widths
-from ..errors import ArchError
+from ..analysis.submodule import capture_inputs, resolve_submodule
+from ..inputs import as_tuple
 from .gates import MarkovGate, split_channels
-from ..analysis.graph import ChannelGraph, Width
-from ..passes.gate_insertion import gate_key, insert_gates
-from ..analysis.export import as_tuple
+from .space import SearchSpace
 
-
-@dataclass(frozen=True)
-class GroupInfo:
-    """A prunable group of the search space.
-
-    ``width``: full channel count; ``candidates``: the widths a gate can take
-    (sorted, last == width); ``divisor``: every candidate is a multiple of it
-    (except a full width that is not); ``members``: number of tensors sliced.
-    """
-
-    id: str
-    width: int
-    candidates: tuple[int, ...]
-    divisor: int
-    min_ch: int
-    members: int
-
-
-class SearchSpace(nn.Module):
-    """A model with Markov gates; ``space(x)`` runs the gated model.
-
-    Attributes: ``groups`` (id -> :class:`GroupInfo`), ``graph`` (the
-    :class:`~dmcpfx.analysis.graph.ChannelGraph`), ``example_inputs``, ``skipped`` (prunable
-    groups left without a gate because they are too narrow, id -> reason).
-    """
-
-    def __init__(self, model: nn.Module, graph: ChannelGraph, gates: dict[str, MarkovGate], example_inputs, skipped):
-        super().__init__()
-        taken: set[str] = set()
-        self._keys = {gid: gate_key(gid, taken) for gid in gates}
-        self.gate_modules = nn.ModuleDict({self._keys[gid]: gate for gid, gate in gates.items()})
-        modules = insert_gates(graph, self.gate_modules, self._keys)
-        self.graph_eval = modules["eval"]
-        self._separate_train = modules["train"] is not modules["eval"]
-        if self._separate_train:
-            self.graph_train = modules["train"]
-        self.__dict__["_template"] = model  # the copy that shares modules with the graphs
-        self.graph = graph
-        self.example_inputs = tuple(t.detach().cpu() for t in example_inputs)
-        self.skipped = dict(skipped)
-        self.groups: dict[str, GroupInfo] = {}
-        for gid, gate in gates.items():
-            group = graph.groups[gid]
-            self.groups[gid] = GroupInfo(
-                id=gid,
-                width=group.width,
-                candidates=tuple(gate.candidates),
-                divisor=gate.split.divisor,
-                min_ch=gate.split.min_ch,
-                members=len(group.members),
-            )
-
-    def forward(self, *args, **kwargs):
-        if self.training and self._separate_train:
-            return self.graph_train(*args, **kwargs)
-        return self.graph_eval(*args, **kwargs)
-
-    # gates
-    def gates(self) -> dict[str, MarkovGate]:
-        """Group id -> its :class:`~dmcpfx.search.gates.MarkovGate` (network order)."""
-        return {gid: self.gate_modules[key] for gid, key in self._keys.items()}
-
-    def set_mode(self, mode: str) -> None:
-        """Put every gate in ``max``, ``min``, ``expected`` or ``off`` mode."""
-        if mode == "width":
-            raise ValueError("use set_widths() for hard widths")
-        for gate in self.gates().values():
-            gate.set_mode(mode)
-
-    def set_widths(self, widths: Mapping[str, int]) -> None:
-        """Hard prefix masks: the named groups keep ``widths[gid]`` channels, others all."""
-        gates = self.gates()
-        for gid in widths:
-            if gid not in gates:
-                reason = self.skipped.get(gid) or (
-                    f"frozen: {self.graph.groups[gid].frozen_reasons[0]}" if gid in self.graph.groups else "unknown group"
-                )
-                raise ArchError(f"group '{gid}' cannot be set: {reason}")
-        for gid, gate in gates.items():
-            if gid not in widths:
-                gate.set_mode("max")
-                continue
-            w = widths[gid]
-            if isinstance(w, torch.Tensor) and w.numel() == 1 and not w.is_floating_point():
-                w = int(w.item())
-            elif hasattr(w, "__index__") and not isinstance(w, bool):
-                w = int(w.__index__())  # numpy integers
-            if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= gate.width:
-                raise ArchError(f"group '{gid}': width {w!r} is outside [1, {gate.width}]")
-            if w % self.graph.groups[gid].divisor:
-                raise ArchError(f"group '{gid}': width {w} is not a multiple of {self.graph.groups[gid].divisor}")
-            gate.set_mode("width", w)
-
-    def current_widths(self) -> dict[str, int]:
-        """Widths of the hard modes (max/min/width) for every gated group."""
-        return {gid: gate.current_width() for gid, gate in self.gates().items()}
-
-    def expected_widths(self) -> dict[str, torch.Tensor]:
-        """Differentiable ``E[c]`` per gated group (DESIGN.md section 3)."""
-        return {gid: gate.expected_width() for gid, gate in self.gates().items()}
-
-    # counting (DESIGN.md section 4)
-    def flops(self, widths: Mapping[str, Width] | None = None) -> Width:
-        """MACs per image at ``widths``; see :meth:`ChannelGraph.flops`. Unknown, frozen or
-        out-of-range widths are an :class:`ArchError` naming the group."""
-        validate_count_widths(widths, self.graph)
-        return self.graph.flops(widths or {})
-
-    def params(self, widths: Mapping[str, Width] | None = None) -> Width:
-        """Parameter count at ``widths`` (validated like :meth:`flops`)."""
-        validate_count_widths(widths, self.graph)
-        return self.graph.params(widths or {})
-
-    @property
-    def full_flops(self) -> int:
-        return self.graph.full_flops
-
-    @property
-    def full_params(self) -> int:
-        return self.graph.full_params
-
-    # parameters
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return [gate.alpha for gate in self.gates().values()]
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        arch = {id(p) for p in self.arch_parameters()}
-        return [p for p in self.parameters() if id(p) not in arch]
-
-    def to_model(self) -> nn.Module:
-        """A fresh copy of the original model class carrying the space's current weights."""
-        model = copy.deepcopy(self._template)
-        state = {}
-        graphs = [self.graph_eval] + ([self.graph_train] if self._separate_train else [])
-        for gm in graphs:
-            for key, value in gm.state_dict().items():
-                if not key.startswith("dmcpfx_gates."):
-                    state[key] = value
-        own = model.state_dict()
-        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-        return model
+__all__ = ["instrument"]
 
 
 def instrument(
@@ -184,8 +41,6 @@ def instrument(
     that submodule, on its own inputs captured from one run of ``model``.
     """
     if submodule:
-        from ..analysis.submodule import capture_inputs, resolve_submodule
-
         inputs = capture_inputs(model, example_inputs, submodule)
         return instrument(resolve_submodule(model, submodule), inputs, min_ratio=min_ratio, step=step,
                           divisor=divisor, model_name=model_name)

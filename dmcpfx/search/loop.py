@@ -6,7 +6,7 @@ One *iteration* on a batch ``(x, y)``:
    step -- the max width (cross-entropy with the labels), the min width and
    ``num_random`` random sub-nets. During warm-up a random sub-net draws every group's
    width uniformly from its candidates; after warm-up it is instead a Markov sample of
-   the gates with probability ``p`` (:mod:`dmcpfx.schedule`: official ``1 - 0.9999^s``,
+   the gates with probability ``p`` (:mod:`dmcpfx.search.schedule`: official ``1 - 0.9999^s``,
    ``s`` = steps since the architecture phase began; a linear ramp as an option). The
    non-max sub-nets learn from the max net's DETACHED logits (KL divergence, in-place
    distillation).
@@ -15,7 +15,7 @@ One *iteration* on a batch ``(x, y)``:
    (:func:`dmcpfx.search.budget.budget_loss`), gradient wrt the alphas only, SGD (nesterov,
    momentum 0.9, no weight decay) with lr cosine from ``arch_lr`` to ``arch_min_lr`` over
    the architecture phase. It leaves the BatchNorm running statistics bit-identical
-   (:mod:`dmcpfx.bn`); by default only the max net of the weight step updates them.
+   (:mod:`dmcpfx.search.bn`); by default only the max net of the weight step updates them.
 
 Weights use SGD nesterov (momentum 0.9) with a per-step cosine schedule from ``lr`` to
 ``min_lr`` over the whole search, weight decay ``weight_decay`` on conv/linear weights and
@@ -45,37 +45,38 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .bn import BN_STATS, recalibrate_bn  # noqa: F401  (re-exported)
 from .alpha_init import check_alpha_init, init_alphas
+from .bn import BN_STATS, recalibrate_bn
 from .budget import expected_flops, expected_params, expected_width_values
 from ..errors import ConfigError
+from ..finite import check_search_step
 from .evaluation import evaluate
-from ..product.run_dir import load_checked
 from ..progress import is_terminal
 from .schedule import check_markov_schedule, markov_prob
 from .result import RunningMeans, SearchResult, check_budget, human
-from .state import (  # noqa: F401  (CHECKPOINT_FORMAT re-exported)
+from .state import (
     CHECKPOINT_FORMAT,
-    _check_resumable,
-    _distributed_loader,
-    _gather_rng,
-    _load_state,
-    _loader_generators,
+    check_resumable,
+    distributed_loader,
+    gather_rng,
+    load_state,
+    loader_generators,
 )
-from .step import SearchStep, _amp_dtype, _autocast, distill_loss, to_device  # noqa: F401  (re-exported)
+from ..amp import amp_dtype, to_device
+from .step import SearchStep
 from ..training import (
     DistContext,
     MetricsWriter,
     cosine_schedule,
     ddp_wrap,
     distributed_context,
-    load_checkpoint,
+    load_checked,
     param_groups,
     save_checkpoint,
     seed_everything,
 )
 
-__all__ = ["SearchResult", "SearchStep", "evaluate", "search"]
+__all__ = ["search"]
 
 
 
@@ -164,7 +165,7 @@ def search(
         budget_weight, budget_band: ``loss = CE + budget_weight * budget_loss(E, T, band)``.
         num_random: random sub-nets per weight step (besides max and min).
         markov_schedule, markov_decay, markov_prob_final: the probability that a random
-            sub-net is a Markov sample (:mod:`dmcpfx.schedule`): ``"official"``
+            sub-net is a Markov sample (:mod:`dmcpfx.search.schedule`): ``"official"``
             ``1 - markov_decay^s`` (default), or ``"linear"`` from 0 at the first
             architecture step to ``markov_prob_final`` at the last.
         alpha_init: where the alphas start (:mod:`dmcpfx.search.alpha_init`): ``"budget"``
@@ -175,10 +176,10 @@ def search(
             from scratch, not on resume.
         bn_stats: which weight-step forwards update the BatchNorm running statistics:
             ``"max"`` (default, the max net only) or ``"all"`` (official). No gradient
-            depends on it; the architecture step never updates them (:mod:`dmcpfx.bn`).
+            depends on it; the architecture step never updates them (:mod:`dmcpfx.search.bn`).
         distill_temperature, label_smoothing: KL temperature; CE label smoothing.
         slimmable: run the min and random sub-nets with physically sliced weights
-            (:mod:`dmcpfx.slimmable`) instead of masks: same result on the kept channels,
+            (:mod:`dmcpfx.search.slimmable`) instead of masks: same result on the kept channels,
             a fraction of the compute. Falls back to masks, with the reason in the
             ``slimmable`` record of ``metrics.jsonl``, where slicing is not possible.
         log_interval: a ``step`` record (and progress-bar update) every that many steps.
@@ -191,7 +192,7 @@ def search(
     """
     ctx = distributed_context()
     device = _resolve_device(device, ctx)
-    _amp_dtype(amp)  # validates
+    amp_dtype(amp)  # validates
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
     warmup_epochs = epochs // 2 if warmup_epochs is None else int(warmup_epochs)
@@ -206,7 +207,7 @@ def search(
     target, full = check_budget(space, target_flops, budget_metric)
 
     # --- data and schedule
-    train_loader = _distributed_loader(train_loader, ctx, seed)
+    train_loader = distributed_loader(train_loader, ctx, seed)
     try:
         steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     except TypeError as exc:
@@ -275,8 +276,8 @@ def search(
         if not resume:
             raise ConfigError(f"{ckpt_path} already exists; pass resume=True to continue it or use another run_dir")
         loaded = load_checked(ckpt_path, "search checkpoint")
-        _check_resumable(loaded, config, ckpt_path)
-        _load_state(loaded, stateful, generator, train_loader, ctx, seed)
+        check_resumable(loaded, config, ckpt_path)
+        load_state(loaded, stateful, generator, train_loader, ctx, seed)
         start_epoch, step, history = int(loaded["epoch"]), int(loaded["step"]), list(loaded["history"])
         if writer is not None and writer.path.exists():
             with open(writer.path, "r+b") as f:  # drop records written after the checkpoint
@@ -322,9 +323,8 @@ def search(
             if in_arch:
                 stats.update(stepper.arch_step(x, y))
                 scheds["arch_scheduler"].step()
-            from ..finite import check_search_step  # NaN/inf loss or alpha: stop, naming epoch and step
-
-            check_search_step(stats, space, epoch=epoch + 1, step=step + 1, lr=lr_now, arch_lr=arch_lr_now)
+            check_search_step(  # NaN/inf loss or alpha: stop, naming epoch and step
+                stats, space, epoch=epoch + 1, step=step + 1, lr=lr_now, arch_lr=arch_lr_now)
             epoch_meter.add(stats)
             interval_meter.add(stats)
             images += x.shape[0] * ctx.world_size
@@ -364,13 +364,13 @@ def search(
         if writer is not None:
             writer.write(record)
             metrics_bytes = os.path.getsize(writer.path)
-        rng_states = _gather_rng(ctx)  # a collective: every rank
+        rng_states = gather_rng(ctx)  # a collective: every rank
         if ckpt_path is not None and ctx.is_main:
             state = {k: (v.state_dict() if v is not None else {}) for k, v in stateful.items()}
             save_checkpoint(ckpt_path, {
                 "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": step, "config": config, **state,
                 "subnet_rng": generator.get_state(),
-                "loader_rng": [g.get_state() for g in _loader_generators(train_loader)],
+                "loader_rng": [g.get_state() for g in loader_generators(train_loader)],
                 "rng": rng_states, "history": history, "metrics_bytes": metrics_bytes,
             })
         if ctx.distributed:

@@ -11,7 +11,7 @@ running statistics of the kept channels are updated in the full buffers.
 
 Channel counts that the exported graph holds as literals (a depthwise conv's
 ``groups``, ``x.view(-1, 512 * 7 * 7)``, split sizes, GroupNorm ``num_groups``) are
-read at run time from a table of the graph (:class:`ChannelConstants`): the runner
+read at run time from a table of the graph (:class:`~dmcpfx.passes.channel_constants.ChannelConstants`): the runner
 writes the sub-net's values into it and the full values back, so no graph is
 recompiled per sub-net. The result equals the masked sub-net on the kept channels
 (the test suite checks outputs and parameter gradients). :meth:`SlicedRunner.check`
@@ -21,17 +21,16 @@ a mismatch or an error turns slicing off, with the reason.
 from __future__ import annotations
 
 import contextlib
-import operator
-import warnings
 from typing import Iterator, Mapping
 
 import torch
 from torch import fx, nn
 
-from ..materialize import _matches, _run_eval
-from ..passes.weight_slicing import _spell_out_args, _update_attributes, as_split_with_sizes, set_constant
+from ..compare import module_matches, run_eval
+from ..passes.channel_constants import ChannelConstants
+from ..passes.weight_slicing import update_attributes
 
-#: module attributes that :func:`~dmcpfx.passes.weight_slicing._update_attributes` may change
+#: module attributes that :func:`~dmcpfx.passes.weight_slicing.update_attributes` may change
 _ATTRIBUTES = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
                "normalized_shape", "num_channels", "num_groups", "num_parameters")
 
@@ -65,65 +64,6 @@ class _Slot:
         if kind == "narrow":
             return full, None, full.narrow(self.spec.dim, 0, value)
         return full, value, full.index_select(self.spec.dim, value)
-
-
-class ChannelConstants:
-    """The literal channel counts of one instrumented graph, read from ``gm``'s table.
-
-    Each literal of the analysis' constant sites (DESIGN.md section 7) becomes a
-    ``getitem`` of the list attribute ``_dmcpfx_channel_constants``; a ``split.Tensor``
-    becomes the equivalent ``split_with_sizes``. The table holds the full values, so
-    the graph computes what it computed before. Built once per graph (a second runner
-    reuses it).
-    """
-
-    ATTR = "_dmcpfx_channel_constants"
-
-    def __init__(self, gm: fx.GraphModule, graph, tag: str) -> None:
-        self.graph = graph
-        if self.ATTR in gm.__dict__:  # tabled before (a copy of a tabled graph keeps both)
-            self.table, self.entries = gm.__dict__[self.ATTR], gm.meta[self.ATTR]
-            return
-        nodes = {n.name: n for n in gm.graph.nodes}
-        sites = [site for site in graph.constant_sites if site.graph == tag and site.node in nodes]
-        self.table: list[int] = []
-        self.entries: list = []
-        if not sites:
-            return
-        setattr(gm, self.ATTR, self.table)  # filled below: the get_attr needs the attribute
-        first = next(n for n in gm.graph.nodes if n.op != "placeholder")
-        with gm.graph.inserting_before(first), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # fx expects tensors or modules behind a get_attr
-            table = gm.graph.get_attr(self.ATTR)
-        for site in sites:
-            node = nodes[site.node]
-            items, fulls = [], []
-            for entry in site.entries:
-                fulls.append(int(graph.kept_extent(entry.layout, {})) // entry.divide)
-                with gm.graph.inserting_before(node):
-                    items.append(gm.graph.call_function(operator.getitem, (table, len(self.table))))
-                self.table.append(fulls[-1])
-                self.entries.append(entry)
-            if site.kind == "split":
-                as_split_with_sizes(node, items)
-                continue
-            _spell_out_args(node, max(e.arg for e in site.entries))
-            for entry, item, full in zip(site.entries, items, fulls):
-                old = node.args[entry.arg] if entry.index is None else node.args[entry.arg][entry.index]
-                if old != full:
-                    raise ValueError(f"node '{node.name}' holds {old} where the analysis counts {full}")
-                set_constant(node, entry, item)
-        gm.meta[self.ATTR] = self.entries  # GraphModule copies keep meta
-        gm.recompile()
-
-    def values(self, widths: Mapping[str, int]) -> list[int]:
-        return [int(self.graph.kept_extent(e.layout, widths)) // e.divide for e in self.entries]
-
-    def set(self, values: list[int]) -> list[int]:
-        """Write ``values`` into the table; returns the previous ones."""
-        old = list(self.table)
-        self.table[:] = values
-        return old
 
 
 class SlicedRunner:
@@ -206,7 +146,7 @@ class SlicedRunner:
                 store[slot.attr] = cut
                 swapped.append((slot, full, idx, cut))
             for module, edit in edits:
-                _update_attributes(module, edit, self.graph, widths)
+                update_attributes(module, edit, self.graph, widths)
             for table in self._constants:
                 saved_constants.append((table, table.set(table.values(widths))))
             yield
@@ -238,9 +178,9 @@ class SlicedRunner:
         inputs = tuple(t.to(device) for t in space.example_inputs)
         try:
             space.set_widths(dict(widths))
-            reference = _run_eval(space, inputs)
+            reference = run_eval(space, inputs)
             with self.widths(widths):
-                if not _matches(space, inputs, reference, rtol):
+                if not module_matches(space, inputs, reference, rtol):
                     self.reason = "the sliced sub-net does not reproduce the masked one on the example input"
         except Exception as exc:  # noqa: BLE001 - any failure means: use masks
             self.reason = f"the sliced sub-net failed on the example input ({type(exc).__name__}: {exc})"

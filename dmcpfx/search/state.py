@@ -16,12 +16,13 @@ import torch
 from ..errors import ConfigError
 from ..training import DistContext, capture_rng_state, restore_rng_state, seed_everything
 
-__all__ = ["CHECKPOINT_FORMAT"]
+__all__ = ["CHECKPOINT_FORMAT", "check_resumable", "distributed_loader", "gather_rng", "load_state",
+           "loader_generators"]
 
 CHECKPOINT_FORMAT = "dmcpfx-search/1"
 
 
-def _loader_generators(loader: Any) -> list[torch.Generator]:
+def loader_generators(loader: Any) -> list[torch.Generator]:
     gens: list[torch.Generator] = []
     for obj in (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
         g = getattr(obj, "generator", None)
@@ -30,7 +31,7 @@ def _loader_generators(loader: Any) -> list[torch.Generator]:
     return gens
 
 
-def _distributed_loader(loader: Any, ctx: DistContext, seed: int) -> Any:
+def distributed_loader(loader: Any, ctx: DistContext, seed: int) -> Any:
     """Rebuild a plain DataLoader with a DistributedSampler (one shard per rank)."""
     from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
@@ -55,7 +56,7 @@ def _distributed_loader(loader: Any, ctx: DistContext, seed: int) -> Any:
     return DataLoader(loader.dataset, **kwargs)
 
 
-def _gather_rng(ctx: DistContext) -> list[dict]:
+def gather_rng(ctx: DistContext) -> list[dict]:
     """Every rank's RNG state (rank order); a collective under torchrun."""
     state = capture_rng_state()
     if not ctx.distributed:
@@ -67,7 +68,7 @@ def _gather_rng(ctx: DistContext) -> list[dict]:
     return states
 
 
-def _check_resumable(loaded: Mapping[str, Any], config: Mapping[str, Any], path: Path) -> None:
+def check_resumable(loaded: Mapping[str, Any], config: Mapping[str, Any], path: Path) -> None:
     if loaded.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{path} is not a dmcpfx search checkpoint (format {loaded.get('format')!r})")
     for key, value in config.items():
@@ -79,13 +80,13 @@ def _check_resumable(loaded: Mapping[str, Any], config: Mapping[str, Any], path:
             raise ConfigError(f"cannot resume {path}: {key} was {old!r}, now {value!r}")
 
 
-def _load_state(loaded: Mapping[str, Any], stateful: Mapping[str, Any], generator: torch.Generator,
+def load_state(loaded: Mapping[str, Any], stateful: Mapping[str, Any], generator: torch.Generator,
                 train_loader: Any, ctx: DistContext, seed: int) -> None:
     for key, obj in stateful.items():
         if obj is not None and loaded.get(key):
             obj.load_state_dict(loaded[key])
     generator.set_state(loaded["subnet_rng"])
-    gens = _loader_generators(train_loader)
+    gens = loader_generators(train_loader)
     if len(gens) == len(loaded["loader_rng"]):
         for g, s in zip(gens, loaded["loader_rng"]):
             g.set_state(s)

@@ -3,13 +3,13 @@
 1. **weight step**: four sub-nets, gradients accumulated, ONE optimizer step -- the max
    width (cross-entropy with the labels), the min width and ``num_random`` random sub-nets
    (per-group uniform widths, or a Markov sample of the gates with probability
-   ``markov_prob``, see :mod:`dmcpfx.schedule`). The non-max sub-nets learn from the max
+   ``markov_prob``, see :mod:`dmcpfx.search.schedule`). The non-max sub-nets learn from the max
    net's DETACHED logits (KL divergence, in-place distillation).
 2. **architecture step**: max width with the gates in ``expected`` mode,
    ``loss = CE + budget_weight * budget_loss``, gradient wrt the alphas only, one step of
    the alpha optimizer.
 
-BatchNorm (:mod:`dmcpfx.bn`): the architecture step leaves every running buffer
+BatchNorm (:mod:`dmcpfx.search.bn`): the architecture step leaves every running buffer
 bit-identical (save/restore; train-mode BN normalizes with batch statistics, so its
 gradients are unchanged). With ``bn_stats="max"`` (default) the min and random sub-nets
 leave them alone too, so the running statistics follow the max net only.
@@ -24,37 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..amp import amp_dtype, autocast
 from .bn import BN_STATS, FrozenStats
 from .budget import budget_loss, expected_flops, expected_params
 from ..errors import ConfigError
 from .slimmable import SlicedRunner
 
-__all__ = ["SearchStep", "distill_loss", "to_device"]
-
-_AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-
-
-def _amp_dtype(amp: str | None) -> torch.dtype | None:
-    if amp not in _AMP_DTYPES:
-        raise ConfigError(f"amp must be one of 'bf16', 'fp16' or None, got {amp!r}")
-    return _AMP_DTYPES[amp]
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def to_device(batch: Any, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise ConfigError(f"the loaders must yield (inputs, labels) pairs, got {type(batch).__name__}")
-    x, y = batch[0], batch[1]
-    x = x.to(device, non_blocking=True)
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y.to(device, non_blocking=True)
-
+__all__ = ["SearchStep", "distill_loss", "gate_state", "restore_gate_state"]
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``KL(softmax(teacher/T) || softmax(student/T)) * T^2``, mean over the batch.
@@ -67,11 +43,11 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     return F.kl_div(log_p, q, reduction="batchmean") * (t * t)
 
 
-def _gate_state(space: Any) -> dict[str, tuple[str, int]]:
+def gate_state(space: Any) -> dict[str, tuple[str, int]]:
     return {gid: (g.mode, g.hard_width) for gid, g in space.gates().items()}
 
 
-def _restore_gate_state(space: Any, state: Mapping[str, tuple[str, int]]) -> None:
+def restore_gate_state(space: Any, state: Mapping[str, tuple[str, int]]) -> None:
     for gid, g in space.gates().items():
         mode, width = state[gid]
         g.set_mode(mode, width if mode == "width" else None)
@@ -125,7 +101,7 @@ class SearchStep:
         self.num_random = int(num_random)
         self.temperature = float(distill_temperature)
         self.label_smoothing = float(label_smoothing)
-        self.dtype = _amp_dtype(amp)
+        self.dtype = amp_dtype(amp)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.world_size = int(world_size)
         self._gates = space.gates()
@@ -236,7 +212,7 @@ class SearchStep:
                         space.set_mode(kind)
                     sliced = contextlib.nullcontext()
                 frozen = self.frozen_bn() if (kind != "max" and self.bn_stats == "max") else contextlib.nullcontext()
-                with frozen, sliced, _autocast(self.device, self.dtype):
+                with frozen, sliced, autocast(self.device, self.dtype):
                     out = net(x)
                 out = out.float()
                 if kind == "max":
@@ -273,7 +249,7 @@ class SearchStep:
         space = self.space
         space.set_mode("expected")
         try:
-            with self._clock("arch forward"), self.frozen_bn(), _autocast(self.device, self.dtype):
+            with self._clock("arch forward"), self.frozen_bn(), autocast(self.device, self.dtype):
                 out = space(x)  # the unwrapped module: no DDP hooks, alphas reduced below
             with self._clock("arch budget"):
                 ce = F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing)

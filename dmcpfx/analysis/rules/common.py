@@ -4,7 +4,7 @@ A rule is ``rule(ctx, call) -> info``: it reads the real argument values and the
 channel infos of one executed ATen node (bound to the op's schema names, so
 ``call.v["weight"]`` is the weight whatever its position) and returns the info of
 the result, recording couplings, slices, MAC counts and mask sites in the
-:class:`~dmcpfx.analysis.graph.GraphBuilder`. Anything a rule does not understand
+:class:`~dmcpfx.analysis.builder.GraphBuilder`. Anything a rule does not understand
 goes to :func:`unknown`: every channel space among the inputs is frozen with the op
 and the module named, and the result is opaque.
 """

@@ -13,7 +13,7 @@ import torch
 
 from .layout import Layout, Seg
 from .records import (ConstantEntry, ConstantSite, Group, MacRecord, MaskSite, Member, ModuleEdit,  # noqa: F401
-                      SliceSpec, Width, _boundaries)
+                      SliceSpec, Width, segment_boundaries)
 
 # --- the result ---------------------------------------------------------------------------
 class ChannelGraph:

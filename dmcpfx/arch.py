@@ -22,9 +22,9 @@ from typing import Mapping
 
 import yaml
 
-from ..errors import ArchError
-from ..fileio import write_text_atomic
-from ..yamlio import load_file
+from .errors import ArchError
+from .fileio import write_text_atomic
+from .yamlio import load_file
 
 FORMAT = "dmcpfx-arch/1"
 TOP_KEYS = ("format", "model", "input_shape", "flops", "params", "groups")
@@ -53,8 +53,8 @@ def save_arch(
 ) -> Path:
     """Write ``widths`` as an arch YAML (atomically) with exact full/pruned FLOPs and params.
 
-    ``space_or_graph``: a :class:`~dmcpfx.search.instrument.SearchSpace` or a
-    :class:`~dmcpfx.analysis.graph.ChannelGraph` of the model the widths belong to.
+    ``space_or_graph``: a :class:`~dmcpfx.search.space.SearchSpace` or a
+    :class:`~dmcpfx.analysis.channel_graph.ChannelGraph` of the model the widths belong to.
     """
     graph = getattr(space_or_graph, "graph", space_or_graph)
     clean = validate_widths(widths, graph)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable, Mapping
 
-from ..errors import ArchError
-from ..fileio import atomic_path
+from .errors import ArchError
+from .fileio import atomic_path
 
 __all__ = ["plot_search", "plot_widths"]
 

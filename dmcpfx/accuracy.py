@@ -11,15 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmcpfx.errors import ConfigError
-from dmcpfx.search.step import _amp_dtype, _autocast
+from .amp import autocast_for
+from .errors import ConfigError
+from .data import ShardSampler
 
-__all__ = ["autocast_for", "evaluate", "sum_over_ranks"]
-
-
-def autocast_for(amp: str | None, device: torch.device):
-    """Autocast to ``amp`` (``"bf16"``, ``"fp16"`` or None: float32), as the search step does."""
-    return _autocast(device, _amp_dtype(amp))
+__all__ = ["evaluate", "sum_over_ranks"]
 
 
 def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
@@ -36,8 +32,6 @@ def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
 def _is_sharded(loader: Iterable) -> bool:
     """Whether ``loader`` reads only this rank's share of its data set."""
     from torch.utils.data import DistributedSampler
-
-    from dmcpfx.data import ShardSampler
 
     return isinstance(getattr(loader, "sampler", None), (DistributedSampler, ShardSampler))
 
