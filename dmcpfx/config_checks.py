@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 
+from .amp import AMP_CHOICES
 from .errors import ConfigError
 from .models import check_input_shape
 
 __all__ = ["validate_config", "check_device"]
 
-AMP = (None, "bf16", "fp16")
+AMP = AMP_CHOICES  # the same spellings for search and retrain
 
 
 def _fail(key: str, rule: str, value: Any) -> None:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from dmcpfx.accuracy import evaluate, sum_over_ranks
-from dmcpfx.amp import autocast_for
+from dmcpfx.amp import AMP_CHOICES, amp_dtype, autocast_for
 from dmcpfx.errors import ConfigError
 from dmcpfx.fileio import write_text_atomic
 from dmcpfx.finite import FirstBadStep, check_parameters
@@ -120,7 +120,7 @@ def _check_args(epochs: int, warmup_epochs: int, momentum: float, nesterov: bool
         raise ConfigError(f"retrain: warmup_epochs must be in [0, epochs={epochs}), got {warmup_epochs}")
     if nesterov and momentum <= 0:
         raise ConfigError(f"retrain: nesterov=True needs momentum > 0, got momentum={momentum}")
-    if amp not in (None, "bf16", "fp16"):
+    if amp not in AMP_CHOICES:  # the search's spellings: bf16/bfloat16, fp16/float16 or None
         raise ConfigError(f"retrain: amp must be None, 'bf16' or 'fp16', got {amp!r}")
     if init not in ("scratch", "inherit") and not callable(init):
         raise ConfigError(f"retrain: init must be 'scratch', 'inherit' or a callable, got {init!r}")
@@ -199,7 +199,7 @@ def retrain(
     weight_decay: float = 5e-4,
     warmup_epochs: int = 0,
     label_smoothing: float = 0.1,
-    amp: Literal["bf16", "fp16"] | None = None,
+    amp: Literal["bf16", "bfloat16", "fp16", "float16"] | None = None,
     device: torch.device | str | None = None,
     run_dir: str | Path | None = None,
     resume: bool = False,
@@ -291,7 +291,7 @@ def retrain(
     )
     total_steps = epochs * steps_per_epoch
     scheduler = cosine_schedule(optimizer, total_steps, warmup_steps=warmup_epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(amp) == torch.float16)
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
     start_epoch, history = 0, []
