@@ -227,3 +227,14 @@ def test_ddp_two_processes_agree(tmp_path):
     records = [json.loads(x) for x in (tmp_path / "run" / METRICS_NAME).read_text().splitlines()]
     assert [r["val_top1"] for r in records] == results[0]
     assert (tmp_path / "run" / CHECKPOINT_NAME).exists()
+
+
+@pytest.mark.parametrize("amp", ["bf16", "bfloat16", "fp16", "float16"])
+def test_amp_spellings_agree_between_search_and_retrain(amp):
+    """A config accepts every amp spelling of the search for retrain too; anything else names the key."""
+    from dmcpfx.config import Config, apply_overrides
+    from dmcpfx.config_checks import validate_config
+
+    validate_config(apply_overrides(Config(), [f"search.amp={amp}", f"retrain.amp={amp}"]))
+    with pytest.raises(ConfigError, match="retrain.amp"):
+        validate_config(apply_overrides(Config(), ["retrain.amp=half"]))
