@@ -45,10 +45,13 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """``kind``: digits | imagefolder | synthetic. ``root``: the ImageFolder tree (``train/``,
-    ``val/``). ``image_size``: side in pixels. ``batch_size``: per process. ``train_subset``:
-    digits only, keep that many training images. ``workers``: loader processes (imagefolder).
-    ``steps``: synthetic batches per epoch. ``num_classes``: synthetic only."""
+    """``kind``: digits | fashion-mnist | imagefolder | synthetic. ``root``: the ImageFolder tree
+    (``train/``, ``val/``), or the folder of Fashion-MNIST's idx files (null: the Debian package's
+    /usr/share/datasets/fashion-mnist). ``image_size``: side in pixels. ``batch_size``: per
+    process. ``train_subset``: digits and fashion-mnist, keep that many training images (a fixed
+    stratified choice seeded by ``search.seed``). ``augment``: digits and fashion-mnist, random
+    shifts. ``workers``: loader processes (imagefolder). ``steps``: synthetic batches per epoch.
+    ``num_classes``: synthetic only."""
 
     kind: str = "digits"
     root: Union[str, None] = None

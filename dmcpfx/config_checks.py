@@ -78,7 +78,7 @@ def validate_config(cfg) -> None:
     _int("model.num_classes", m.num_classes, 2, optional=True)
     if not all(isinstance(k, str) for k in m.kwargs):
         _fail("model.kwargs", "a mapping with string keys", m.kwargs)
-    _choice("data.kind", d.kind, ("digits", "imagefolder", "synthetic"))
+    _choice("data.kind", d.kind, ("digits", "fashion-mnist", "imagefolder", "synthetic"))
     if d.kind == "imagefolder" and not d.root:
         raise ConfigError("data.kind is 'imagefolder' but data.root is not set")
     _int("data.image_size", d.image_size, 1, 8192)

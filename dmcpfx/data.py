@@ -19,6 +19,7 @@ Sources:
 - :func:`imagefolder_loaders`: any ``root/train/<class>/*`` + ``root/val/<class>/*``
   tree (ImageNet layout) with the standard ImageNet transforms.
 - :func:`synthetic_loaders`: fixed random tensors for throughput runs.
+- :func:`dmcpfx.data_fashion.fashion_mnist_loaders`: Fashion-MNIST's idx files (a module of its own).
 
 Multi-process training (torchrun): ``distributed=True`` shards the train set
 with a :class:`~torch.utils.data.DistributedSampler` (the training loop must call
@@ -169,6 +170,20 @@ def _stratified_split(labels: torch.Tensor, test_size: float | int, seed: int) -
     return sorted(kept), sorted(held)
 
 
+def subset_indices(labels: torch.Tensor, size: int, seed: int, classes: int = 10) -> list[int]:
+    """A fixed, seeded choice of ``size`` indices of ``labels`` (sorted): stratified when there
+    are at least ``classes`` images both kept and left out, else a seeded random choice."""
+    n = len(labels)
+    if not 1 <= size <= n:
+        raise ConfigError(f"train_subset must be in [1, {n}], got {size}")
+    if size == n:
+        return list(range(n))
+    if size >= classes and n - size >= classes:
+        return _stratified_split(labels, n - size, seed)[0]
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(n, generator=generator)[:size].tolist())
+
+
 def digits_loaders(
     *,
     batch_size: int = 64,
@@ -210,16 +225,7 @@ def digits_loaders(
     images, labels = _digits_tensors(image_size)
     train_idx, val_idx = _stratified_split(labels, val_fraction, seed)
     if train_subset is not None:
-        if not 1 <= train_subset <= len(train_idx):
-            raise ConfigError(f"train_subset must be in [1, {len(train_idx)}], got {train_subset}")
-        if train_subset < len(train_idx):
-            train_labels = labels[train_idx]
-            if train_subset >= 10 and len(train_idx) - train_subset >= 10:
-                keep, _ = _stratified_split(train_labels, len(train_idx) - train_subset, seed)
-            else:
-                generator = torch.Generator().manual_seed(seed)
-                keep = sorted(torch.randperm(len(train_idx), generator=generator)[:train_subset].tolist())
-            train_idx = [train_idx[i] for i in keep]
+        train_idx = [train_idx[i] for i in subset_indices(labels[train_idx], train_subset, seed)]
 
     train_x, val_x = images[train_idx], images[val_idx]
     mean, std = train_x.mean(), train_x.std().clamp_min(1e-6)

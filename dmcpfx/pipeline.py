@@ -78,6 +78,11 @@ def make_data(cfg: Config, distributed: bool):
     if d.kind == "digits":
         return data.digits_loaders(batch_size=d.batch_size, image_size=d.image_size, train_subset=d.train_subset,
                                    augment=d.augment, seed=cfg.search.seed, distributed=distributed)
+    if d.kind == "fashion-mnist":
+        from .data_fashion import fashion_mnist_loaders
+
+        return fashion_mnist_loaders(d.root, batch_size=d.batch_size, image_size=d.image_size, seed=cfg.search.seed,
+                                     train_subset=d.train_subset, augment=d.augment, distributed=distributed)
     if d.kind == "imagefolder":
         if not d.root:
             raise ConfigError("data.kind is 'imagefolder' but data.root is not set")
@@ -86,7 +91,7 @@ def make_data(cfg: Config, distributed: bool):
     if d.kind == "synthetic":
         return data.synthetic_loaders(num_classes=d.num_classes, image_size=d.image_size,
                                       batch_size=d.batch_size, steps=d.steps, seed=cfg.search.seed)
-    raise ConfigError(f"data.kind must be digits, imagefolder or synthetic, got {d.kind!r}")
+    raise ConfigError(f"data.kind must be digits, fashion-mnist, imagefolder or synthetic, got {d.kind!r}")
 
 
 def build_model(cfg: Config, bundle) -> tuple[torch.nn.Module, torch.Tensor]:
