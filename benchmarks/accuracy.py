@@ -1,48 +1,59 @@
 """Accuracy at equal FLOPs: DMCP (expected and direct) vs uniform width vs Torch-Pruning L1.
 
-Data and model (:mod:`accuracy_arms`): scikit-learn's bundled digits at 16x16 px, "noisy
-digits" (grey Gaussian noise of std 2 in normalized units, fresh on each training sample,
-one fixed draw on the held-out split; random shifts of up to S/8 px on training images;
-val_fraction 0.4: 1,078 training and 719 held-out images), a CIFAR-style
-``examples.models:small_resnet`` (width 16, blocks (2, 2, 2)). The held-out split depends
-only on ``--data-seed``; the seeds change initialization, shuffling, noise, sub-net
-sampling and the search.
+Two tasks (``--task``; data and model in :mod:`accuracy_arms`, the defaults of each in ``TASKS``):
+
+- ``digits`` (default, kept for reference): scikit-learn's bundled digits at 16x16 px, "noisy
+  digits" (grey Gaussian noise of std 2 in normalized units, fresh on each training sample,
+  one fixed draw on the held-out split; random shifts of up to S/8 px on training images;
+  val_fraction 0.4: 1,078 training and 719 held-out images), ``small_resnet`` width 16.
+  The held-out split depends only on ``--data-seed``. Targets 50% and 25%.
+- ``fashion-mnist``: Fashion-MNIST at 28x28 px from the idx files in ``--data-root`` (default:
+  Debian's ``dataset-fashion-mnist``, ``apt-get install dataset-fashion-mnist``), a fixed
+  stratified ``--train-subset`` of the 60,000 training images (chosen by ``--data-seed``),
+  scored on all 10,000 test images; ``small_resnet`` width 10 (at width 8 no uniform ratio
+  lands within 2% of 10% of the MACs; at 10 one lands on it). Targets 25% and 10%, 3 random
+  in-band archs; recipe R 10 epochs, search 20 epochs, 2,000 training images. The
+  results end with one line per goal of issue 18 (MET / NOT MET with the figures).
+
+The model is a CIFAR-style ``examples.models:small_resnet`` (blocks (2, 2, 2)). The seeds
+change initialization, shuffling, noise, sub-net sampling and the search.
 
 Per seed ``s`` (every knob shared by all arms):
 
 - recipe R = ``dmcpfx.retrain``: SGD nesterov, lr ``--lr`` cosine to 0, wd 5e-4, label
-  smoothing 0.1, ``--epochs`` (20) epochs, batch 64; top-1 once, after the last epoch, on
+  smoothing 0.1, ``--epochs`` epochs, batch 64; top-1 once, after the last epoch, on
   the held-out split (nothing is selected on it).
 - **unpruned**: trained with R from scratch. **plain S**: the same, for ``--search-epochs``
   epochs: the yardstick of the supernet's max width (same epochs as the search).
 - **DMCP t**: ``instrument`` a fresh model; ``search`` to ``t`` of the full MACs for
-  ``--search-epochs`` (first half weights only; official Markov schedule; BN isolated in
-  the architecture step) on the training images minus ``--holdout`` held-out ones; then
-  ``derive`` ``expected`` and ``direct`` (5 in-band Markov samples ranked on the held-out
-  TRAINING images, BN re-estimated on 5 training batches for each). The supernet's max
-  width is scored twice: with the search's own BN statistics and after re-estimation.
+  ``--search-epochs`` (the digits demo's hyper-parameters; first half weights only; official
+  Markov schedule; BN isolated in the architecture step) on the training images minus
+  ``--holdout`` held-out ones; then ``derive`` ``expected`` and ``direct`` (5 in-band Markov
+  samples ranked on the held-out TRAINING images, BN re-estimated on 5 training batches for
+  each). The supernet's max width is scored twice: with the search's own BN statistics and
+  after re-estimation. E[MACs] at the end of the search and derive's change from it are recorded.
 - **uniform t**: one ratio for every group (divisor-respecting), leading channels of the
   trained unpruned model. **TP-L1 t**: Torch-Pruning ``MagnitudePruner`` (L1, local, fc
   ignored) on the trained unpruned model; both ratios by bisection on the exact MACs.
+  **random t** (``--random-archs N``): N random in-band architectures (leading channels).
 - Two protocols: **inherit** -- every pruned arm fine-tunes its inherited weights with R;
-  **paper** -- DMCP and uniform are retrained with R from scratch (the DMCP paper), TP-L1
-  fine-tunes (its method; the same numbers as in inherit).
+  **paper** -- DMCP, uniform and random are retrained with R from scratch (the DMCP paper),
+  TP-L1 fine-tunes (its method; the same numbers as in inherit).
 - Exact MACs per image (``count_flops`` on 1x3xSxS); DMCP must lie within 1% of the
   target, uniform/TP within 2% (their step functions cannot always do better).
+- ``--device``: cuda when available, else cpu (``--threads`` torch threads per process).
 
-Goal: DMCP >= uniform + 1 point at 25% MACs in both protocols (reported, never tuned for).
-Figures: ``python benchmarks/accuracy.py --jobs 2 --markdown benchmarks/results/accuracy.md``
-(also writes ``accuracy_widths.png`` next to it). Quick check: ``--smoke``.
+Goals are reported, never tuned for. Figures: see benchmarks/README.md section 1 for the
+commands (``--markdown FILE`` also writes ``FILE_widths.png``). Quick check: ``--smoke``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -56,14 +67,22 @@ from dmcpfx.counting import count_flops, count_params  # noqa: E402
 from accuracy_arms import (  # noqa: E402
     dmcp_search, fresh_model, make_data, random_compact, tp_compact, train_and_score, uniform_compact,
 )
+from accuracy_report import (  # noqa: E402
+    ARMS, PROTOCOLS, TOLERANCE, Arm, fashion_goal_lines, gap_rows, plot_wider, random_lines, supernet_lines, table,
+    verdict,
+)
 from dmcpfx.fileio import write_text_atomic  # noqa: E402
 from dmcpfx.search.holdout import split_holdout  # noqa: E402
 
-ARMS = ("dmcp", "dmcp_direct", "uniform", "tp", "random")
-LABELS = {"full": "unpruned", "plain_s": "plain, search epochs", "dmcp": "DMCP expected",
-          "dmcp_direct": "DMCP direct", "uniform": "uniform", "tp": "TP-L1", "random": "random archs"}
-TOLERANCE = {"dmcp": 0.01, "dmcp_direct": 0.01, "uniform": 0.02, "tp": 0.02, "random": 0.01}
-PROTOCOLS = ("inherit", "paper")
+# per-task defaults of the options left unset on the command line (benchmarks/README.md: why these)
+TASKS: dict[str, dict[str, Any]] = {
+    "digits": dict(targets=[0.5, 0.25], epochs=20, search_epochs=90, train_subset=0, augment=True, noise=2.0,
+                   image_size=16, width=16, random_archs=0),
+    "fashion-mnist": dict(targets=[0.25, 0.1], epochs=10, search_epochs=20, train_subset=2000, augment=False,
+                          noise=0.0, image_size=28, width=10, random_archs=3),
+}
+# settings that do not change a seed's results, left out of a saved seed's record
+NOT_RECORDED = ("seeds", "threads", "data_root", "device")
 
 
 @dataclass(frozen=True)
@@ -86,28 +105,9 @@ class Settings:
     threads: int
     holdout: int
     random_archs: int = 0
-
-
-@dataclass
-class Arm:
-    """One row: per-seed MACs, params, widths and top-1 (%) per protocol."""
-
-    kind: str
-    target: float | None
-    macs: list[int] = field(default_factory=list)
-    params: list[int] = field(default_factory=list)
-    widths: list[list[int]] = field(default_factory=list)
-    top1: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PROTOCOLS})
-
-    @property
-    def label(self) -> str:
-        return LABELS[self.kind] if self.target is None else f"{LABELS[self.kind]} {self.target:.0%}"
-
-    def within(self, full_macs: int) -> bool:
-        if self.target is None:
-            return True
-        goal, tol = self.target * full_macs, TOLERANCE[self.kind]
-        return all(abs(m - goal) <= tol * goal for m in self.macs)
+    task: str = "digits"
+    data_root: str | None = None
+    device: str = "cpu"
 
 
 def _record(arm: Arm, model, x, ids) -> None:
@@ -143,9 +143,12 @@ def run_seed(s: Settings, seed: int) -> dict[str, Any]:
     for target in s.targets:
         t0 = time.perf_counter()
         out = dmcp_search(s, data, search_train, holdout, seed, target, x)
+        derived = dmcpfx.count_flops(out.expected, x)
         supernet.append(dict(target=target, own=out.own_bn_top1, recal=out.recal_top1, plain=plain_top1,
-                             expected_widths=out.expected_widths))
-        log(f"search {target:.0%}: max width own BN {out.own_bn_top1:.2f}%, re-estimated {out.recal_top1:.2f}% "
+                             expected_widths=out.expected_widths, e_ratio=out.expected_macs / (target * space.full_flops),
+                             derive_change=(derived - out.expected_macs) / out.expected_macs))
+        log(f"search {target:.0%}: max width own BN {out.own_bn_top1:.2f}%, re-estimated {out.recal_top1:.2f}%, "
+            f"E/T {supernet[-1]['e_ratio']:.3f}, derive(expected) {supernet[-1]['derive_change']:+.2%} from E "
             f"({time.perf_counter() - t0:.0f}s)")
         compacts = {"dmcp": out.expected, "dmcp_direct": out.direct,
                     "uniform": uniform_compact(space, full, target, x),
@@ -184,9 +187,10 @@ def _run_and_save(job: tuple[Settings, int, Path | None]) -> tuple[int, dict[str
 
 
 def seed_settings(s: Settings) -> dict[str, Any]:
-    """The knobs a saved seed depends on (every field but the seed list and the thread count)."""
+    """The knobs a saved seed depends on (every field but the seed list, the thread count, the
+    data folder and the device); the task is one of them."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()
-            if k not in ("seeds", "threads")}
+            if k not in NOT_RECORDED}
 
 
 def load_seed(path: Path, s: Settings) -> dict[str, Any]:
@@ -195,9 +199,10 @@ def load_seed(path: Path, s: Settings) -> dict[str, Any]:
     want, got = seed_settings(s), res.get("settings") if isinstance(res, dict) else None
     if not isinstance(got, dict):
         raise SystemExit(f"{path}: no settings record (an older accuracy.py wrote it); delete it to run that seed again")
-    diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+    got = {"task": "digits", **got}  # records written before --task existed are digits runs
+    diff = sorted((k != "task", k) for k in set(want) | set(got) if want.get(k) != got.get(k))  # task first
     if diff:
-        k = diff[0]
+        k = diff[0][1]
         raise SystemExit(f"{path}: run with {k}={got.get(k)!r}, this run has {k}={want.get(k)!r}; "
                          "use another --seed-dir or delete the file")
     return res
@@ -225,137 +230,64 @@ def merge(results: Sequence[Mapping[str, Any]]) -> tuple[dict[tuple, Arm], list[
     return arms, supernet
 
 
-# --------------------------------------------------------------------------- reporting
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def fmt(values: Sequence[float]) -> str:
-    m, sd = mean_std(values)
-    return f"{m:.2f} ± {sd:.2f}"
-
-
-def table(arms: Sequence[Arm], full_macs: int) -> list[str]:
-    rows = ["| arch | MMACs / image | % of full | params (k) | inherit: top-1 % | paper: top-1 % | per seed (inherit; paper) |",
-            "|---|---:|---:|---:|---:|---:|---|"]
-    for arm in arms:
-        macs = statistics.fmean(arm.macs)
-        flag = "" if arm.within(full_macs) else " **(MACs off target!)**"
-        seeds = "; ".join(", ".join(f"{v:.1f}" for v in arm.top1[p]) for p in PROTOCOLS)
-        rows.append(f"| {arm.label}{flag} | {macs / 1e6:.3f} | {macs / full_macs:.2%} | "
-                    f"{statistics.fmean(arm.params) / 1e3:.1f} | {fmt(arm.top1['inherit'])} | "
-                    f"{fmt(arm.top1['paper'])} | {seeds} |")
-    return rows
-
-
-def supernet_lines(supernet: Sequence[dict]) -> list[str]:
-    out = ["Supernet at max width after the search (top-1 %, mean ± std over seeds and targets):"]
-    own, recal, plain = ([r[k] for r in supernet] for k in ("own", "recal", "plain"))
-    gap_bn = [r["recal"] - r["own"] for r in supernet]
-    gap_plain = [r["plain"] - r["recal"] for r in supernet]
-    out += [f"- own BN statistics: {fmt(own)}; BN re-estimated (5 batches): {fmt(recal)}; "
-            f"re-estimated minus own: {fmt(gap_bn)} (target: within 5 points: "
-            f"{'MET' if max(abs(g) for g in gap_bn) <= 5 else 'NOT MET'})",
-            f"- plain model trained for the search's epochs: {fmt(plain)}; plain minus supernet (re-estimated): "
-            f"{fmt(gap_plain)} (target: within 1 point: {'MET' if statistics.fmean(gap_plain) <= 1 else 'NOT MET'})"]
-    return out
-
-
-def verdict(arms: Mapping[tuple, Arm], target: float) -> list[str]:
-    out = []
-    u = arms.get(("uniform", target))
-    for protocol in PROTOCOLS:
-        for kind in ("dmcp", "dmcp_direct"):
-            d = arms.get((kind, target))
-            if d is None or u is None:
-                continue
-            dm, um = statistics.fmean(d.top1[protocol]), statistics.fmean(u.top1[protocol])
-            out.append(f"Goal at {target:.0%} MACs [{protocol}]: {LABELS[kind]} >= uniform + 1 point: "
-                       f"{'MET' if dm >= um + 1.0 else 'NOT MET'} ({dm:.2f} vs {um:.2f}, {dm - um:+.2f})")
-    return out
-
-
-def random_lines(arms: Mapping[tuple, Arm], targets: Sequence[float]) -> list[str]:
-    """How much the architecture matters: DMCP and uniform against the spread of random in-band archs."""
-    out = []
-    for t in targets:
-        r = arms.get(("random", t))
-        if r is None:
-            continue
-        for protocol in PROTOCOLS:
-            vals = r.top1[protocol]
-            others = ", ".join(f"{LABELS[k]} {statistics.fmean(arms[(k, t)].top1[protocol]):.2f}"
-                               for k in ("dmcp", "uniform") if (k, t) in arms)
-            out.append(f"Random archs at {t:.0%} MACs [{protocol}]: {len(vals)} archs, {fmt(vals)} "
-                       f"(min {min(vals):.2f}, max {max(vals):.2f}); {others}")
-    return out
-
-
-def plot_wider(arms: Mapping[tuple, Arm], ids: Sequence[str], full: Sequence[int], targets: Sequence[float],
-               path: Path) -> None:
-    """Bars: DMCP (expected) width / full width per group, mean over seeds, against uniform."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(targets), 1, figsize=(12, 3.2 * len(targets)), squeeze=False)
-    xs = range(len(ids))
-    for ax, t in zip(axes[:, 0], targets):
-        d = [statistics.fmean(w[i] for w in arms[("dmcp", t)].widths) / full[i] for i in xs]
-        u = [statistics.fmean(w[i] for w in arms[("uniform", t)].widths) / full[i] for i in xs]
-        ax.bar([i - 0.2 for i in xs], d, 0.4, label="DMCP expected (mean of seeds)",
-               color=["tab:green" if a > b + 1e-9 else "tab:red" if a < b - 1e-9 else "tab:blue"
-                      for a, b in zip(d, u)])
-        ax.bar([i + 0.2 for i in xs], u, 0.4, label="uniform", color="tab:gray")
-        ax.set_ylabel(f"kept / full at {t:.0%} MACs")
-        ax.set_xticks(list(xs), [f"{g}\n({c})" for g, c in zip(ids, full)], rotation=60, ha="right", fontsize=7)
-        ax.legend(fontsize=8, title="green: DMCP wider than uniform, red: narrower, blue: equal", title_fontsize=8,
-                  loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 # --------------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None, tuple[int, Path | None, bool]]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", choices=sorted(TASKS), default="digits",
+                    help="digits (noisy digits, the reference) or fashion-mnist; sets the defaults marked (task)")
+    ap.add_argument("--data-root", default=None,
+                    help="fashion-mnist: folder of the idx files (default /usr/share/datasets/fashion-mnist)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.25], help="ratios of the full MACs")
-    ap.add_argument("--epochs", type=int, default=20, help="recipe R: epochs of every (re)training")
-    ap.add_argument("--search-epochs", type=int, default=90,
+    ap.add_argument("--targets", type=float, nargs="+", help="ratios of the full MACs (task)")
+    ap.add_argument("--epochs", type=int, help="recipe R: epochs of every (re)training (task)")
+    ap.add_argument("--search-epochs", type=int,
                     help="DMCP search epochs (and of the plain yardstick); shorter searches leave the "
-                         "supernet's max width further below plain training (benchmarks/README.md)")
+                         "supernet's max width further below plain training (benchmarks/README.md) (task)")
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--train-subset", type=int, default=0, help="training images kept (0: all)")
-    ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--noise", type=float, default=2.0)
-    ap.add_argument("--image-size", type=int, default=16)
-    ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--val-fraction", type=float, default=0.4)
+    ap.add_argument("--train-subset", type=int, help="training images kept, a fixed choice (0: all) (task)")
+    ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random shifts (task)")
+    ap.add_argument("--noise", type=float, help="digits: Gaussian noise std in normalized units (task)")
+    ap.add_argument("--image-size", type=int, help="(task)")
+    ap.add_argument("--width", type=int, help="small_resnet base width (task)")
+    ap.add_argument("--val-fraction", type=float, default=0.4, help="digits: held-out share")
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--holdout", type=int, default=128, help="training images held out of the search for direct")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="where every training runs (default: cuda when available)")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in that many processes")
     ap.add_argument("--markdown", type=Path, default=None, help="also write the report there (+ a widths PNG)")
     ap.add_argument("--seed-dir", type=Path, default=None,
                     help="save each finished seed there (seed<N>.pt) and reuse the saved ones (a killed run resumes)")
     ap.add_argument("--report-only", action="store_true", help="with --seed-dir: report the saved seeds, run nothing")
-    ap.add_argument("--random-archs", type=int, default=0, metavar="N",
+    ap.add_argument("--random-archs", type=int, metavar="N",
                     help="also N random in-band architectures per seed and target (leading channels of the "
-                         "trained unpruned model, both protocols): how much the architecture matters on this task")
+                         "trained unpruned model, both protocols): how much the architecture matters (task)")
     ap.add_argument("--smoke", action="store_true", help="tiny run for the test")
     a = ap.parse_args(argv)
+    for key, value in TASKS[a.task].items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    if a.noise > 0 and a.task != "digits":
+        ap.error("--noise applies to the digits task only")
     if a.smoke:
         a.seeds, a.epochs, a.search_epochs, a.train_subset, a.batch_size, a.holdout = a.seeds[:1], 1, 2, 60, 20, 20
     return Settings(
         seeds=tuple(a.seeds), targets=tuple(a.targets), epochs=a.epochs, search_epochs=a.search_epochs, lr=a.lr,
         batch_size=a.batch_size, train_subset=a.train_subset or None, augment=a.augment, noise=a.noise,
         image_size=a.image_size, width=a.width, val_fraction=a.val_fraction, data_seed=a.data_seed,
-        threads=a.threads, holdout=a.holdout, random_archs=a.random_archs,
+        threads=a.threads, holdout=a.holdout, random_archs=a.random_archs, task=a.task, data_root=a.data_root,
+        device=a.device,
     ), a.markdown, (a.jobs, a.seed_dir, a.report_only)
+
+
+def describe(s: Settings) -> str:
+    """The task's data in words, for the report's first line."""
+    if s.task == "digits":
+        return f"noisy digits {s.image_size}px"
+    subset = f"{s.train_subset:,}" if s.train_subset else "all 60,000"
+    return f"Fashion-MNIST {s.image_size}px ({subset} training images, 10,000 test images)"
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -394,13 +326,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for line in warn:
         warnings.warn(line, stacklevel=2)
     lines = [
-        f"Accuracy at equal MACs, noisy digits {s.image_size}px, small_resnet(width={s.width}), "
+        f"Accuracy at equal MACs, {describe(s)}, small_resnet(width={s.width}), "
         f"full {full_macs / 1e6:.3f} MMACs/image; seeds {list(s.seeds)}; recipe R {s.epochs} epochs lr {s.lr}; "
         f"search {s.search_epochs} epochs (demo hyper-parameters, official Markov schedule, BN isolated), "
-        f"{s.holdout} training images held out for direct; torch {torch.__version__}, threads {s.threads} x jobs {jobs}, "
-        f"wall {(time.perf_counter() - started) / 60:.1f} min", "",
-    ] + table(ordered, full_macs) + [""] + supernet_lines(supernet) + [""]
-    lines += verdict(arms, min(s.targets)) + warn
+        f"{s.holdout} training images held out for direct; torch {torch.__version__}, device {s.device}, "
+        f"threads {s.threads} x jobs {jobs}, wall {(time.perf_counter() - started) / 60:.1f} min", "",
+    ] + table(ordered, full_macs) + gap_rows(arms, s.targets, len(s.seeds)) + [""] + supernet_lines(supernet) + [""]
+    lines += (fashion_goal_lines(arms, supernet, len(s.seeds)) if s.task == "fashion-mnist"
+              else verdict(arms, min(s.targets))) + warn
     lines += ([""] + random_lines(arms, s.targets) if s.random_archs else [])
     lines += ["", "Widths per group (" + ", ".join(ids) + "), per seed:"]
     lines += [f"- {a.label}: " + "; ".join(str(w) for w in a.widths) for a in ordered if a.target is not None]

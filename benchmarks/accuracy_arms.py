@@ -1,5 +1,6 @@
-"""Building blocks of benchmarks/accuracy.py: the noisy-digits data, the models and the
-four pruned arms (DMCP search + derive, uniform width, Torch-Pruning L1)."""
+"""Building blocks of benchmarks/accuracy.py: the data of each task (noisy digits,
+Fashion-MNIST), the models and the pruned arms (DMCP search + derive, uniform width,
+Torch-Pruning L1, random in-band archs)."""
 from __future__ import annotations
 
 import copy
@@ -50,8 +51,18 @@ def fixed_noise(images: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
 
 
 def make_data(s: Any) -> DataBundle:
-    """Digits (split and subset fixed by ``data_seed``), with noise of std ``s.noise`` in
-    normalized units: fresh on every training sample, one fixed draw on the held-out split."""
+    """The data of ``s.task``.
+
+    digits: split and subset fixed by ``data_seed``, with noise of std ``s.noise`` in
+    normalized units: fresh on every training sample, one fixed draw on the held-out split.
+    fashion-mnist: the idx files in ``s.data_root`` (None: the Debian package's folder), a
+    stratified ``train_subset`` fixed by ``data_seed``, all 10,000 test images as held-out split.
+    """
+    if s.task == "fashion-mnist":
+        from dmcpfx.data_fashion import fashion_mnist_loaders
+
+        return fashion_mnist_loaders(s.data_root, batch_size=s.batch_size, image_size=s.image_size,
+                                     seed=s.data_seed, train_subset=s.train_subset, augment=s.augment)
     bundle = digits_loaders(batch_size=s.batch_size, image_size=s.image_size, val_fraction=s.val_fraction,
                             seed=s.data_seed, train_subset=s.train_subset, augment=s.augment)
     if s.noise <= 0:
@@ -70,10 +81,13 @@ def fresh_model(s: Any, seed: int) -> nn.Module:
 
 def train_and_score(model: nn.Module, data: DataBundle, s: Any, seed: int, init: str,
                     epochs: int | None = None) -> float:
-    """Recipe R (same for every arm); returns the held-out top-1 after the last epoch."""
-    dmcpfx.retrain(model, data.train, epochs=epochs or s.epochs, lr=s.lr, init=init, seed=seed, device="cpu",
+    """Recipe R (same for every arm) on ``s.device``; returns the held-out top-1 (%) after the
+    last epoch and leaves ``model`` on the CPU."""
+    dmcpfx.retrain(model, data.train, epochs=epochs or s.epochs, lr=s.lr, init=init, seed=seed, device=s.device,
                    progress=False)
-    return evaluate(model, data.val, "cpu")["top1"]
+    top1 = evaluate(model, data.val, s.device)["top1"]
+    model.cpu()
+    return top1
 
 
 def group_widths(model: nn.Module, group_ids: Sequence[str]) -> list[int]:
@@ -90,6 +104,7 @@ class SearchOutcome:
     own_bn_top1: float  # max width, the search's own running statistics
     recal_top1: float  # max width, BN re-estimated on 5 training batches
     expected_widths: dict
+    expected_macs: float  # E[MACs] per image at the end of the search
 
 
 def dmcp_search(s: Any, data: DataBundle, search_train: DataLoader, holdout: DataLoader, seed: int,
@@ -97,9 +112,9 @@ def dmcp_search(s: Any, data: DataBundle, search_train: DataLoader, holdout: Dat
     """Search (official schedule, BN isolation), then derive ``expected`` and ``direct``
     (ranked on ``holdout``: training images the search never saw) and materialize both."""
     space = dmcpfx.instrument(fresh_model(s, seed), (x,))
-    dmcpfx.search(space, search_train, target_flops=target, epochs=s.search_epochs, seed=seed, device="cpu",
-                  progress=False, calib_batches=0, **DEMO_SEARCH)  # calib 0: keep the search's own statistics
-    space = space.cpu()
+    result = dmcpfx.search(space, search_train, target_flops=target, epochs=s.search_epochs, seed=seed,
+                           device=s.device, progress=False, calib_batches=0,  # 0: keep the search's own statistics
+                           **DEMO_SEARCH)
     own = evaluate_space(space, data.val, calib_batches=0)["top1"] * 100.0
     recal = evaluate_space(space, data.val, calib_loader=search_train, calib_batches=5)["top1"] * 100.0
     space.eval()
@@ -107,8 +122,9 @@ def dmcp_search(s: Any, data: DataBundle, search_train: DataLoader, holdout: Dat
     direct = dmcpfx.derive(space, "direct", target_flops=target, samples=5, seed=seed, val_loader=holdout,
                            calib_loader=search_train, calib_batches=5)
     e_widths = {gid: float(g.expected_width().detach()) for gid, g in space.gates().items()}
+    space = space.cpu()
     return SearchOutcome(dmcpfx.materialize(space, expected, (x,)), dmcpfx.materialize(space, direct, (x,)),
-                         own, recal, e_widths)
+                         own, recal, e_widths, float(result.expected))
 
 
 def bisect_ratio(macs_at: Callable[[float], int], goal: float, *, increasing: bool,

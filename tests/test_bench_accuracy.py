@@ -63,3 +63,60 @@ def test_saved_seed_from_other_settings_is_refused(tmp_path):
     torch.save({"arms": [], "supernet": []}, path)
     with pytest.raises(SystemExit, match=r"seed0\.pt: no settings record"):
         accuracy.load_seed(path, s)
+
+
+FASHION = ["unpruned", "plain, search epochs"] + [
+    f"{name} {t}" for t in ("25%", "10%") for name in ("DMCP expected", "DMCP direct", "uniform", "TP-L1", "random archs")
+]
+
+
+def test_accuracy_fashion_mnist_smoke(tmp_path, one_thread):
+    """--task fashion-mnist on fake idx files (80 training, 20 test images at 28 px): every arm at
+    25% and 10% of the MACs, both protocols, and one MET / NOT MET line per goal of issue 18."""
+    from fake_idx import write_fake
+
+    write_fake(tmp_path / "fm", train=80, test=20, side=28, gz=False)
+    out = tmp_path / "fashion.md"
+    results = accuracy.main(["--task", "fashion-mnist", "--data-root", str(tmp_path / "fm"), "--smoke",
+                             "--random-archs", "1", "--device", "cpu", "--markdown", str(out)])
+    arms = results["arms"]
+    assert list(arms) == FASHION
+    assert arms["unpruned"]["macs"][0] == 8_052_080  # small_resnet width 10 at 28 px
+    for label, row in arms.items():
+        for protocol in ("inherit", "paper"):
+            assert len(row["top1"][protocol]) == 1 and 0.0 <= row["top1"][protocol][0] <= 100.0, label
+        if label == "TP-L1 25%":  # at width 10 Torch-Pruning's nearest ratio gives 25.66% of the MACs
+            assert abs(row["macs"][0] / 8_052_080 - 0.25) <= 0.03 * 0.25
+        else:
+            assert row["within"], label
+    for rec in results["supernet"]:
+        assert math.isfinite(rec["e_ratio"]) and rec["e_ratio"] > 0 and math.isfinite(rec["derive_change"])
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("Accuracy at equal MACs, Fashion-MNIST 28px (60 training images, 10,000 test images)")
+    assert "| *unpruned minus uniform 10%* |" in text and "| *DMCP expected minus uniform 25%* |" in text
+    goals = [line for line in text.splitlines() if line.startswith("Goal: ")]
+    assert len(goals) == 6 and all(": MET (" in g or ": NOT MET (" in g for g in goals), goals
+    for phrase in ("within [0.93 T, 1.02 T]", "at most 2% from E", "unpruned minus uniform at 10% MACs >= 5",
+                   "uniform at 10% MACs >= +1", "uniform at 25% MACs >= +0.5", "random in-band archs at 10%"):
+        assert sum(phrase in g for g in goals) == 1, phrase
+    assert "Goal at" not in text  # the digits verdict is the digits task's
+
+
+def test_saved_seed_records_the_task(tmp_path):
+    """The task is part of a saved seed's settings; records from before --task are digits runs."""
+    import torch
+
+    digits, _, _ = accuracy.parse_args([])
+    fashion, _, _ = accuracy.parse_args(["--task", "fashion-mnist", "--data-root", "/elsewhere", "--device", "cpu"])
+    assert accuracy.seed_settings(fashion)["task"] == "fashion-mnist"
+    assert "data_root" not in accuracy.seed_settings(fashion) and "device" not in accuracy.seed_settings(fashion)
+    assert fashion.targets == (0.25, 0.1) and fashion.image_size == 28 and fashion.noise == 0.0
+    path = tmp_path / "seed0.pt"
+    torch.save({"arms": [], "supernet": [], "settings": accuracy.seed_settings(fashion)}, path)
+    with pytest.raises(SystemExit, match=r"seed0\.pt: run with "):
+        accuracy.load_seed(path, digits)
+    old = {k: v for k, v in accuracy.seed_settings(digits).items() if k != "task"}
+    torch.save({"arms": [], "supernet": [], "settings": old}, path)
+    assert accuracy.load_seed(path, digits)["settings"] == old
+    with pytest.raises(SystemExit, match=r"seed0\.pt: run with task='digits', this run has task='fashion-mnist'"):
+        accuracy.load_seed(path, fashion)
