@@ -158,3 +158,21 @@ def test_real_package_files():
     images, labels = read_split(DEFAULT_ROOT, "train")
     assert images.shape == (60000, 28, 28) and torch.bincount(labels).tolist() == [6000] * 10
     assert labels[:4].tolist() == [9, 0, 0, 3]  # the first training images: ankle boot, T-shirt x2, dress
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_cli_missing_or_corrupt_data_is_one_line(tmp_path, capsys, corrupt):
+    """`dmcpfx demo` with data.kind fashion-mnist: a missing folder or a corrupt file is one
+    `error:` line (exit 2) and no run directory."""
+    from dmcpfx.cli import main
+
+    root = tmp_path / "fm"
+    if corrupt:
+        write_fake(root, side=6)
+        (root / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 5))
+    code = main(["demo", "--run-dir", str(tmp_path / "run"), "--set", "data.kind=fashion-mnist",
+                 "--set", f"data.root={root}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), (code, err)
+    assert ("truncated idx header" if corrupt else "apt-get install dataset-fashion-mnist") in err[0]
+    assert not (tmp_path / "run").exists()
