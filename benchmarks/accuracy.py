@@ -108,6 +108,7 @@ class Settings:
     task: str = "digits"
     data_root: str | None = None
     device: str = "cpu"
+    alpha_init: str = "budget"
 
 
 def _record(arm: Arm, model, x, ids) -> None:
@@ -199,7 +200,8 @@ def load_seed(path: Path, s: Settings) -> dict[str, Any]:
     want, got = seed_settings(s), res.get("settings") if isinstance(res, dict) else None
     if not isinstance(got, dict):
         raise SystemExit(f"{path}: no settings record (an older accuracy.py wrote it); delete it to run that seed again")
-    got = {"task": "digits", **got}  # records written before --task existed are digits runs
+    # records written before --task / --alpha-init existed: digits runs with the official (zero) start
+    got = {"task": "digits", "alpha_init": "zero", **got}
     diff = sorted((k != "task", k) for k in set(want) | set(got) if want.get(k) != got.get(k))  # task first
     if diff:
         k = diff[0][1]
@@ -243,6 +245,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None, tuple
     ap.add_argument("--search-epochs", type=int,
                     help="DMCP search epochs (and of the plain yardstick); shorter searches leave the "
                          "supernet's max width further below plain training (benchmarks/README.md) (task)")
+    ap.add_argument("--alpha-init", choices=("budget", "zero"), default="budget",
+                    help="search.alpha_init for every search: budget (the default start at the target) or zero "
+                         "(the official start)")
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--train-subset", type=int, help="training images kept, a fixed choice (0: all) (task)")
@@ -278,7 +283,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None, tuple
         batch_size=a.batch_size, train_subset=a.train_subset or None, augment=a.augment, noise=a.noise,
         image_size=a.image_size, width=a.width, val_fraction=a.val_fraction, data_seed=a.data_seed,
         threads=a.threads, holdout=a.holdout, random_archs=a.random_archs, task=a.task, data_root=a.data_root,
-        device=a.device,
+        device=a.device, alpha_init=a.alpha_init,
     ), a.markdown, (a.jobs, a.seed_dir, a.report_only)
 
 
@@ -328,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     lines = [
         f"Accuracy at equal MACs, {describe(s)}, small_resnet(width={s.width}), "
         f"full {full_macs / 1e6:.3f} MMACs/image; seeds {list(s.seeds)}; recipe R {s.epochs} epochs lr {s.lr}; "
-        f"search {s.search_epochs} epochs (demo hyper-parameters, official Markov schedule, BN isolated), "
+        f"search {s.search_epochs} epochs (demo hyper-parameters, alpha_init {s.alpha_init}, official Markov "
+        f"schedule, BN isolated), "
         f"{s.holdout} training images held out for direct; torch {torch.__version__}, device {s.device}, "
         f"threads {s.threads} x jobs {jobs}, wall {(time.perf_counter() - started) / 60:.1f} min", "",
     ] + table(ordered, full_macs) + gap_rows(arms, s.targets, len(s.seeds)) + [""] + supernet_lines(supernet) + [""]

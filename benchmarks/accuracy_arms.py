@@ -114,7 +114,7 @@ def dmcp_search(s: Any, data: DataBundle, search_train: DataLoader, holdout: Dat
     space = dmcpfx.instrument(fresh_model(s, seed), (x,))
     result = dmcpfx.search(space, search_train, target_flops=target, epochs=s.search_epochs, seed=seed,
                            device=s.device, progress=False, calib_batches=0,  # 0: keep the search's own statistics
-                           **DEMO_SEARCH)
+                           alpha_init=s.alpha_init, **DEMO_SEARCH)
     own = evaluate_space(space, data.val, calib_batches=0)["top1"] * 100.0
     recal = evaluate_space(space, data.val, calib_loader=search_train, calib_batches=5)["top1"] * 100.0
     space.eval()

@@ -120,3 +120,17 @@ def test_saved_seed_records_the_task(tmp_path):
     assert accuracy.load_seed(path, digits)["settings"] == old
     with pytest.raises(SystemExit, match=r"seed0\.pt: run with task='digits', this run has task='fashion-mnist'"):
         accuracy.load_seed(path, fashion)
+
+
+def test_saved_seed_before_alpha_init_is_a_zero_start(tmp_path):
+    """Seeds saved before --alpha-init existed ran the official (zero) start: reused only with --alpha-init zero."""
+    import torch
+
+    zero, _, _ = accuracy.parse_args(["--alpha-init", "zero"])
+    budget, _, _ = accuracy.parse_args([])
+    old = {k: v for k, v in accuracy.seed_settings(zero).items() if k not in ("task", "alpha_init")}
+    path = tmp_path / "seed3.pt"
+    torch.save({"arms": [], "supernet": [], "settings": old}, path)
+    assert accuracy.load_seed(path, zero)["settings"] == old
+    with pytest.raises(SystemExit, match=r"seed3\.pt: run with alpha_init='zero', this run has alpha_init='budget'"):
+        accuracy.load_seed(path, budget)
