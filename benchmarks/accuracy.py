@@ -144,7 +144,7 @@ def run_seed(s: Settings, seed: int) -> dict[str, Any]:
     for target in s.targets:
         t0 = time.perf_counter()
         out = dmcp_search(s, data, search_train, holdout, seed, target, x)
-        derived = dmcpfx.count_flops(out.expected, x)
+        derived = count_flops(out.expected, x)
         supernet.append(dict(target=target, own=out.own_bn_top1, recal=out.recal_top1, plain=plain_top1,
                              expected_widths=out.expected_widths, e_ratio=out.expected_macs / (target * space.full_flops),
                              derive_change=(derived - out.expected_macs) / out.expected_macs))

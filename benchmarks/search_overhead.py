@@ -10,7 +10,7 @@ Prints one table (seconds per step, images per second, cost relative to plain tr
 
 Each search step is timed twice: ``masked`` runs the min and random sub-nets with
 channel masks (full-width compute), ``sliced`` with physically sliced weights
-(slimmable execution, :mod:`dmcpfx.slimmable`). The max net and the architecture
+(slimmable execution, :mod:`dmcpfx.search.slimmable`). The max net and the architecture
 step always run at full width. Data are synthetic (one random batch kept on the
 device), so the numbers measure compute only; the sub-net widths are drawn from the
 same seeded generator in both modes. Examples::

@@ -104,7 +104,7 @@ def _dist_rank_world() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _train_sampler(dataset: Dataset, distributed: bool, seed: int) -> Sampler | None:
+def train_sampler(dataset: Dataset, distributed: bool, seed: int) -> Sampler | None:
     if not distributed:
         return None
     from torch.utils.data import DistributedSampler
@@ -113,7 +113,7 @@ def _train_sampler(dataset: Dataset, distributed: bool, seed: int) -> Sampler | 
     return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
 
 
-def _val_sampler(dataset: Dataset, distributed: bool) -> Sampler | None:
+def val_sampler(dataset: Dataset, distributed: bool) -> Sampler | None:
     if not distributed:
         return None
     rank, world = _dist_rank_world()
@@ -123,7 +123,7 @@ def _val_sampler(dataset: Dataset, distributed: bool) -> Sampler | None:
 # --------------------------------------------------------------------------- digits
 
 
-class _RandomShift(Dataset):
+class RandomShift(Dataset):
     """Wrap a tensor dataset; shift each image by up to ``pad`` pixels (zero-padded crop).
 
     Padding uses the normalized background value (the image's minimum), so a shift
@@ -234,15 +234,15 @@ def digits_loaders(
 
     train_ds: Dataset = TensorDataset(train_x, labels[train_idx])
     if augment:
-        train_ds = _RandomShift(train_ds, pad=max(1, image_size // 8))
+        train_ds = RandomShift(train_ds, pad=max(1, image_size // 8))
     val_ds = TensorDataset(val_x, labels[val_idx])
 
-    train_sampler = _train_sampler(train_ds, distributed, seed)
+    sampler = train_sampler(train_ds, distributed, seed)
     train = DataLoader(
         train_ds,
         batch_size=batch_size,
-        shuffle=train_sampler is None,
-        sampler=train_sampler,
+        shuffle=sampler is None,
+        sampler=sampler,
         num_workers=num_workers,
         drop_last=False,
     )
@@ -250,7 +250,7 @@ def digits_loaders(
         val_ds,
         batch_size=batch_size,
         shuffle=False,
-        sampler=_val_sampler(val_ds, distributed),
+        sampler=val_sampler(val_ds, distributed),
         num_workers=num_workers,
     )
     return DataBundle(train=train, val=val, num_classes=10, input_shape=(1, 3, image_size, image_size))
@@ -330,12 +330,12 @@ def imagefolder_loaders(
         raise ConfigError(f"{root / 'train'} holds {len(train_ds.classes)} class folder(s) "
                           f"{train_ds.classes}; classification needs at least 2")
     persistent = workers > 0
-    train_sampler = _train_sampler(train_ds, distributed, seed)
+    sampler = train_sampler(train_ds, distributed, seed)
     train = DataLoader(
         train_ds,
         batch_size=batch_size,
-        shuffle=train_sampler is None,
-        sampler=train_sampler,
+        shuffle=sampler is None,
+        sampler=sampler,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         drop_last=True,
@@ -345,7 +345,7 @@ def imagefolder_loaders(
         val_ds,
         batch_size=batch_size,
         shuffle=False,
-        sampler=_val_sampler(val_ds, distributed),
+        sampler=val_sampler(val_ds, distributed),
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=persistent,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .data import DataBundle, _RandomShift, _train_sampler, _val_sampler, subset_indices
+from .data import DataBundle, RandomShift, train_sampler, val_sampler, subset_indices
 from .errors import ConfigError
 from .idx import find_idx, read_idx
 
@@ -141,11 +141,11 @@ def fashion_mnist_loaders(
     std = max(std, 1e-6)
     train_ds: Dataset = GreyImages(train_x, train_y, mean, std, image_size)
     if augment:
-        train_ds = _RandomShift(train_ds, pad=max(1, image_size // 8))
+        train_ds = RandomShift(train_ds, pad=max(1, image_size // 8))
     val_ds = GreyImages(test_x, test_y, mean, std, image_size)
-    train_sampler = _train_sampler(train_ds, distributed, seed)
-    train = DataLoader(train_ds, batch_size=batch_size, shuffle=train_sampler is None, sampler=train_sampler,
+    sampler = train_sampler(train_ds, distributed, seed)
+    train = DataLoader(train_ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                        num_workers=num_workers, drop_last=False)
-    val = DataLoader(val_ds, batch_size=batch_size, shuffle=False, sampler=_val_sampler(val_ds, distributed),
+    val = DataLoader(val_ds, batch_size=batch_size, shuffle=False, sampler=val_sampler(val_ds, distributed),
                      num_workers=num_workers)
     return DataBundle(train=train, val=val, num_classes=len(CLASSES), input_shape=(1, 3, image_size, image_size))

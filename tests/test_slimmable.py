@@ -1,4 +1,4 @@
-"""Slimmable execution (dmcpfx.slimmable): a sliced sub-net equals the masked one.
+"""Slimmable execution (dmcpfx.search.slimmable): a sliced sub-net equals the masked one.
 
 For random widths (fixed seeds) the sliced run must give the masked run's output in
 eval mode, and in train mode the same loss, the same gradient for every parameter
