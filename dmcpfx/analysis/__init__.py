@@ -20,6 +20,7 @@ from torch.fx.node import map_arg
 
 from ..errors import AnalysisError
 from ..inputs import as_tuple
+from .device import cpu_copy, on_cpu
 from .export import EXPORT_BATCH, batch_of, export_both_modes
 from .builder import GraphBuilder
 from .channel_graph import ChannelGraph
@@ -56,8 +57,11 @@ def analyze(model: nn.Module, example_inputs, *, model_name: str | None = None,
     """Export ``model`` and discover its coupled channel groups (DESIGN.md section 2).
 
     ``example_inputs``: a tensor or a tuple of tensors the model accepts, dim 0 the
-    batch (its size does not matter: counts are per image). The model is left
-    bit-identical. Raises :class:`~dmcpfx.errors.TraceError` if the model cannot be
+    batch (its size does not matter: counts are per image; the graphs are exported
+    with the first sample repeated to a batch of 2). The model is left bit-identical.
+    A model on another device (CUDA) is analyzed as a CPU copy of itself, so the result
+    does not depend on the device; the returned graph's traced modules then hold that
+    copy's weights (on the CPU), not the caller's. Raises :class:`~dmcpfx.errors.TraceError` if the model cannot be
     exported and :class:`~dmcpfx.errors.AnalysisError` if the graph fails on the
     example input. ``submodule``: analyze only the submodule at this path (for a model
     that cannot be exported whole, e.g. ``backbone`` of a detector); its inputs are
@@ -68,6 +72,8 @@ def analyze(model: nn.Module, example_inputs, *, model_name: str | None = None,
         inputs = capture_inputs(model, example_inputs, submodule)
         return analyze(resolve_submodule(model, submodule), inputs, model_name=model_name)
     inputs = as_tuple(example_inputs)
+    if not on_cpu(model, inputs):  # analyzed as a CPU copy: the graph does not depend on the device
+        model, inputs = cpu_copy(model), tuple(t.detach().cpu() for t in inputs)
     batch = batch_of(inputs, EXPORT_BATCH)
     builder = GraphBuilder()
     with preserved_state(model):

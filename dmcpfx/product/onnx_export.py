@@ -15,6 +15,8 @@ from ..compare import max_abs_diff, output_scale
 from ..errors import DmcpfxError
 from ..fileio import atomic_path
 from ..inputs import as_tuple
+from ..analysis.device import cpu_copy, needs_copy, widen
+from ..numerics import strict_numerics
 
 __all__ = ["OnnxExportError", "export_onnx", "run_and_compare", "CHECK_BATCHES"]
 
@@ -45,18 +47,25 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, ch
                 rtol: float = 1e-4, dynamic_batch: bool = True) -> float:
     """Export ``model`` (eval mode) to ``path`` atomically; return the max abs difference.
 
+    The file is always a float32 CPU graph: a model on another device or in
+    float16/bfloat16 is exported as a CPU float32 copy (``model`` itself is not moved).
+    Export and check run in :func:`~dmcpfx.numerics.strict_numerics` (no autocast, no TF32).
+
     With ``dynamic_batch`` (the default) dimension 0 of every input and output is a symbol
     ``batch``. With ``check`` the file is run with onnxruntime (CPU) at batch sizes
     :data:`CHECK_BATCHES` (only the example's own batch when ``dynamic_batch`` is False)
     and compared with PyTorch: a difference above ``rtol`` times the output scale, or any
     NaN/inf mismatch, raises :class:`OnnxExportError` and no file is left behind.
     """
-    inputs = tuple(t.detach().cpu() for t in as_tuple(example_inputs))
-    was_training = model.training
+    inputs = as_tuple(example_inputs)
+    source, was_training = model, model.training
+    if needs_copy(model, inputs):  # a CUDA or half-precision model: exported as a CPU float32 copy
+        model = cpu_copy(model, float32=True)
+    inputs = tuple(widen(t) for t in inputs)
     model = model.eval()
     target = Path(path)
     try:
-        with atomic_path(target) as tmp:
+        with atomic_path(target) as tmp, strict_numerics():  # no autocast baked in, no TF32 in the check
             export_inputs = _at_batch(inputs, 2, seed=1) if dynamic_batch else inputs
             _export(model, export_inputs, tmp, dynamic_batch)
             diff = float("nan")
@@ -65,7 +74,7 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, ch
                 diff = max(run_and_compare(model, inputs if n is None else _at_batch(inputs, n, seed=n), tmp, rtol)
                            for n in batches)
     finally:
-        model.train(was_training)
+        source.train(was_training)
     return diff
 
 
@@ -93,7 +102,8 @@ def run_and_compare(model: nn.Module, inputs, onnx_path, rtol: float = 1e-4) -> 
     """Max abs difference between onnxruntime and PyTorch outputs on ``inputs``.
 
     Raises :class:`OnnxExportError` above ``rtol`` times the output scale, for a NaN or an
-    unmatched infinity on either side, or when onnxruntime rejects the inputs."""
+    unmatched infinity on either side, or when onnxruntime rejects the inputs. PyTorch runs
+    on the model's own device, in :func:`~dmcpfx.numerics.strict_numerics`."""
     import onnxruntime as ort
 
     inputs = tuple(as_tuple(inputs))
@@ -105,8 +115,9 @@ def run_and_compare(model: nn.Module, inputs, onnx_path, rtol: float = 1e-4) -> 
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are plain RuntimeErrors
         raise OnnxExportError(f"onnxruntime cannot run {Path(onnx_path).name} at batch {batch}: "
                               f"{str(exc).splitlines()[0]}") from exc
-    with torch.no_grad():
-        want = model(*inputs)
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+    with torch.no_grad(), strict_numerics():
+        want = model(*(t.to(device) for t in inputs))
     want = [want] if isinstance(want, torch.Tensor) else list(want)
     if len(got) != len(want):
         raise OnnxExportError(f"onnxruntime returned {len(got)} outputs, PyTorch {len(want)}")

@@ -18,6 +18,7 @@ from ..analysis.submodule import capture_inputs, resolve_submodule
 from ..inputs import as_tuple
 from .gates import MarkovGate, split_channels
 from .space import SearchSpace
+from ..analysis.device import cpu_copy, model_device, on_cpu
 
 __all__ = ["instrument"]
 
@@ -45,7 +46,11 @@ def instrument(
         return instrument(resolve_submodule(model, submodule), inputs, min_ratio=min_ratio, step=step,
                           divisor=divisor, model_name=model_name)
     inputs = as_tuple(example_inputs)
-    work = copy.deepcopy(model)
+    device = model_device(model, inputs)
+    if on_cpu(model, inputs):
+        work = copy.deepcopy(model)
+    else:  # built on a CPU copy (the analysis is device-independent), then moved to the model's device
+        work, inputs = cpu_copy(model), tuple(t.detach().cpu() for t in inputs)
     graph = analyze(work, inputs, model_name=model_name)
     gates: dict[str, MarkovGate] = {}
     skipped: dict[str, str] = {}
@@ -59,4 +64,4 @@ def instrument(
         gates[gid] = MarkovGate(split, order)
     space = SearchSpace(work, graph, gates, inputs, skipped)
     space.train(model.training)
-    return space
+    return space.to(device)

@@ -27,6 +27,7 @@ import torch
 from torch import fx, nn
 
 from ..compare import module_matches, run_eval
+from ..numerics import strict_numerics
 from ..passes.channel_constants import ChannelConstants
 from ..passes.weight_slicing import update_attributes
 
@@ -166,7 +167,9 @@ class SlicedRunner:
 
     @torch.no_grad()
     def check(self, widths: Mapping[str, int], rtol: float = 1e-4) -> bool:
-        """Compare sliced and masked outputs on the example input (eval mode, no state change).
+        """Compare sliced and masked outputs on the example input (eval mode, no state change),
+        in strict arithmetic (:func:`~dmcpfx.numerics.strict_numerics`: no TF32, no autocast,
+        also when the caller runs under autocast), on the device the space lives on.
 
         Sets ``reason`` and returns False on a mismatch or an error.
         """
@@ -176,12 +179,16 @@ class SlicedRunner:
         modes = {gid: (g.mode, g.hard_width) for gid, g in space.gates().items()}
         device = next((p.device for p in space.parameters()), torch.device("cpu"))
         inputs = tuple(t.to(device) for t in space.example_inputs)
+        dtype = next((p.dtype for p in space.parameters() if p.is_floating_point()), torch.float32)
+        inputs = tuple(t.to(dtype) if t.is_floating_point() else t for t in inputs)
         try:
             space.set_widths(dict(widths))
-            reference = run_eval(space, inputs)
-            with self.widths(widths):
-                if not module_matches(space, inputs, reference, rtol):
-                    self.reason = "the sliced sub-net does not reproduce the masked one on the example input"
+            with strict_numerics():  # no TF32 / autocast: both sides in the parameters' dtype
+                reference = run_eval(space, inputs)
+                with self.widths(widths):
+                    if not module_matches(space, inputs, reference, rtol):
+                        self.reason = ("the sliced sub-net does not reproduce the masked one on the example input "
+                                       f"(compared in strict {str(dtype).removeprefix('torch.')})")
         except Exception as exc:  # noqa: BLE001 - any failure means: use masks
             self.reason = f"the sliced sub-net failed on the example input ({type(exc).__name__}: {exc})"
         finally:
