@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import dmcpfx
+from dmcpfx.counting import count_flops
 from dmcpfx.demo_models import small_resnet
 from dmcpfx.errors import ConfigError
 
@@ -39,7 +40,7 @@ def test_batch_and_device_do_not_change_the_analysis(device):
         widths = {gid: g.candidates[0] for gid, g in space.groups.items()}
         compact = dmcpfx.materialize(on, widths, x)
         assert next(compact.parameters()).device.type == device
-        assert dmcpfx.count_flops(compact.cpu(), x.cpu()[:1]) == space.flops(widths)
+        assert count_flops(compact.cpu(), x.cpu()[:1]) == space.flops(widths)
     after = on.state_dict()
     assert all(after[k].device.type == device and torch.equal(after[k], v) for k, v in before.items())
 

@@ -129,13 +129,13 @@ def test_materialize_confirms_a_float32_mismatch_in_float64(monkeypatch):
     model, x = _model()
     widths = _half_widths(dmcpfx.analyze(model, x))
     module = importlib.import_module("dmcpfx.materialize")
-    real_matches, real_slice, seen = module._matches, module.slice_model, []
+    real_matches, real_slice, seen = module.module_matches, module.slice_model, []
 
     def float32_fails(m, inputs, reference, rtol):
         seen.append(inputs[0].dtype)
         return inputs[0].dtype == torch.float64 and real_matches(m, inputs, reference, rtol)
 
-    monkeypatch.setattr(module, "_matches", float32_fails)
+    monkeypatch.setattr(module, "module_matches", float32_fails)
     compact = dmcpfx.materialize(model, widths, x)
     assert seen == [torch.float32, torch.float64]
     assert not isinstance(compact, torch.fx.GraphModule)
