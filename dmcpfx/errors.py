@@ -23,3 +23,7 @@ class ConfigError(DmcpfxError):
 
 class NonFiniteError(DmcpfxError):
     """A loss, gradient or parameter became NaN or infinite during search or retraining."""
+
+
+class OutputError(DmcpfxError, OSError):
+    """An output file could not be written (disk full, read-only directory); names the path given."""

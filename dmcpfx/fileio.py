@@ -8,17 +8,57 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from .errors import OutputError
+
+# ".<name>.<pid>.<random>.tmp" (older versions: ".<name>.<random>.tmp")
+_TEMP = re.compile(r"^\..+?(?:\.(?P<pid>\d+))?\.[A-Za-z0-9_]{6,}\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def is_temp_name(name: str, *, stale_only: bool = False) -> bool:
+    """Whether ``name`` is a temporary file of :func:`atomic_path`; with ``stale_only``, one
+    whose process is gone (a name without a pid counts as stale)."""
+    m = _TEMP.match(name)
+    if m is None:
+        return False
+    if not stale_only:
+        return True
+    pid = m.group("pid")
+    return pid is None or (int(pid) != os.getpid() and not _pid_alive(int(pid)))
+
+
+def _cannot(target: Path, exc: BaseException) -> str:
+    reason = getattr(exc, "strerror", None) or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return f"cannot write {target}: {reason}"
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; move it onto ``path`` on success."""
+    """Yield a temporary sibling of ``path``; move it onto ``path`` on success.
+
+    The temporary file is removed on any exception (Ctrl-C included); an ``OSError`` (disk
+    full, read-only directory) becomes an :class:`~dmcpfx.errors.OutputError` naming ``path``,
+    never the temporary file."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise OutputError(_cannot(target, exc)) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -27,8 +67,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
         os.replace(tmp_path, target)
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise OutputError(_cannot(target, exc)) from exc
     finally:
-        if tmp_path.exists():
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
 
 
@@ -43,7 +87,10 @@ def torch_save_atomic(obj, path: str | os.PathLike) -> None:
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch's writer reports a full disk as RuntimeError
+            raise OutputError(_cannot(Path(path), exc)) from exc
 
 
 def _finite_or_none(value):

@@ -26,6 +26,7 @@ are state dicts read with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from .search.holdout import split_holdout
 from .search.instrument import instrument
 from .search.loop import search
 from .training import MetricsWriter, distributed_context, load_checked
+from .product.run_owner import run_lock
 
 __all__ = ["STAGES", "run_pipeline", "PipelineResult"]
 
@@ -160,7 +162,8 @@ class _Run:
             load_checked(self.path("checkpoint.pt"), "search checkpoint")
         if "retrain" in self.stages and self.cfg.run.resume and self.path("retrain_checkpoint.pt").exists():
             load_checked(self.path("retrain_checkpoint.pt"), "retrain checkpoint")
-        if "derive" not in self.stages:  # retrain/report read what search wrote
+        if "derive" not in self.stages and ("retrain" in self.stages or "report" in self.stages):
+            # retrain/report read what search wrote
             needed = ["arch.yaml", SLICE_NAME] if "retrain" in self.stages else ["arch.yaml", WEIGHTS_NAME]
             for name in needed:
                 if not self.path(name).is_file():
@@ -169,9 +172,18 @@ class _Run:
             load_arch(self.path("arch.yaml"))
             load_weights(self.path(needed[1]), "weights file")
 
+    def check_owner(self) -> None:
+        """The run directory is new, empty, or a run of the same marker, and no other process uses it."""
+        from .product.run_owner import check_run_dir, check_unlocked, make_marker
+
+        self.marker = make_marker(config_to_dict(self.cfg), self.cfg.model.spec, list(self.x.shape))
+        check_run_dir(self.dir, self.marker)
+        check_unlocked(self.dir)
+
     def validate(self) -> None:
         """Everything checkable without training, before the run directory exists."""
         cfg = self.cfg
+        self.check_owner()
         for name, loader in (("train", self.bundle.train), ("val", self.bundle.val)):
             if hasattr(loader, "__len__") and len(loader) == 0:
                 raise ConfigError(f"the {name} loader of data.kind={cfg.data.kind!r} is empty "
@@ -202,10 +214,14 @@ class _Run:
                               f"smallest sub-net ({smallest:,} MACs at search.min_ratio={self.cfg.search.min_ratio})")
 
     def start(self) -> None:
+        """Called under the run lock: the marker, then ``config.yaml``."""
+        from .product.run_owner import check_run_dir, write_marker
+
         if self.main:
+            check_run_dir(self.dir, self.marker)  # again under the lock: another process may have started it
             if self.path("report.md").exists():  # resume: the run is not complete any more
                 self.path("report.md").unlink()
-            self.dir.mkdir(parents=True, exist_ok=True)
+            write_marker(self.dir, self.marker)
             text = yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False)
             write_text_atomic(self.path("config.yaml"), text)
 
@@ -323,10 +339,11 @@ def run_pipeline(cfg: Config, stages: Sequence[str] = STAGES) -> PipelineResult:
         raise ConfigError("the materialize stage needs derive in the same run (or use `dmcpfx materialize`)")
     run = _Run(cfg, stages)
     run.validate()
-    run.start()
     table = None
-    for stage in run.stages:
-        out = getattr(run, stage)()
-        if stage == "report":
-            table = out
+    with run_lock(run.dir) if run.main else contextlib.nullcontext():
+        run.start()
+        for stage in run.stages:
+            out = getattr(run, stage)()
+            if stage == "report":
+                table = out
     return PipelineResult(run_dir=run.dir, summary=run.summary, table=table, seconds=time.perf_counter() - start)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..arch import Arch, load_arch
 from ..errors import ConfigError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, torch_save_atomic
 from ..materialize import materialize
 from ..models import check_input_shape, load_model
 from ..training import load_checked, start_over_hint
@@ -36,8 +36,7 @@ ONNX_NAME = "compact.onnx"         # the retrained compact model, ONNX, dynamic 
 def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write ``model.state_dict()`` (CPU copies) to ``path`` atomically."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    torch_save_atomic(state, path)
     return Path(path)
 
 
