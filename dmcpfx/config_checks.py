@@ -6,6 +6,7 @@ are checked when the config is loaded (:mod:`dmcpfx.config`), the ranges here.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
@@ -14,9 +15,11 @@ from .amp import AMP_CHOICES
 from .errors import ConfigError
 from .models import check_input_shape
 
-__all__ = ["validate_config", "check_device"]
+__all__ = ["validate_config", "check_device", "check_memory", "check_against_data", "MAX_EPOCHS"]
 
 AMP = AMP_CHOICES  # the same spellings for search and retrain
+MAX_EPOCHS = 1_000_000  # far above any real schedule; 1e30 would never end
+DIGITS_IMAGES = 1797  # scikit-learn's digits, held in memory at data.image_size
 
 
 def _fail(key: str, rule: str, value: Any) -> None:
@@ -88,7 +91,7 @@ def validate_config(cfg) -> None:
     _int("data.steps", d.steps, 1)
     _int("data.num_classes", d.num_classes, 2)
 
-    _int("search.epochs", s.epochs, 1)
+    _int("search.epochs", s.epochs, 1, MAX_EPOCHS)
     _int("search.warmup_epochs", s.warmup_epochs, 0, s.epochs, optional=True)
     _int("search.divisor", s.divisor, 1)
     _float("search.min_ratio", s.min_ratio, 0.0, 1.0, low_open=True)
@@ -107,12 +110,14 @@ def validate_config(cfg) -> None:
     _choice("search.amp", s.amp, AMP)
     _int("search.seed", s.seed, 0)
     _int("search.log_interval", s.log_interval, 1)
+    _search_schedule(s)
 
     _choice("derive.mode", v.mode, ("expected", "direct"))
     _float("derive.tolerance", v.tolerance, 0.0, 1.0, low_open=True, high_open=True)
     _int("derive.samples", v.samples, 1)
+    _int("derive.holdout_images", v.holdout_images, 0)
 
-    _int("retrain.epochs", r.epochs, 1)
+    _int("retrain.epochs", r.epochs, 1, MAX_EPOCHS)
     _float("retrain.lr", r.lr, 0.0, low_open=True)
     _choice("retrain.init", r.init, ("scratch", "inherit"))
     _float("retrain.weight_decay", r.weight_decay, 0.0)
@@ -128,3 +133,63 @@ def validate_config(cfg) -> None:
     check_device(u.device)
     _int("run.latency_runs", u.latency_runs, 1)
     _int("run.threads", u.threads, 1, optional=True)
+    check_memory(cfg)
+
+
+def _search_schedule(s) -> None:
+    """The keys the search loop would otherwise check only after the run directory exists."""
+    from .search.bn import BN_STATS
+    from .search.schedule import MARKOV_SCHEDULES
+
+    _choice("search.markov_schedule", s.markov_schedule, MARKOV_SCHEDULES)
+    _float("search.markov_decay", s.markov_decay, 0.0, 1.0, low_open=True)
+    _float("search.markov_prob_final", s.markov_prob_final, 0.0, 1.0)
+    _choice("search.bn_stats", s.bn_stats, BN_STATS)
+    _float("search.lr_warmup_start", s.lr_warmup_start, 0.0, s.lr)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable; else physical memory)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 1 << 62
+
+
+def check_memory(cfg) -> None:
+    """A bounded estimate of the data's memory (float32 images) against the memory available:
+    ``digits`` holds all 1,797 images at ``data.image_size``; every kind holds batches in flight
+    (train and val, the loader workers' prefetch). ConfigError naming the keys when it cannot fit."""
+    d = cfg.data
+    if not (isinstance(d.image_size, int) and isinstance(d.batch_size, int)):
+        return
+    image = 3 * d.image_size * d.image_size * 4
+    in_flight = 2 * (2 * max(0, d.workers if d.kind == "imagefolder" else 0) + 2)  # batches, train and val
+    images = d.batch_size * in_flight + (DIGITS_IMAGES if d.kind == "digits" else 0)
+    need, have = images * image, available_memory()
+    if need > have:
+        raise ConfigError(f"data.image_size={d.image_size} with data.batch_size={d.batch_size} needs about "
+                          f"{need / 2**30:,.1f} GiB for the {d.kind} images alone, more than the "
+                          f"{have / 2**30:,.1f} GiB available; lower data.image_size or data.batch_size")
+
+
+def check_against_data(cfg, input_shape, num_classes: int) -> None:
+    """``model.input_shape`` against the data's images ``input_shape`` ``(1, C, H, W)``, and
+    ``model.num_classes`` against the data's ``num_classes`` labels (ConfigError naming the key)."""
+    m = cfg.model
+    if m.input_shape is not None and list(m.input_shape)[1:] != list(input_shape)[1:]:
+        raise ConfigError(f"config key 'model.input_shape' {list(m.input_shape)} does not match the data's images "
+                          f"{list(input_shape)[1:]} (data.image_size={cfg.data.image_size}); MACs and the target "
+                          f"would be counted at the wrong size: set it to {[1, *list(input_shape)[1:]]} or null")
+    classes = m.num_classes if m.num_classes is not None else m.kwargs.get("num_classes")
+    if isinstance(classes, int) and classes < num_classes:
+        key = "model.num_classes" if m.num_classes is not None else "model.kwargs.num_classes"
+        raise ConfigError(f"config key {key!r} is {classes} but the data has {num_classes} classes "
+                          f"(labels 0..{num_classes - 1}); set it to at least {num_classes} or null")

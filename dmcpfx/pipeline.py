@@ -37,7 +37,7 @@ import torch
 import yaml
 
 from .config import Config, config_to_dict
-from .config_checks import validate_config
+from .config_checks import check_against_data, validate_config
 from .errors import ConfigError
 from .fileio import write_json_atomic, write_text_atomic
 from .progress import bars_enabled, derive_line, is_terminal, print_search_epoch
@@ -129,6 +129,7 @@ class _Run:
         self.ctx = distributed_context()
         self.dir = cfg.run_dir
         self.bundle = make_data(cfg, self.ctx.distributed)
+        check_against_data(cfg, self.bundle.input_shape, self.bundle.num_classes)
         self.model, self.x = build_model(cfg, self.bundle)
         self.space = self.widths = self.compact = None
         self.summary: dict[str, Any] = {}

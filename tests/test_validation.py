@@ -1,0 +1,73 @@
+"""Validate everything before anything (issue 19): every key with its range, sizes against memory,
+the example input and num_classes against the data; no run directory on any of these errors."""
+from __future__ import annotations
+
+import pytest
+
+from dmcpfx.config import load_config
+from dmcpfx.config_checks import validate_config
+from dmcpfx.errors import ConfigError
+from dmcpfx.pipeline import run_pipeline
+
+TINY = ["data.kind=synthetic", "data.num_classes=4", "data.image_size=8", "data.batch_size=2", "data.steps=2",
+        "model.kwargs.width=4", "run.progress=false"]
+
+
+@pytest.mark.parametrize("override,key", [
+    ("search.markov_schedule=cubic", "search.markov_schedule"),
+    ("search.bn_stats=some", "search.bn_stats"),
+    ("search.markov_decay=2.0", "search.markov_decay"),
+    ("search.markov_decay=.nan", "search.markov_decay"),
+    ("search.markov_decay=0", "search.markov_decay"),
+    ("search.markov_prob_final=1.5", "search.markov_prob_final"),
+    ("search.lr_warmup_start=5.0", "search.lr_warmup_start"),
+    ("search.lr_warmup_start=-0.1", "search.lr_warmup_start"),
+    ("search.epochs=1000000000", "search.epochs"),
+    ("retrain.epochs=1000000000", "retrain.epochs"),
+    ("derive.holdout_images=-5", "derive.holdout_images"),
+])
+def test_every_key_is_checked_with_its_range(override, key):
+    with pytest.raises(ConfigError, match=rf"config key '{key}' must be"):
+        validate_config(load_config(None, [override]))
+
+
+def test_epochs_as_huge_float_is_refused():
+    with pytest.raises(ConfigError, match="search.epochs"):
+        validate_config(load_config(None, ["search.epochs=1e30"]))
+
+
+def test_late_keys_leave_no_run_directory(tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config(None, TINY + ["search.markov_decay=2.0"])
+    cfg.run.dir, cfg.run.name = str(tmp_path), "run"
+    with pytest.raises(ConfigError, match="search.markov_decay"):
+        run_pipeline(cfg)
+    assert not run.exists()
+
+
+def test_image_size_against_available_memory():
+    # the documented maximum with the digits (all 1,797 images held in memory): about 1.3 TiB
+    with pytest.raises(ConfigError, match=r"data.image_size=8192 with data.batch_size=64 needs about .* GiB"):
+        validate_config(load_config(None, ["data.image_size=8192"]))
+    validate_config(load_config(None, ["data.image_size=64"]))
+
+
+def _run(tmp_path, *extra):
+    cfg = load_config(None, TINY + list(extra))
+    cfg.run.dir, cfg.run.name = str(tmp_path), "run"
+    return cfg
+
+
+def test_input_shape_must_match_the_data(tmp_path):
+    with pytest.raises(ConfigError, match=r"'model.input_shape' \[1, 3, 24, 24\] does not match the data's images "
+                                          r"\[3, 8, 8\]"):
+        run_pipeline(_run(tmp_path, "model.input_shape=[1,3,24,24]"), ("analyze",))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override,key", [("model.num_classes=3", "model.num_classes"),
+                                          ("model.kwargs.num_classes=2", "model.kwargs.num_classes")])
+def test_num_classes_against_the_data(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=rf"'{key}' is \d but the data has 4 classes"):
+        run_pipeline(_run(tmp_path, override), ("analyze",))
+    assert not (tmp_path / "run").exists()
