@@ -2,6 +2,8 @@
 
 PyYAML keeps the last of two equal keys, so a second ``search:`` section silently replaces
 the first. :func:`safe_load` raises :class:`DuplicateKeyError` naming the key and its line.
+Anchors and aliases (``&a``, ``*a``, ``<<: *a``) have no use in a config or an arch file and
+let a few lines expand to gigabytes (the "billion laughs"): :class:`AliasError`.
 """
 from __future__ import annotations
 
@@ -11,15 +13,28 @@ from typing import Any
 
 import yaml
 
-__all__ = ["UniqueKeyLoader", "DuplicateKeyError", "load_file", "safe_load"]
+__all__ = ["UniqueKeyLoader", "DuplicateKeyError", "AliasError", "load_file", "safe_load"]
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
     """A mapping holds the same key twice."""
 
 
+class AliasError(yaml.composer.ComposerError):
+    """The document uses a YAML anchor or alias."""
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects duplicate mapping keys (``<<`` merges still work)."""
+    """``yaml.SafeLoader`` that rejects duplicate mapping keys, anchors and aliases."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            kind = "alias" if isinstance(event, yaml.AliasEvent) else "anchor"
+            line = event.start_mark.line + 1
+            raise AliasError(None, None, f"YAML {kind} {'*' if kind == 'alias' else '&'}{event.anchor} on line "
+                             f"{line}: anchors and aliases are not allowed here", event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):

@@ -71,3 +71,35 @@ def test_num_classes_against_the_data(tmp_path, override, key):
     with pytest.raises(ConfigError, match=rf"'{key}' is \d but the data has 4 classes"):
         run_pipeline(_run(tmp_path, override), ("analyze",))
     assert not (tmp_path / "run").exists()
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n" \
+       "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+
+
+@pytest.mark.parametrize("text", [
+    "search: &s {epochs: 2}\nretrain: *s\n",
+    "model:\n  kwargs:\n    " + BOMB.replace("\n", "\n    "),
+])
+def test_yaml_anchors_and_aliases_are_refused_in_configs(tmp_path, text):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as failure:
+        load_config(path)
+    message = str(failure.value)
+    assert "\n" not in message and str(path) in message and "anchors and aliases are not allowed" in message
+
+
+def test_yaml_anchors_are_refused_in_arch_files(tmp_path):
+    import dmcpfx
+
+    path = tmp_path / "arch.yaml"
+    path.write_text("format: dmcpfx-arch/1\ngroups:\n  conv1: &w {channels: 4, of: 8}\n  conv2: *w\n")
+    with pytest.raises(dmcpfx.ArchError) as failure:
+        dmcpfx.load_arch(path)
+    assert "\n" not in str(failure.value) and str(path) in str(failure.value) and "anchor &w" in str(failure.value)
+
+
+def test_yaml_alias_in_an_override_is_refused():
+    with pytest.raises(ConfigError, match="anchors and aliases are not allowed"):
+        load_config(None, ["model.kwargs.x=&a [1, *a]"])
