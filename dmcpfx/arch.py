@@ -134,10 +134,49 @@ def resolve_arch(arch, graph) -> dict[str, int]:
                     f"group '{gid}': the arch was made for {of} channels but the model has {group.width} "
                     f"(is {arch.source} for another model?)"
                 )
-        return validate_widths(arch.widths, graph)
+        widths = validate_widths(arch.widths, graph)
+        check_arch_counts(arch, graph, widths)
+        return widths
     if isinstance(arch, Mapping):
         return validate_widths(arch, graph)
     raise ArchError(f"arch must be a dict of widths, an Arch or a YAML path, got {type(arch).__name__}")
+
+
+def _shapes(value) -> list[list]:
+    """An arch's ``input_shape`` (one shape, or a list of shapes) as a list of shapes."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (list, tuple)) for v in value):
+        return [list(v) for v in value]
+    return [list(value)] if isinstance(value, (list, tuple)) else []
+
+
+def check_arch_counts(arch: Arch, graph, widths: Mapping[str, int]) -> None:
+    """The arch file's ``input_shape``, ``flops`` and ``params`` against the model of ``graph``
+    (the MACs and params are compared when the input shapes are equal, batch included)."""
+    name = arch.source or "the arch"
+    theirs, ours = _shapes(arch.input_shape), [list(s) for s in graph.input_shapes]
+    if theirs and [s[1:] for s in theirs] != [s[1:] for s in ours]:
+        shown = lambda v: v[0] if len(v) == 1 else v  # noqa: E731
+        raise ArchError(f"{name} was made at input shape {shown(theirs)}, it is applied at {shown(ours)}: its MACs "
+                        f"would not hold (pass the arch's input shape, e.g. --input-shape)")
+    if theirs != ours:
+        return
+    counted = {("flops", "full"): graph.full_flops, ("flops", "pruned"): graph.flops(widths),
+               ("params", "full"): graph.full_params, ("params", "pruned"): graph.params(widths)}
+    for (block, key), value in counted.items():
+        stated = (arch.flops if block == "flops" else arch.params).get(key)
+        if stated is not None and (not isinstance(stated, (int, float)) or int(stated) != int(value)):
+            raise ArchError(f"{name}: {block}.{key} is {stated!r} but the model it is applied to counts {int(value):,} "
+                            f"at input shape {ours[0] if len(ours) == 1 else ours} (is the arch for another model?)")
+
+
+def check_arch_model(arch, spec: str | None) -> None:
+    """An arch file's ``model`` against the model spec it is applied to (ArchError when both are
+    given and differ)."""
+    if isinstance(arch, (str, os.PathLike)):
+        arch = load_arch(arch)
+    if isinstance(arch, Arch) and arch.model and spec and str(arch.model) != str(spec):
+        raise ArchError(f"{arch.source or 'the arch'} was made for model {arch.model!r}, not {spec!r}; use the arch "
+                        f"file of this model")
 
 
 def validate_widths(widths: Mapping[str, int], graph) -> dict[str, int]:

@@ -51,7 +51,7 @@ OUTPUT_SUFFIXES = (".pt", ".pth", ".onnx")
 def _cmd_materialize(args) -> int:
     from pathlib import Path
 
-    from .arch import load_arch
+    from .arch import check_arch_model, load_arch
     from .counting import count_flops, count_params
     from .errors import ConfigError
     from .materialize import materialize
@@ -66,7 +66,7 @@ def _cmd_materialize(args) -> int:
     if args.onnx and Path(args.onnx).suffix.lower() != ".onnx":
         raise ConfigError(f"--onnx {args.onnx!r}: the file name must end in .onnx")
     shape = parse_shape(args.input_shape)
-    load_arch(args.arch)  # a bad arch file fails before the model is built
+    check_arch_model(load_arch(args.arch), args.model)  # a bad or foreign arch file fails before the model is built
     model = load_model(args.model).eval()
     x = torch.randn(*shape)
     compact = materialize(model, args.arch, x)

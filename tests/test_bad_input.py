@@ -224,11 +224,17 @@ def test_corrupt_checkpoint_on_resume_deletes_nothing(tmp_path, capsys, name, co
     run.mkdir()
     (run / "report.md").write_text("# finished\n")
     (run / name).write_bytes(content)
-    before = sorted(p.name for p in run.iterdir())
     args = [command, "--run-dir", str(run), "--set", "run.resume=true", "--set", "data.image_size=8"]
     if command == "retrain":
         args[1:1] = ["--config", str(tmp_path / "c.yaml")]
         (tmp_path / "c.yaml").write_text("search: {epochs: 2}\n")
+    # the run directory is dmcpfx's: its marker names this config (else it is refused as foreign)
+    from dmcpfx.config import config_to_dict, load_config
+    from dmcpfx.product.run_owner import make_marker, write_marker
+
+    cfg = load_config(tmp_path / "c.yaml" if command == "retrain" else None, ["run.resume=true", "data.image_size=8"])
+    write_marker(run, make_marker(config_to_dict(cfg), cfg.model.spec, [1, 3, 8, 8]))
+    before = sorted(p.name for p in run.iterdir())
     line = _main(capsys, *args)
     assert name in line and ("empty" in line or "corrupt" in line) and "delete" in line
     assert sorted(p.name for p in run.iterdir()) == before  # report.md is still there

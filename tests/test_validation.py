@@ -103,3 +103,58 @@ def test_yaml_anchors_are_refused_in_arch_files(tmp_path):
 def test_yaml_alias_in_an_override_is_refused():
     with pytest.raises(ConfigError, match="anchors and aliases are not allowed"):
         load_config(None, ["model.kwargs.x=&a [1, *a]"])
+
+
+@pytest.fixture()
+def tiny_arch(tmp_path):
+    import torch
+
+    import dmcpfx
+    from dmcpfx.demo_models import small_resnet
+
+    model = small_resnet(num_classes=4, width=4).eval()
+    x = torch.randn(1, 3, 8, 8)
+    graph = dmcpfx.analyze(model, x)
+    widths = {gid: max(1, g.width // 2) for gid, g in graph.prunable.items()}
+    path = dmcpfx.save_arch(tmp_path / "arch.yaml", widths, graph, model="dmcpfx.demo_models:small_resnet")
+    return model, x, path
+
+
+def test_arch_input_shape_is_checked(tiny_arch):
+    import torch
+
+    import dmcpfx
+
+    model, _, path = tiny_arch
+    with pytest.raises(dmcpfx.ArchError, match=r"made at input shape \[1, 3, 8, 8\], it is applied at \[1, 3, 16, 16\]"):
+        dmcpfx.materialize(model, path, torch.randn(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("block,key", [("flops", "full"), ("flops", "pruned"), ("params", "full"), ("params", "pruned")])
+def test_arch_flops_and_params_are_checked(tiny_arch, block, key):
+    import yaml
+
+    import dmcpfx
+
+    model, x, path = tiny_arch
+    doc = yaml.safe_load(path.read_text())
+    doc[block][key] += 1
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(dmcpfx.ArchError, match=rf"{block}\.{key} is \d+ but the model it is applied to counts"):
+        dmcpfx.materialize(model, path, x)
+
+
+def test_arch_model_is_checked(tiny_arch, tmp_path, capsys):
+    import dmcpfx
+    from dmcpfx.cli import main
+
+    import torch
+
+    _, _, path = tiny_arch
+    torch.save({}, tmp_path / "none.pt")
+    with pytest.raises(dmcpfx.ArchError, match=r"made for model 'dmcpfx.demo_models:small_resnet', not 'dmcpfx.demo_models:custom_net'"):
+        dmcpfx.load("dmcpfx.demo_models:custom_net", path, tmp_path / "none.pt", input_shape=[1, 3, 8, 8])
+    out = tmp_path / "c.pt"
+    assert main(["materialize", "dmcpfx.demo_models:custom_net", str(path), "--input-shape", "1,3,8,8",
+                 "--output", str(out)]) == 2
+    assert "made for model" in capsys.readouterr().err and not out.exists()

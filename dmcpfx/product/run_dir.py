@@ -20,6 +20,7 @@ from torch import nn
 
 from ..arch import Arch, load_arch
 from ..errors import ConfigError
+from ..arch import check_arch_model
 from ..fileio import atomic_path, torch_save_atomic
 from ..materialize import materialize
 from ..models import check_input_shape, load_model
@@ -64,6 +65,7 @@ def build_compact(spec: str, arch: str | os.PathLike | Mapping[str, int], input_
                   kwargs: Mapping[str, Any] | None = None, model: nn.Module | None = None) -> nn.Module:
     """factory (``spec`` with ``kwargs``, or the given ``model``) -> materialize to ``arch``."""
     shape = check_input_shape(list(input_shape), "input shape")
+    check_arch_model(arch, spec)
     base = model if model is not None else load_model(spec, **dict(kwargs or {})).eval()
     return materialize(base, arch, torch.randn(*shape))
 
