@@ -14,6 +14,7 @@ from torch import nn
 from .amp import autocast_for
 from .errors import ConfigError
 from .data import ShardSampler
+from .labels import checked_loss
 
 __all__ = ["evaluate", "sum_over_ranks"]
 
@@ -63,7 +64,7 @@ def evaluate(
             with autocast_for(amp, device):
                 logits = model(images)
             logits = logits.float()
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            loss_sum += checked_loss(F.cross_entropy, logits, labels, "evaluate", reduction="sum").item()
             k = min(5, logits.shape[1])
             topk = logits.topk(k, dim=1).indices
             hits = topk.eq(labels[:, None])

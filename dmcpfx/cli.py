@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from .errors import DmcpfxError
+from .errors import DmcpfxError, one_line
 
 
 def _cmd_analyze(args) -> int:
@@ -57,6 +57,7 @@ def _cmd_materialize(args) -> int:
     from .materialize import materialize
     from .models import load_model, parse_shape
     from .product.onnx_export import export_onnx
+    from .fileio import staged
     from .product.run_dir import save_weights
 
     suffix = Path(args.output).suffix.lower()
@@ -73,13 +74,14 @@ def _cmd_materialize(args) -> int:
     line = (f"MACs {count_flops(model, x) / 1e6:.1f}M -> {count_flops(compact, x) / 1e6:.1f}M, "
             f"params {count_params(model) / 1e6:.2f}M -> {count_params(compact) / 1e6:.2f}M")
     written = []
-    for path in [args.output] + ([args.onnx] if args.onnx else []):
-        if Path(path).suffix.lower() == ".onnx":
-            diff = export_onnx(compact, x, path)
-            written.append(f"{path} (ONNX, dynamic batch, matches PyTorch: max abs diff {diff:.2e})")
-        else:
-            save_weights(compact, path)
-            written.append(f"{path} (state dict; dmcpfx.load({args.model!r}, {args.arch!r}, {path!r}))")
+    with staged([args.output] + ([args.onnx] if args.onnx else [])) as tmps:  # every output, or none
+        for path, tmp in tmps.items():
+            if Path(path).suffix.lower() == ".onnx":
+                diff = export_onnx(compact, x, tmp)
+                written.append(f"{path} (ONNX, dynamic batch, matches PyTorch: max abs diff {diff:.2e})")
+            else:
+                save_weights(compact, tmp)
+                written.append(f"{path} (state dict; dmcpfx.load({args.model!r}, {args.arch!r}, {path!r}))")
     print(line + "; wrote " + ", ".join(written))
     return 0
 
@@ -201,12 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except DmcpfxError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError, MemoryError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"error: {first}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); every file written so far is complete (rerun with --set run.resume=true "
+              "to continue a search or retrain)", file=sys.stderr)
+        return 130
+    except (DmcpfxError, OSError, ValueError, MemoryError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

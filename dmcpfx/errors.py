@@ -27,3 +27,23 @@ class NonFiniteError(DmcpfxError):
 
 class OutputError(DmcpfxError, OSError):
     """An output file could not be written (disk full, read-only directory); names the path given."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` in one line. An error re-raised by a DataLoader worker carries the
+    worker's traceback ("Caught X in DataLoader worker process 0. Original Traceback ..."): its
+    own message is the traceback's last line."""
+    text = str(exc)
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and "Original Traceback" in text:
+        last = lines[-1]
+        name = type(exc).__name__
+        for prefix in (f"{type(exc).__module__}.{name}: ", f"{name}: "):
+            if last.startswith(prefix):
+                return last[len(prefix):]
+        return last
+    return lines[0] if lines else type(exc).__name__
+
+
+class InputError(DmcpfxError, ValueError):
+    """An argument of a public function has a bad value (NaN example input, empty batch, meta tensors)."""

@@ -76,6 +76,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def staged(paths) -> Iterator[dict[str, Path]]:
+    """All or nothing: yield ``{path: temporary sibling}`` for every path; when the block ends
+    without an exception every temporary file is moved onto its path, else all are removed (no
+    output at all). A dmcpfx error whose message names a temporary file names its path instead."""
+    from .errors import DmcpfxError
+
+    with contextlib.ExitStack() as stack:
+        tmps = {str(p): stack.enter_context(atomic_path(p)) for p in paths}
+        try:
+            yield tmps
+        except DmcpfxError as exc:
+            message = str(exc)
+            for path, tmp in tmps.items():
+                message = message.replace(str(tmp), path).replace(tmp.name, Path(path).name)
+            if message == str(exc):
+                raise
+            try:
+                renamed = type(exc)(message)
+            except Exception:  # noqa: BLE001 - an exception class with another signature
+                raise exc from None
+            raise renamed from exc
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:

@@ -12,7 +12,8 @@ from torch import nn
 
 from .errors import NonFiniteError
 
-__all__ = ["NonFiniteError", "check_search_step", "check_alphas", "FirstBadStep", "check_parameters"]
+__all__ = ["NonFiniteError", "check_search_step", "check_alphas", "FirstBadStep", "check_parameters", "check_val_loss",
+           "check_outputs"]
 
 
 def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
@@ -71,3 +72,23 @@ def check_parameters(model: nn.Module, where: str, hint: str) -> None:
         return
     name = next(n for n, p in params.items() if not torch.isfinite(p.detach()).all())
     raise NonFiniteError(f"{where}: parameter '{name}' is not finite; {hint}")
+
+
+def check_val_loss(loss: float | None, where: str, hint: str) -> None:
+    """A non-finite validation loss stops training like a non-finite training loss: the model
+    outputs NaN or inf (e.g. from its BatchNorm statistics), so no checkpoint or model is written."""
+    import math
+
+    if loss is not None and not math.isfinite(float(loss)):
+        raise NonFiniteError(f"{where}: the validation loss is {float(loss)} (the model outputs NaN or inf); {hint}; "
+                             f"no checkpoint or model was written for this epoch")
+
+
+def check_outputs(output: Any, where: str) -> None:
+    """Every floating tensor in ``output`` (a tensor, tuple, list or dict) must be finite."""
+    values = output.values() if isinstance(output, Mapping) else output if isinstance(output, (tuple, list)) else [output]
+    for v in values:
+        if isinstance(v, (Mapping, tuple, list)):
+            check_outputs(v, where)
+        elif isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise NonFiniteError(f"{where}: the model outputs NaN or inf on the example input; it is not written")

@@ -54,6 +54,10 @@ def materialize(model, arch, example_inputs, *, graph: ChannelGraph | None = Non
     the submodule at this path, in place inside a copy of the whole model (its outputs
     keep their shapes); ``arch`` then names that submodule's groups.
     """
+    from .api_checks import check_example, check_module
+
+    check_module(model, "materialize")
+    check_example(example_inputs, "materialize")
     if submodule:
         sub_inputs = capture_inputs(model, example_inputs, submodule)
         compact_sub = materialize(resolve_submodule(model, submodule), arch, sub_inputs, graph=graph,

@@ -7,6 +7,8 @@ A file is named explicitly, ``path/to/file.py:factory``, and loaded from that pa
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -37,21 +39,50 @@ def _import_file(path_text: str, spec: str) -> ModuleType:
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
     try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - the user's file: report it in one line
+        with _user_code():
+            module_spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's file: report it in one line
         del sys.modules[name]
-        raise ConfigError(f"model spec {spec!r}: importing {path} raised {type(exc).__name__}: {exc}") from exc
+        raise ConfigError(f"model spec {spec!r}: importing {path} raised {_raised(exc)}") from exc
     return module
 
 
 def _import_module(source: str, spec: str) -> ModuleType:
     try:
-        return importlib.import_module(_ALIASES.get(source, source))
+        with _user_code():
+            return importlib.import_module(_ALIASES.get(source, source))
     except ImportError as exc:
         raise ConfigError(f"cannot import module {source!r} of model spec {spec!r}: {exc} "
                           f"(install it, or name a file: path/to/file.py:factory)") from exc
-    except Exception as exc:  # noqa: BLE001 - the module's own code raised while importing
-        raise ConfigError(f"model spec {spec!r}: importing {source!r} raised {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the module's own code raised while importing
+        raise ConfigError(f"model spec {spec!r}: importing {source!r} raised {_raised(exc)}") from exc
+
+
+def _user_code():
+    """While user code runs (an import, a factory): its ``print`` goes to stderr, so that
+    ``analyze --json`` stays valid JSON on stdout."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
+def _check_factory(factory, spec: str) -> None:
+    """A spec names an ``nn.Module`` class or a Python function, never a builtin or another
+    callable (``sys:exit``, ``os:abort`` are refused before anything is called)."""
+    target = factory.func if isinstance(factory, functools.partial) else factory
+    if inspect.isclass(target):
+        if issubclass(target, nn.Module):
+            return
+        raise ConfigError(f"model spec {spec!r} names the class {target.__name__}, which is not an nn.Module")
+    if inspect.isfunction(target) or (inspect.ismethod(target) and inspect.isfunction(target.__func__)):
+        return
+    raise ConfigError(f"model spec {spec!r} names {type(target).__name__} {getattr(target, '__name__', target)!r}: a "
+                      f"spec must name an nn.Module class or a Python function returning one")
+
+
+def _raised(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r})"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _call_factory(factory, spec: str, kwargs: dict) -> nn.Module:
@@ -67,14 +98,14 @@ def _call_factory(factory, spec: str, kwargs: dict) -> nn.Module:
             raise ConfigError(f"model factory {spec!r} cannot be called with arguments {sorted(kwargs)}: {exc} "
                               f"(it takes {accepted}; set them with model.kwargs)") from exc
     try:
-        model = factory(**kwargs)
+        with _user_code():
+            model = factory(**kwargs)
     except ConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the factory is user code: one line naming it
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ConfigError(f"model factory {spec!r} raised {type(exc).__name__}: {first}") from exc
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the factory is user code: one line naming it
+        raise ConfigError(f"model factory {spec!r} raised {_raised(exc)}") from exc
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+        raise ConfigError(f"model factory {spec!r} returned {type(model).__name__}, not an nn.Module")
     return model
 
 
@@ -109,6 +140,7 @@ def load_model(spec: str, **kwargs) -> nn.Module:
     factory = getattr(module, name, None)
     if factory is None or not callable(factory):
         raise ConfigError(f"module {source!r} has no callable {name!r} (model spec {spec!r})")
+    _check_factory(factory, spec)
     return _call_factory(factory, spec, kwargs)
 
 

@@ -40,6 +40,7 @@ from .config import Config, config_to_dict
 from .config_checks import check_against_data, validate_config
 from .errors import ConfigError
 from .fileio import write_json_atomic, write_text_atomic
+from .finite import check_outputs
 from .progress import bars_enabled, derive_line, is_terminal, print_search_epoch
 from . import data
 from .arch import load_arch
@@ -308,9 +309,15 @@ class _Run:
             retrain_top1=result.top1, retrain_top5=result.top5, retrain_epochs=result.epochs,
             retrain_top1_history=[h.get("val_top1") for h in result.history],
         )
-        if self.main:  # the product: the retrained weights and their ONNX export
+        with torch.no_grad():
+            check_outputs(self.compact(self.x), "retrain: the retrained model")
+        if self.main:  # the product: the retrained weights and their ONNX export, both or neither
             save_weights(self.compact, self.path(WEIGHTS_NAME))
-            self.summary["onnx_max_abs_diff"] = export_onnx(self.compact, self.x, self.path(ONNX_NAME))
+            try:
+                self.summary["onnx_max_abs_diff"] = export_onnx(self.compact, self.x, self.path(ONNX_NAME))
+            except BaseException:
+                self.path(WEIGHTS_NAME).unlink(missing_ok=True)
+                raise
         self.save_summary()
 
     def report(self) -> str | None:

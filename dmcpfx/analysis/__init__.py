@@ -68,6 +68,10 @@ def analyze(model: nn.Module, example_inputs, *, model_name: str | None = None,
     captured from one run of ``model`` on ``example_inputs``, its outputs are frozen,
     and the group and tensor names stay relative to the submodule.
     """
+    from ..api_checks import check_example, check_module
+
+    check_module(model, "analyze")
+    check_example(example_inputs, "analyze")
     if submodule:
         inputs = capture_inputs(model, example_inputs, submodule)
         return analyze(resolve_submodule(model, submodule), inputs, model_name=model_name)

@@ -14,6 +14,7 @@ from torch import nn
 from ..compare import max_abs_diff, output_scale
 from ..errors import DmcpfxError
 from ..fileio import atomic_path
+from ..api_checks import check_example, check_module, check_number, check_path
 from ..inputs import as_tuple
 from ..analysis.device import cpu_copy, needs_copy, widen
 from ..numerics import strict_numerics
@@ -57,6 +58,10 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, ch
     and compared with PyTorch: a difference above ``rtol`` times the output scale, or any
     NaN/inf mismatch, raises :class:`OnnxExportError` and no file is left behind.
     """
+    check_module(model, "export_onnx")
+    check_example(example_inputs, "export_onnx")
+    check_path(path, "export_onnx", "path")
+    check_number(rtol, "export_onnx", "rtol", low=0.0)
     inputs = as_tuple(example_inputs)
     source, was_training = model, model.training
     if needs_copy(model, inputs):  # a CUDA or half-precision model: exported as a CPU float32 copy
@@ -98,6 +103,32 @@ def _export(model: nn.Module, inputs, tmp: Path, dynamic_batch: bool) -> None:
     raise OnnxExportError(f"ONNX export of {type(model).__name__} failed: " + " | ".join(errors))
 
 
+def flatten_outputs(value) -> list[torch.Tensor]:
+    """A model's output as the flat list of its tensors, in the order ONNX exports them
+    (a dict by its values in insertion order, tuples and lists depth first)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in flatten_outputs(v)]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in flatten_outputs(v)]
+    raise OnnxExportError(f"the model returns a {type(value).__name__}; ONNX outputs must be tensors, or tuples, "
+                          f"lists or dicts of tensors")
+
+
+def _check_finite(got, want: torch.Tensor, index: int, batch) -> None:
+    """Which side is non-finite: PyTorch itself (the model, not the export) or onnxruntime."""
+    import numpy as np
+
+    torch_ok = bool(torch.isfinite(want).all()) if want.is_floating_point() else True
+    ort_ok = bool(np.isfinite(got).all()) if np.issubdtype(np.asarray(got).dtype, np.floating) else True
+    if not torch_ok:
+        raise OnnxExportError(f"PyTorch itself outputs NaN or inf (output {index}, batch {batch}): the model is "
+                              f"broken, not the export (a diverged training? check its weights and BatchNorm statistics)")
+    if not ort_ok:
+        raise OnnxExportError(f"onnxruntime outputs NaN or inf (output {index}, batch {batch}) where PyTorch is finite")
+
+
 def run_and_compare(model: nn.Module, inputs, onnx_path, rtol: float = 1e-4) -> float:
     """Max abs difference between onnxruntime and PyTorch outputs on ``inputs``.
 
@@ -117,12 +148,12 @@ def run_and_compare(model: nn.Module, inputs, onnx_path, rtol: float = 1e-4) -> 
                               f"{str(exc).splitlines()[0]}") from exc
     device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
     with torch.no_grad(), strict_numerics():
-        want = model(*(t.to(device) for t in inputs))
-    want = [want] if isinstance(want, torch.Tensor) else list(want)
+        want = flatten_outputs(model(*(t.to(device) for t in inputs)))
     if len(got) != len(want):
         raise OnnxExportError(f"onnxruntime returned {len(got)} outputs, PyTorch {len(want)}")
     diff = 0.0
-    for a, b in zip(got, want):
+    for i, (a, b) in enumerate(zip(got, want)):
+        _check_finite(a, b, i, batch)
         try:
             d = max_abs_diff(a, b)
         except ValueError as exc:

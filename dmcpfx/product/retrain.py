@@ -34,7 +34,8 @@ from dmcpfx.accuracy import evaluate, sum_over_ranks
 from dmcpfx.amp import AMP_CHOICES, amp_dtype, autocast_for
 from dmcpfx.errors import ConfigError
 from dmcpfx.fileio import write_text_atomic
-from dmcpfx.finite import FirstBadStep, check_parameters
+from dmcpfx.finite import FirstBadStep, check_parameters, check_val_loss
+from dmcpfx.labels import checked_loss
 from dmcpfx.progress import bars_enabled
 from dmcpfx.product.retrain_state import CHECKPOINT_FORMAT, CHECKPOINT_NAME, METRICS_NAME, all_rng_states, load_resume_state
 from dmcpfx.training import (
@@ -163,7 +164,7 @@ class _EpochLoop:
             labels = labels.to(self.device, non_blocking=True)
             with autocast_for(self.amp, self.device):
                 logits = self.model(images)
-                loss = self.criterion(logits.float(), labels)
+                loss = checked_loss(self.criterion, logits.float(), labels, desc)
             watch.update(loss, i + 1)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -240,6 +241,9 @@ def retrain(
         ConfigError: invalid hyper-parameters, an empty train loader, or a resume
             checkpoint whose hyper-parameters differ from this call's.
     """
+    from dmcpfx.api_checks import check_module
+
+    check_module(model, "retrain")
     _check_args(epochs, warmup_epochs, momentum, nesterov, amp, init)
     ctx = distributed_context()
     device = torch.device(device) if device is not None else torch.device(ctx.device)
@@ -332,6 +336,7 @@ def retrain(
         if val_loader is not None:
             metrics = evaluate(model, val_loader, device, amp=amp)
             record.update(val_top1=metrics["top1"], val_top5=metrics["top5"], val_loss=metrics["loss"])
+            check_val_loss(metrics["loss"], f"retrain epoch {epoch + 1}/{epochs}", _lr_hint(optimizer))
         record["epoch_time_s"] = time.perf_counter() - started
         history.append(record)
 

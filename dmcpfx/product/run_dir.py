@@ -92,6 +92,16 @@ def load(run_dir_or_spec: str | os.PathLike, arch: str | os.PathLike | Mapping[s
     (or widths dict) and a state-dict file; ``input_shape`` defaults to the arch file's.
     Nothing is unpickled: the weights are read with ``torch.load(weights_only=True)``.
     """
+    from ..api_checks import check_path
+
+    check_path(run_dir_or_spec, "load", "run_dir_or_spec")
+    if weights is not None:
+        check_path(weights, "load", "weights")
+    if arch is not None and not isinstance(arch, Mapping):
+        from .arch import Arch
+
+        if not isinstance(arch, Arch):
+            check_path(arch, "load", "arch")
     if arch is None and weights is None and Path(run_dir_or_spec).is_dir():
         run_dir = Path(run_dir_or_spec)
         info = _run_model_info(run_dir)

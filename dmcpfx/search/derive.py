@@ -229,6 +229,9 @@ def derive(
         plot_path: write a PNG bar chart of kept vs full width per group.
         model_name: passed to ``save_arch`` as ``model`` (e.g. ``"torchvision.models.resnet50"``).
     """
+    from ..api_checks import check_space
+
+    check_space(space, "derive")
     if budget_metric not in ("flops", "params"):
         raise ConfigError(f"budget_metric must be 'flops' or 'params', got {budget_metric!r}")
     if not 0.0 < tolerance < 1.0:

@@ -41,6 +41,13 @@ def instrument(
     submodule at this path (see :func:`~dmcpfx.analysis.analyze`); the space then runs
     that submodule, on its own inputs captured from one run of ``model``.
     """
+    from ..api_checks import check_example, check_module, check_number
+
+    check_module(model, "instrument")
+    check_example(example_inputs, "instrument")
+    check_number(divisor, "instrument", "divisor", low=1, integer=True)
+    check_number(min_ratio, "instrument", "min_ratio", low=0.0, low_open=True)
+    check_number(step, "instrument", "step", low=0.0, low_open=True)
     if submodule:
         inputs = capture_inputs(model, example_inputs, submodule)
         return instrument(resolve_submodule(model, submodule), inputs, min_ratio=min_ratio, step=step,

@@ -190,6 +190,9 @@ def search(
     Returns:
         A :class:`SearchResult`; the space is left with its gates in ``max`` mode.
     """
+    from ..api_checks import check_space
+
+    check_space(space, "search")
     ctx = distributed_context()
     device = _resolve_device(device, ctx)
     amp_dtype(amp)  # validates

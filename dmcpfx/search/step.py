@@ -28,6 +28,7 @@ from ..amp import amp_dtype, autocast
 from .bn import BN_STATS, FrozenStats
 from .budget import budget_loss, expected_flops, expected_params
 from ..errors import ConfigError
+from ..labels import checked_loss
 from .slimmable import SlicedRunner
 
 __all__ = ["SearchStep", "distill_loss", "gate_state", "restore_gate_state"]
@@ -216,7 +217,7 @@ class SearchStep:
                     out = net(x)
                 out = out.float()
                 if kind == "max":
-                    loss = F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
+                    loss = checked_loss(F.cross_entropy, out, y, "search", label_smoothing=self.label_smoothing)
                     teacher = out.detach()
                     stats["loss_max"] = loss.detach()
                     stats["acc_max"] = (teacher.argmax(1) == y).float().mean()
@@ -252,7 +253,7 @@ class SearchStep:
             with self._clock("arch forward"), self.frozen_bn(), autocast(self.device, self.dtype):
                 out = space(x)  # the unwrapped module: no DDP hooks, alphas reduced below
             with self._clock("arch budget"):
-                ce = F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing)
+                ce = checked_loss(F.cross_entropy, out.float(), y, "search", label_smoothing=self.label_smoothing)
                 e = self.expected(space)
                 bl = budget_loss(e, self.target, band=self.budget_band)
                 loss = ce + self.budget_weight * bl.to(ce.dtype)

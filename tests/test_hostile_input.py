@@ -1,0 +1,256 @@
+"""Every failure one line (issue 19): user code that exits or prints, Ctrl-C, a full disk, wrong
+argument types, NaN inputs and outputs, labels out of range, all-or-nothing outputs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import dmcpfx
+from dmcpfx.cli import main
+from dmcpfx.errors import ConfigError, InputError, NonFiniteError, OutputError
+
+X = torch.randn(1, 3, 8, 8)
+
+
+def _line(capsys, *args, code=2):
+    got = main(list(args))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert got == code and len(err) == 1 and err[0].startswith("error: "), (got, err)
+    return err[0]
+
+
+def _factory(tmp_path, body: str) -> str:
+    path = tmp_path / "user_model.py"
+    path.write_text("from dmcpfx.demo_models import small_resnet\n\n"
+                    "def net(num_classes=4, width=4):\n" + "".join(f"    {line}\n" for line in body.splitlines()))
+    return f"{path}:net"
+
+
+@pytest.mark.parametrize("body,said", [
+    ("raise SystemExit(0)", "raised SystemExit(0)"),
+    ("raise SystemExit(3)", "raised SystemExit(3)"),
+    ("import sys; sys.exit('bye')", "raised SystemExit('bye')"),
+    ("raise RuntimeError('boom')", "raised RuntimeError: boom"),
+    ("return 42", "returned int, not an nn.Module"),
+])
+def test_factory_failures_are_named_as_the_factorys(tmp_path, capsys, body, said):
+    spec = _factory(tmp_path, body)
+    line = _line(capsys, "analyze", spec, "--input-shape", "1,3,8,8")
+    assert f"model factory '{spec}' {said}" in line
+
+
+def test_ctrl_c_is_one_line_exit_130(tmp_path, capsys):
+    spec = _factory(tmp_path, "raise KeyboardInterrupt")
+    line = _line(capsys, "analyze", spec, "--input-shape", "1,3,8,8", code=130)
+    assert "interrupted" in line
+
+
+@pytest.mark.parametrize("spec,kind", [("sys:exit", "builtin_function_or_method 'exit'"),
+                                       ("os:abort", "builtin_function_or_method 'abort'"),
+                                       ("collections:OrderedDict", "class OrderedDict, which is not an nn.Module")])
+def test_spec_must_name_a_module_class_or_a_function(spec, kind):
+    # in a subprocess: if the check failed, os:abort would take the test run down
+    proc = subprocess.run([sys.executable, "-m", "dmcpfx.cli", "analyze", spec, "--input-shape", "1,3,8,8"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and kind in lines[0], proc.stderr
+
+
+def test_factory_print_does_not_break_json(tmp_path, capsys):
+    spec = _factory(tmp_path, "print('hello from the factory')\nreturn small_resnet(num_classes, width)")
+    assert main(["analyze", spec, "--input-shape", "1,3,8,8", "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["input_shape"] == [1, 3, 8, 8] and "hello from the factory" in out.err
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from dmcpfx.demo_models import small_resnet
+
+    return small_resnet(num_classes=4, width=4).eval()
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda m: dmcpfx.analyze(None, X), r"analyze\(\): model must be a torch.nn.Module, got None"),
+    (lambda m: dmcpfx.analyze(42, X), r"analyze\(\): model must be a torch.nn.Module, got int"),
+    (lambda m: dmcpfx.analyze(m, None), r"analyze\(\): example_inputs must be a tensor"),
+    (lambda m: dmcpfx.export_onnx(None, X, "m.onnx"), r"export_onnx\(\): model must be a torch.nn.Module, got None"),
+    (lambda m: dmcpfx.export_onnx(m, X, None), r"export_onnx\(\): path must be a path"),
+    (lambda m: dmcpfx.load(None), r"load\(\): run_dir_or_spec must be a path"),
+    (lambda m: dmcpfx.derive(42, target_flops=0.5), r"derive\(\): space must be a SearchSpace"),
+    (lambda m: dmcpfx.load_arch({"conv1": 4}), r"load_arch\(\): path must be a path"),
+    (lambda m: dmcpfx.materialize("resnet", {}, X), r"materialize\(\): model must be a torch.nn.Module"),
+    (lambda m: dmcpfx.instrument(m, X, divisor=2.5), r"instrument\(\): divisor must be an integer"),
+    (lambda m: dmcpfx.search(m, [], target_flops=0.5, epochs=1), r"search\(\): space must be a SearchSpace"),
+    (lambda m: dmcpfx.retrain(None, [], epochs=1), r"retrain\(\): model must be a torch.nn.Module"),
+])
+def test_wrong_argument_types_name_the_argument(tiny, call, match):
+    with pytest.raises(TypeError, match=match):
+        call(tiny)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda m: dmcpfx.instrument(m, X, divisor=-4), r"instrument\(\): divisor must be >= 1, got -4"),
+    (lambda m: dmcpfx.export_onnx(m, X, "m.onnx", rtol=-1), r"export_onnx\(\): rtol must be >= 0.0, got -1"),
+    (lambda m: dmcpfx.materialize(m, {}, torch.full((1, 3, 8, 8), float("nan"))),
+     r"materialize\(\): example_inputs holds NaN or inf"),
+    (lambda m: dmcpfx.analyze(m, torch.full((1, 3, 8, 8), float("inf"))), r"analyze\(\): example_inputs holds NaN"),
+    (lambda m: dmcpfx.materialize(m, {}, torch.randn(0, 3, 8, 8)), r"materialize\(\): example_inputs is an empty batch"),
+    (lambda m: dmcpfx.materialize(m, {}, torch.randn(1, 3, 8, 8, device="meta")), r"is on the meta device"),
+])
+def test_bad_argument_values_name_the_argument(tiny, call, match):
+    with pytest.raises(InputError, match=match):
+        call(tiny)
+
+
+def test_materialize_of_a_meta_model_is_one_line():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with pytest.raises(InputError, match=r"materialize\(\): model has tensors on the meta device \(e.g. '0.weight'\)"):
+        dmcpfx.materialize(model, {}, X)
+
+
+class _Loader(list):
+    """A list of ``(images, labels)`` batches (a loader with a length)."""
+
+
+def _batches(labels):
+    g = torch.Generator().manual_seed(0)
+    return _Loader([(torch.randn(len(labels), 3, 8, 8, generator=g), torch.tensor(labels))])
+
+
+def test_labels_out_of_range_name_num_classes(tiny):
+    import copy
+
+    with pytest.raises(ConfigError, match=r"label 9 is out of range for the model's 4 outputs \(num_classes=4\)"):
+        dmcpfx.retrain(copy.deepcopy(tiny), _batches([1, 9]), epochs=1, progress=False)
+    space = dmcpfx.instrument(copy.deepcopy(tiny).train(), X)
+    with pytest.raises(ConfigError, match=r"search: label 9 is out of range .*num_classes=4"):
+        dmcpfx.search(space, _batches([1, 9]), target_flops=0.7, epochs=1, device="cpu", calib_batches=0,
+                      progress=False)
+
+
+class NanInEval(nn.Module):
+    """Finite while training, NaN in eval mode (like BatchNorm statistics gone bad)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 4)
+
+    def forward(self, x):
+        y = self.fc(x.flatten(1))
+        return y if self.training else y * float("nan")
+
+
+def test_retrain_stops_on_a_non_finite_validation_loss(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteError, match=r"retrain epoch 1/2: the validation loss is nan"):
+        dmcpfx.retrain(NanInEval(), _batches([0, 1]), epochs=2, val_loader=_batches([0, 1]), run_dir=run,
+                       progress=False)
+    assert not (run / "retrain_checkpoint.pt").exists()
+
+
+class DictOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return {"logits": y.mean((2, 3)), "features": y}
+
+
+def test_onnx_check_compares_dict_outputs_value_by_value(tmp_path):
+    diff = dmcpfx.export_onnx(DictOut().eval(), X, tmp_path / "d.onnx")
+    assert diff < 1e-4 and (tmp_path / "d.onnx").is_file()
+
+
+def test_onnx_check_names_the_non_finite_side(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3)).eval()
+    with torch.no_grad():
+        model[0].bias[0] = float("inf")
+    with pytest.raises(dmcpfx.OnnxExportError, match="PyTorch itself outputs NaN or inf"):
+        dmcpfx.export_onnx(model, X, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_errors_name_the_path_given(tmp_path, tiny):
+    from dmcpfx.product.run_dir import save_weights
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match=rf"cannot write {tmp_path / 'file' / 'x.pt'}"):
+        save_weights(tiny, tmp_path / "file" / "x.pt")
+
+
+@pytest.fixture()
+def arch(tmp_path):
+    from dmcpfx.demo_models import small_resnet
+
+    graph = dmcpfx.analyze(small_resnet().eval(), X)  # the model the CLI builds from the spec
+    return dmcpfx.save_arch(tmp_path / "arch.yaml", {g: max(1, graph.groups[g].width // 2) for g in graph.prunable},
+                            graph, model="dmcpfx.demo_models:small_resnet")
+
+
+def test_materialize_outputs_are_all_or_nothing(tmp_path, capsys, monkeypatch, arch):
+    from dmcpfx.product import onnx_export
+
+    def broken(model, inputs, path, **kw):
+        raise onnx_export.OnnxExportError(f"onnxruntime cannot run {os.path.basename(path)}")
+
+    monkeypatch.setattr(onnx_export, "export_onnx", broken)
+    out, onnx = tmp_path / "x.pt", tmp_path / "x.onnx"
+    line = _line(capsys, "materialize", "dmcpfx.demo_models:small_resnet", str(arch), "--input-shape", "1,3,8,8",
+                 "--output", str(out), "--onnx", str(onnx))
+    assert "cannot run x.onnx" in line  # the path given, not the hidden temporary file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arch.yaml"]  # no x.pt, no temporary file
+    (tmp_path / "ro").write_text("a file, not a directory")
+    line = _line(capsys, "materialize", "dmcpfx.demo_models:small_resnet", str(arch), "--input-shape", "1,3,8,8",
+                 "--output", str(out), "--onnx", str(tmp_path / "ro" / "x.onnx"))
+    assert f"cannot write {tmp_path / 'ro' / 'x.onnx'}" in line and not out.exists()
+
+
+def test_disk_full_is_one_line_naming_the_path_and_leaves_no_temp_file(tmp_path, arch):
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    out = tmp_path / "out" / "x.pt"
+    out.parent.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "dmcpfx.cli", "materialize", "dmcpfx.demo_models:small_resnet",
+                           str(arch), "--input-shape", "1,3,8,8", "--output", str(out)], preexec_fn=limit,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and f"cannot write {out}" in lines[0], proc.stderr
+    assert list(out.parent.iterdir()) == []
+
+
+def test_corrupt_and_empty_images_are_named(tmp_path):
+    from PIL import Image
+
+    from dmcpfx.data import imagefolder_loaders, load_rgb
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / cls / "0.png")
+    empty, corrupt = tmp_path / "train" / "a" / "1.png", tmp_path / "train" / "b" / "1.png"
+    empty.write_bytes(b"")
+    corrupt.write_bytes((tmp_path / "val" / "a" / "0.png").read_bytes()[:40])
+    with pytest.raises(ConfigError, match=rf"image {empty} is empty"):
+        load_rgb(str(empty))
+    with pytest.raises(ConfigError, match=rf"image {corrupt} is corrupt or not an image"):
+        load_rgb(str(corrupt))
+    bundle = imagefolder_loaders(tmp_path, image_size=8, batch_size=4, workers=1)
+    with pytest.raises(ConfigError) as failure:
+        list(bundle.train)
+    from dmcpfx.errors import one_line
+
+    assert "\n" not in one_line(failure.value) and "1.png" in one_line(failure.value)
+    assert one_line(failure.value).startswith("image ")
