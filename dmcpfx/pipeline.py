@@ -3,6 +3,7 @@ materialize -> retrain -> report, every file in one run directory ``<run.dir>/<r
 
 Run directory (rank 0 writes, every file atomically)::
 
+    dmcpfx-run.json      the marker: whose run this is (product/run_owner.py); dmcpfx-run.lock while running
     config.yaml          the resolved config of the last invocation
     analysis.txt         the group table (analyze)
     metrics.jsonl        search metrics; checkpoint.pt: search checkpoint (resumable)
