@@ -276,26 +276,10 @@ def imagenet_transforms(image_size: int = 224):
     return train, val
 
 
-def load_rgb(path: str):
-    """An image file as an RGB PIL image; an empty, truncated or corrupt file is a one-line
-    :class:`ConfigError` naming it (ImageFolder's loader; runs in the loader workers)."""
-    from PIL import Image
-
-    try:
-        if os.path.getsize(path) == 0:
-            raise ConfigError(f"image {path} is empty (0 bytes); delete it or replace it")
-        with open(path, "rb") as f:
-            image = Image.open(f)
-            return image.convert("RGB")
-    except ConfigError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"image {path} is corrupt or not an image ({first}); delete it or replace it") from None
-
-
 def _image_folder(path: Path, transform):
     from torchvision.datasets import ImageFolder
+
+    from .image_files import load_rgb
 
     if not path.is_dir():
         raise ConfigError(f"image folder not found: {path} (expected <root>/train/<class>/... and <root>/val/<class>/...)")

@@ -234,7 +234,8 @@ def test_disk_full_is_one_line_naming_the_path_and_leaves_no_temp_file(tmp_path,
 def test_corrupt_and_empty_images_are_named(tmp_path):
     from PIL import Image
 
-    from dmcpfx.data import imagefolder_loaders, load_rgb
+    from dmcpfx.data import imagefolder_loaders
+    from dmcpfx.image_files import load_rgb
 
     for split in ("train", "val"):
         for cls in ("a", "b"):

