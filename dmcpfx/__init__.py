@@ -30,4 +30,4 @@ __all__ = [
     "DmcpfxError", "TraceError", "AnalysisError", "ArchError", "ConfigError", "NonFiniteError",
     "MaterializeError", "OnnxExportError",
 ]
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402

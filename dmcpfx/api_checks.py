@@ -12,7 +12,7 @@ from torch import nn
 
 from .errors import InputError
 
-__all__ = ["check_module", "check_example", "check_space", "check_path", "check_number"]
+__all__ = ["check_module", "check_example", "check_path", "check_number"]
 
 
 def _kind(value: Any) -> str:
@@ -44,14 +44,6 @@ def check_example(value: Any, func: str, name: str = "example_inputs") -> tuple[
         if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
             raise InputError(f"{func}(): {which} holds NaN or inf values; pass a finite example input")
     return tensors
-
-
-def check_space(value: Any, func: str, name: str = "space") -> None:
-    """``value`` is a :class:`~dmcpfx.search.instrument.SearchSpace` (``dmcpfx.instrument``'s result)."""
-    from .search.instrument import SearchSpace
-
-    if not isinstance(value, SearchSpace):
-        raise TypeError(f"{func}(): {name} must be a SearchSpace (from dmcpfx.instrument), got {_kind(value)}")
 
 
 def check_path(value: Any, func: str, name: str) -> None:

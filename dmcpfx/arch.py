@@ -78,7 +78,7 @@ def save_arch(
 
 def load_arch(path: str | os.PathLike) -> Arch:
     """Read and structurally validate an arch YAML; errors name the file and key."""
-    from ..api_checks import check_path
+    from .api_checks import check_path
 
     check_path(path, "load_arch", "path")
     p = Path(path)

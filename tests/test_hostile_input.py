@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import dmcpfx
+import dmcpfx.arch as dmcpfx_arch
 from dmcpfx.cli import main
 from dmcpfx.errors import ConfigError, InputError, NonFiniteError, OutputError
 
@@ -84,7 +85,7 @@ def tiny():
     (lambda m: dmcpfx.export_onnx(m, X, None), r"export_onnx\(\): path must be a path"),
     (lambda m: dmcpfx.load(None), r"load\(\): run_dir_or_spec must be a path"),
     (lambda m: dmcpfx.derive(42, target_flops=0.5), r"derive\(\): space must be a SearchSpace"),
-    (lambda m: dmcpfx.load_arch({"conv1": 4}), r"load_arch\(\): path must be a path"),
+    (lambda m: dmcpfx_arch.load_arch({"conv1": 4}), r"load_arch\(\): path must be a path"),
     (lambda m: dmcpfx.materialize("resnet", {}, X), r"materialize\(\): model must be a torch.nn.Module"),
     (lambda m: dmcpfx.instrument(m, X, divisor=2.5), r"instrument\(\): divisor must be an integer"),
     (lambda m: dmcpfx.search(m, [], target_flops=0.5, epochs=1), r"search\(\): space must be a SearchSpace"),
@@ -193,7 +194,7 @@ def arch(tmp_path):
     from dmcpfx.demo_models import small_resnet
 
     graph = dmcpfx.analyze(small_resnet().eval(), X)  # the model the CLI builds from the spec
-    return dmcpfx.save_arch(tmp_path / "arch.yaml", {g: max(1, graph.groups[g].width // 2) for g in graph.prunable},
+    return dmcpfx_arch.save_arch(tmp_path / "arch.yaml", {g: max(1, graph.groups[g].width // 2) for g in graph.prunable},
                             graph, model="dmcpfx.demo_models:small_resnet")
 
 

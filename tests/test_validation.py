@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import dmcpfx.arch as dmcpfx_arch
 from dmcpfx.config import load_config
 from dmcpfx.config_checks import validate_config
 from dmcpfx.errors import ConfigError
@@ -96,7 +97,7 @@ def test_yaml_anchors_are_refused_in_arch_files(tmp_path):
     path = tmp_path / "arch.yaml"
     path.write_text("format: dmcpfx-arch/1\ngroups:\n  conv1: &w {channels: 4, of: 8}\n  conv2: *w\n")
     with pytest.raises(dmcpfx.ArchError) as failure:
-        dmcpfx.load_arch(path)
+        dmcpfx_arch.load_arch(path)
     assert "\n" not in str(failure.value) and str(path) in str(failure.value) and "anchor &w" in str(failure.value)
 
 
@@ -116,7 +117,7 @@ def tiny_arch(tmp_path):
     x = torch.randn(1, 3, 8, 8)
     graph = dmcpfx.analyze(model, x)
     widths = {gid: max(1, g.width // 2) for gid, g in graph.prunable.items()}
-    path = dmcpfx.save_arch(tmp_path / "arch.yaml", widths, graph, model="dmcpfx.demo_models:small_resnet")
+    path = dmcpfx_arch.save_arch(tmp_path / "arch.yaml", widths, graph, model="dmcpfx.demo_models:small_resnet")
     return model, x, path
 
 

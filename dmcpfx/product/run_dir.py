@@ -98,8 +98,6 @@ def load(run_dir_or_spec: str | os.PathLike, arch: str | os.PathLike | Mapping[s
     if weights is not None:
         check_path(weights, "load", "weights")
     if arch is not None and not isinstance(arch, Mapping):
-        from .arch import Arch
-
         if not isinstance(arch, Arch):
             check_path(arch, "load", "arch")
     if arch is None and weights is None and Path(run_dir_or_spec).is_dir():

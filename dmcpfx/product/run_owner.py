@@ -25,6 +25,7 @@ from typing import Any, Iterator, Mapping
 
 from ..errors import ConfigError
 from ..fileio import is_temp_name, write_json_atomic
+from ..version import __version__
 
 __all__ = ["MARKER_NAME", "LOCK_NAME", "HASHED", "make_marker", "check_run_dir", "check_unlocked", "run_lock",
            "write_marker"]
@@ -42,8 +43,6 @@ def _hash(value: Any) -> str:
 
 def make_marker(config: Mapping[str, Any], spec: str, input_shape) -> dict:
     """The marker of a run: ``config`` is the plain dict of the whole config (sections)."""
-    from .. import __version__
-
     return {"format": FORMAT, "model": spec, "input_shape": [int(v) for v in input_shape],
             "config_hash": {k: _hash(config.get(k)) for k in HASHED}, "version": __version__}
 

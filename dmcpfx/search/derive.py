@@ -33,6 +33,7 @@ from ..arch import save_arch
 from ..errors import ArchError, ConfigError
 from ..finite import check_alphas
 from ..plots import plot_widths
+from .space import check_space
 from .budget import exact_flops, exact_params, expected_flops, expected_params, expected_width_values, parse_target
 from .evaluation import evaluate
 
@@ -229,8 +230,6 @@ def derive(
         plot_path: write a PNG bar chart of kept vs full width per group.
         model_name: passed to ``save_arch`` as ``model`` (e.g. ``"torchvision.models.resnet50"``).
     """
-    from ..api_checks import check_space
-
     check_space(space, "derive")
     if budget_metric not in ("flops", "params"):
         raise ConfigError(f"budget_metric must be 'flops' or 'params', got {budget_metric!r}")

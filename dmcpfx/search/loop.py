@@ -47,6 +47,7 @@ from torch import nn
 
 from .alpha_init import check_alpha_init, init_alphas
 from .bn import BN_STATS, recalibrate_bn
+from .space import check_space
 from .budget import expected_flops, expected_params, expected_width_values
 from ..errors import ConfigError
 from ..finite import check_search_step
@@ -190,8 +191,6 @@ def search(
     Returns:
         A :class:`SearchResult`; the space is left with its gates in ``max`` mode.
     """
-    from ..api_checks import check_space
-
     check_space(space, "search")
     ctx = distributed_context()
     device = _resolve_device(device, ctx)

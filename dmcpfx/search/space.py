@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from ..errors import ArchError
 from ..passes.gate_insertion import gate_key, insert_gates
 from .gates import MarkovGate
 
-__all__ = ["GroupInfo", "SearchSpace"]
+__all__ = ["GroupInfo", "SearchSpace", "check_space"]
 
 
 @dataclass(frozen=True)
@@ -162,3 +162,9 @@ class SearchSpace(nn.Module):
         own = model.state_dict()
         model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
         return model
+
+
+def check_space(value: Any, func: str, name: str = "space") -> None:
+    """``value`` is a :class:`SearchSpace` (``dmcpfx.instrument``'s result)."""
+    if not isinstance(value, SearchSpace):
+        raise TypeError(f"{func}(): {name} must be a SearchSpace (from dmcpfx.instrument), got {type(value).__name__}")
