@@ -1,0 +1,237 @@
+"""Timing one layer on a runtime, for the latency table (DESIGN.md section 4, latency budget).
+
+A :class:`LayerGeometry` is everything that fixes a conv's or a linear's cost except its two
+channel counts: the kernel, stride, padding, dilation, grouping and the input's spatial size
+(or, for a linear, its rows per image). :func:`time_layer` builds that layer alone at
+``(c_in, c_out)`` channels and returns its latency in milliseconds per call at ``batch``:
+
+- ``"ort-cpu"``: one ONNX node (``Conv`` or ``Gemm``) built with ``onnx.helper`` (no torch
+  export), run by ONNX Runtime's CPU provider with ``threads`` intra-op threads, sequential
+  execution, graph optimizations ALL, and the worker threads' spinning stopped between runs;
+- ``"cuda"``: the PyTorch module in ``dtype`` (bf16 or fp16), channels_last, timed with CUDA
+  events around each call.
+
+The figure is the median of ``runs`` timed calls after ``warmup`` untimed ones.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = ["BACKENDS", "LayerGeometry", "check_backend", "ort_session_options", "time_layer", "time_model", "torch_layer"]
+
+BACKENDS = ("ort-cpu", "cuda")
+
+
+def check_backend(backend: str) -> None:
+    """Raise :class:`ConfigError` for an unknown backend, or ``cuda`` without a CUDA device."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"latency backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("latency backend 'cuda' needs a CUDA device, and none is available here")
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """A conv (``kind`` conv / dwconv / gconv) or a linear, without its channel counts.
+
+    ``hw``: the input's (height, width) for a conv; for a linear, ``(rows, 1)`` with ``rows``
+    the rows per image (1 for a classifier, the token count for a transformer's linear).
+    ``groups``: the fixed group count of a grouped conv (``gconv``); a depthwise conv
+    (``dwconv``) has one group per channel.
+    """
+
+    kind: str
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    hw: tuple[int, int] = (1, 1)
+    bias: bool = False
+
+    @property
+    def key(self) -> str:
+        """A stable text key: layers with the same key share one measurement."""
+        k, s, p, d, hw = self.kernel, self.stride, self.padding, self.dilation, self.hw
+        return (f"{self.kind} k{k[0]}x{k[1]} s{s[0]}x{s[1]} p{'.'.join(map(str, p))} d{d[0]}x{d[1]} "
+                f"g{self.groups} in{hw[0]}x{hw[1]}{' bias' if self.bias else ''}")
+
+    def conv_groups(self, c_in: int) -> int:
+        return c_in if self.kind == "dwconv" else self.groups
+
+
+def ort_session_options(threads: int):
+    """The ONNX Runtime session options of every latency measurement (CPU provider)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.force_spinning_stop", "1")
+    return so
+
+
+def _onnx_layer(geo: LayerGeometry, c_in: int, c_out: int, batch: int) -> bytes:
+    """A one-node ONNX model of the layer at ``(c_in, c_out)``; returns its serialized bytes."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if geo.kind == "linear":
+        rows = batch * geo.hw[0]
+        w = numpy_helper.from_array(rng.standard_normal((c_out, c_in), dtype=np.float32), "w")
+        b = numpy_helper.from_array(np.zeros(c_out, np.float32), "b")
+        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
+        x_shape, y_shape, inits = [rows, c_in], [rows, c_out], [w, b]
+    else:
+        g = geo.conv_groups(c_in)
+        w = numpy_helper.from_array(
+            rng.standard_normal((c_out, c_in // g, *geo.kernel), dtype=np.float32), "w")
+        inputs, inits = ["x", "w"], [w]
+        if geo.bias:
+            inits.append(numpy_helper.from_array(np.zeros(c_out, np.float32), "b"))
+            inputs.append("b")
+        node = helper.make_node("Conv", inputs, ["y"], kernel_shape=list(geo.kernel), strides=list(geo.stride),
+                                pads=[geo.padding[0], geo.padding[1], geo.padding[2], geo.padding[3]],
+                                dilations=list(geo.dilation), group=g)
+        x_shape, y_shape = [batch, c_in, *geo.hw], None
+    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _time_ort(geo: LayerGeometry, c_in: int, c_out: int, batch: int, threads: int, runs: int,
+              warmup: int) -> float:
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(_onnx_layer(geo, c_in, c_out, batch), sess_options=ort_session_options(threads),
+                                   providers=["CPUExecutionProvider"])
+    shape = [batch * geo.hw[0], c_in] if geo.kind == "linear" else [batch, c_in, *geo.hw]
+    feed = {"x": np.random.default_rng(1).standard_normal(shape, dtype=np.float32)}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def torch_layer(geo: LayerGeometry, c_in: int, c_out: int) -> nn.Module:
+    """The layer as a PyTorch module at ``(c_in, c_out)`` (random weights)."""
+    if geo.kind == "linear":
+        return nn.Linear(c_in, c_out, bias=True)
+    top, left, bottom, right = geo.padding
+    pad = nn.ZeroPad2d((left, right, top, bottom)) if (top, left) != (bottom, right) else None
+    conv = nn.Conv2d(c_in, c_out, geo.kernel, geo.stride, (0, 0) if pad else (top, left), geo.dilation,
+                     groups=geo.conv_groups(c_in), bias=geo.bias)
+    return nn.Sequential(pad, conv) if pad else conv
+
+
+def _time_cuda(geo: LayerGeometry, c_in: int, c_out: int, batch: int, dtype: torch.dtype, runs: int,
+               warmup: int) -> float:
+    layer = torch_layer(geo, c_in, c_out).to("cuda", dtype).eval()
+    if geo.kind == "linear":
+        x = torch.randn(batch * geo.hw[0], c_in, device="cuda", dtype=dtype)
+    else:
+        layer = layer.to(memory_format=torch.channels_last)
+        x = torch.randn(batch, c_in, *geo.hw, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            start.record()
+            layer(x)
+            end.record()
+            end.synchronize()
+            if i >= warmup:
+                times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def time_layer(geo: LayerGeometry, c_in: int, c_out: int, *, backend: str, batch: int, threads: int = 1,
+               dtype: torch.dtype = torch.bfloat16, runs: int = 7, warmup: int = 2) -> float:
+    """Latency in ms of one call of the layer at ``(c_in, c_out)`` channels and ``batch`` images."""
+    if backend == "ort-cpu":
+        return _time_ort(geo, c_in, c_out, batch, threads, runs, warmup)
+    if backend == "cuda":
+        return _time_cuda(geo, c_in, c_out, batch, dtype, runs, warmup)
+    check_backend(backend)
+    raise AssertionError("unreachable")
+
+
+def _onnx_bytes(model: nn.Module, inputs: tuple) -> bytes:
+    """The model in ONNX at the inputs' static shapes, for timing only (TorchScript exporter,
+    else the dynamo one); torch's export chatter is kept off the user's terminal."""
+    import contextlib
+    import io
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "model.onnx"
+        try:
+            torch.onnx.export(model, inputs, str(path), dynamo=False)
+        except Exception:  # noqa: BLE001 - the TorchScript exporter cannot take every model
+            torch.onnx.export(model, inputs, str(path), dynamo=True, external_data=False)
+        return path.read_bytes()
+
+
+def time_model(model: nn.Module, inputs: tuple, *, backend: str, threads: int = 1,
+               dtype: torch.dtype = torch.bfloat16, runs: int = 7, warmup: int = 2) -> float:
+    """Latency in ms of one forward of a whole model at ``inputs`` (their batch) on ``backend``.
+
+    ``ort-cpu``: exported to ONNX and run like :func:`time_layer`'s layers; ``cuda``: a copy in
+    ``dtype``, channels_last. The caller's model is not changed.
+    """
+    import copy
+
+    check_backend(backend)
+    model = copy.deepcopy(model).eval()
+    inputs = tuple(t.detach().cpu() for t in inputs)
+    if backend == "ort-cpu":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(_onnx_bytes(model, inputs), sess_options=ort_session_options(threads),
+                                       providers=["CPUExecutionProvider"])
+        feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
+        run = lambda: session.run(None, feed)  # noqa: E731
+        for _ in range(warmup):
+            run()
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+    model = model.to("cuda", dtype).to(memory_format=torch.channels_last)
+    xs = [t.to("cuda", dtype if t.is_floating_point() else t.dtype) for t in inputs]
+    xs = [t.to(memory_format=torch.channels_last) if t.dim() == 4 else t for t in xs]
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            start.record()
+            model(*xs)
+            end.record()
+            end.synchronize()
+            if i >= warmup:
+                times.append(start.elapsed_time(end))
+    return statistics.median(times)
