@@ -17,6 +17,8 @@ from .product.retrain import RetrainResult, retrain
 from .product.run_dir import load
 from .search.derive import derive
 from .search.instrument import instrument
+from .search.latency_build import latency_table
+from .search.latency_table import LatencyTable
 from .search.loop import search
 from .search.result import SearchResult
 from .search.space import SearchSpace
@@ -24,8 +26,9 @@ from .search.space import SearchSpace
 __all__ = [
     # the verbs
     "analyze", "instrument", "search", "derive", "materialize", "export_onnx", "retrain", "load",
+    "latency_table",
     # what they return or take
-    "ChannelGraph", "SearchSpace", "SearchResult", "Arch", "RetrainResult",
+    "ChannelGraph", "SearchSpace", "SearchResult", "Arch", "RetrainResult", "LatencyTable",
     # errors
     "DmcpfxError", "TraceError", "AnalysisError", "ArchError", "ConfigError", "NonFiniteError",
     "MaterializeError", "OnnxExportError",
