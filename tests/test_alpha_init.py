@@ -106,3 +106,19 @@ def test_search_plot_draws_the_records(tmp_path):
     with pytest.raises(ValueError, match="no search records"):
         plot_search(records[:1], {"a": 8}, tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_search_never_deletes_a_metrics_file_it_cannot_resume(tmp_path):
+    """A run_dir holding a metrics.jsonl but no checkpoint (the user's own, or a run killed before
+    its first epoch ended) is refused untouched unless resume=True asks to start it over."""
+    train, _ = loaders(64, 32, batch_size=32)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("my own notes\n")
+    with pytest.raises(ConfigError, match="metrics.jsonl already exists but no checkpoint"):
+        search(make_space(), train, target_flops=0.5, epochs=1, run_dir=run, progress=False, calib_batches=0)
+    assert (run / "metrics.jsonl").read_text() == "my own notes\n"
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl"]
+    search(make_space(), train, target_flops=0.5, epochs=1, run_dir=run, resume=True, progress=False,
+           calib_batches=0)
+    assert "my own notes" not in (run / "metrics.jsonl").read_text()

@@ -286,6 +286,9 @@ def search(
                 f.truncate(min(int(loaded["metrics_bytes"]), os.path.getsize(writer.path)))
         del loaded
     else:
+        if metrics_path is not None and metrics_path.exists() and not resume:
+            raise ConfigError(f"{metrics_path} already exists but no checkpoint does; pass resume=True to start "
+                              f"that run over, or use another run_dir (nothing was changed)")
         seed_everything(seed + ctx.rank)
         alpha_start = init_alphas(space, alpha_init, target, expected_fn)  # deterministic: same on every rank
         if writer is not None and writer.path.exists():
