@@ -9,7 +9,7 @@ import torch
 import dmcpfx
 from dmcpfx.counting import count_flops
 from dmcpfx.demo_models import small_resnet
-from dmcpfx.errors import ConfigError
+from dmcpfx.errors import ConfigError, DmcpfxError
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device on this machine (CI and the dev box have none)"))]
@@ -49,6 +49,6 @@ def test_a_meta_model_is_a_one_line_error():
     model = _model().to("meta")
     for call in (lambda: dmcpfx.analyze(model, torch.randn(1, 3, 8, 8)),
                  lambda: dmcpfx.instrument(model, torch.randn(1, 3, 8, 8))):
-        with pytest.raises(ConfigError, match="meta device") as info:
+        with pytest.raises(DmcpfxError, match="meta device") as info:
             call()
         assert "\n" not in str(info.value)

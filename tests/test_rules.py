@@ -203,7 +203,7 @@ def test_group_norm_prunes_whole_groups():
 
 
 def test_example_inputs_must_be_tensors():
-    with pytest.raises(dmcpfx.ConfigError, match="example_inputs"):
+    with pytest.raises(TypeError, match="example_inputs"):  # the argument named (issue 19)
         dmcpfx.analyze(SharedConv(), [1, 2])
 
 

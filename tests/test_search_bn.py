@@ -228,7 +228,7 @@ def test_pipeline_direct_derive_ranks_on_held_out_training_images(tmp_path, monk
         seen.update(kw)
         return real(space, mode, **kw)
 
-    monkeypatch.setattr(derive_mod, "derive", spy)
+    monkeypatch.setattr(importlib.import_module("dmcpfx.pipeline"), "derive", spy)  # the name the pipeline calls
     run_pipeline(cfg, stages=("analyze", "search", "derive"))
     held, calib = seen["val_loader"], seen["calib_loader"]
     held_idx = set(held.dataset.indices)
