@@ -18,6 +18,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -81,6 +82,33 @@ def ort_session_options(threads: int):
     return so
 
 
+def _median_ms(run: Callable[[], object], runs: int, warmup: int) -> float:
+    """Median wall time in ms of ``runs`` calls of ``run`` after ``warmup`` untimed ones (CPU)."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _cuda_median_ms(run: Callable[[], object], runs: int, warmup: int) -> float:
+    """Median GPU time in ms of ``runs`` calls of ``run`` (CUDA events) after ``warmup`` ones."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            if i >= warmup:
+                times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
 def _onnx_layer(geo: LayerGeometry, c_in: int, c_out: int, batch: int) -> bytes:
     """A one-node ONNX model of the layer at ``(c_in, c_out)``; returns its serialized bytes."""
     import numpy as np
@@ -121,14 +149,7 @@ def _time_ort(geo: LayerGeometry, c_in: int, c_out: int, batch: int, threads: in
                                    providers=["CPUExecutionProvider"])
     shape = [batch * geo.hw[0], c_in] if geo.kind == "linear" else [batch, c_in, *geo.hw]
     feed = {"x": np.random.default_rng(1).standard_normal(shape, dtype=np.float32)}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return _median_ms(lambda: session.run(None, feed), runs, warmup)
 
 
 def torch_layer(geo: LayerGeometry, c_in: int, c_out: int) -> nn.Module:
@@ -150,17 +171,7 @@ def _time_cuda(geo: LayerGeometry, c_in: int, c_out: int, batch: int, dtype: tor
     else:
         layer = layer.to(memory_format=torch.channels_last)
         x = torch.randn(batch, c_in, *geo.hw, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            start.record()
-            layer(x)
-            end.record()
-            end.synchronize()
-            if i >= warmup:
-                times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return _cuda_median_ms(lambda: layer(x), runs, warmup)
 
 
 def time_layer(geo: LayerGeometry, c_in: int, c_out: int, *, backend: str, batch: int, threads: int = 1,
@@ -212,26 +223,8 @@ def time_model(model: nn.Module, inputs: tuple, *, backend: str, threads: int = 
         session = ort.InferenceSession(_onnx_bytes(model, inputs), sess_options=ort_session_options(threads),
                                        providers=["CPUExecutionProvider"])
         feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
-        run = lambda: session.run(None, feed)  # noqa: E731
-        for _ in range(warmup):
-            run()
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
+        return _median_ms(lambda: session.run(None, feed), runs, warmup)
     model = model.to("cuda", dtype).to(memory_format=torch.channels_last)
     xs = [t.to("cuda", dtype if t.is_floating_point() else t.dtype) for t in inputs]
     xs = [t.to(memory_format=torch.channels_last) if t.dim() == 4 else t for t in xs]
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            start.record()
-            model(*xs)
-            end.record()
-            end.synchronize()
-            if i >= warmup:
-                times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return _cuda_median_ms(lambda: model(*xs), runs, warmup)

@@ -155,17 +155,25 @@ class LatencyTable:
         differentiable in every alpha (see the module docstring)."""
         total = torch.zeros((), dtype=torch.float64)
         for entry in self.layers.values():
-            grid = self.grids[entry.key]
             p_in, x_in = _distribution(gates, entry.side("in"))
             p_out, x_out = _distribution(gates, entry.side("out"))
-            if entry.in_group is not None and entry.in_group == entry.out_group and entry.in_group in gates:
-                lut = torch.tensor([grid.at(i, o) for i, o in zip(x_in, x_out)], dtype=torch.float64)
-                term = (p_in * lut.to(p_in.device)).sum()
-            else:
-                lut = torch.tensor([[grid.at(i, o) for o in x_out] for i in x_in], dtype=torch.float64)
-                term = p_in @ lut.to(p_in.device) @ p_out
+            diagonal = entry.in_group is not None and entry.in_group == entry.out_group and entry.in_group in gates
+            lut = self._lut(entry.key, tuple(x_in), tuple(x_out), diagonal).to(p_in.device)
+            term = (p_in * lut).sum() if diagonal else p_in @ lut @ p_out
             total = total.to(term.device) + term
         return total * self.calibration
+
+    def _lut(self, key: str, x_in: tuple, x_out: tuple, diagonal: bool) -> torch.Tensor:
+        """The grid read at the candidate widths (a vector on the diagonal), float64; computed once
+        per layer shape and candidate set, since the architecture step asks for it every step."""
+        cache = self.__dict__.setdefault("_luts", {})
+        ck = (key, x_in, x_out, diagonal)
+        if ck not in cache:
+            grid = self.grids[key]
+            values = ([grid.at(i, o) for i, o in zip(x_in, x_out)] if diagonal
+                      else [[grid.at(i, o) for o in x_out] for i in x_in])
+            cache[ck] = torch.tensor(values, dtype=torch.float64)
+        return cache[ck]
 
     def check_groups(self, groups: Mapping[str, Any]) -> None:
         """Raise :class:`ArchError` when the table was measured for other groups or widths."""
