@@ -258,8 +258,7 @@ class _Run:
             self.summary["supernet_top1"] = 100.0 * float(last["val_top1"])
         self.summary.update(expected_macs=float(result.expected), search_epochs=result.epochs)
         if self.main and result.metrics_path is not None:
-            full_widths = {gid: info.width for gid, info in self.space.groups.items()}
-            plot_search(MetricsWriter(result.metrics_path).read(), full_widths, self.path("search.png"))
+            plot_search(MetricsWriter(result.metrics_path).read(), self.space, self.path("search.png"))
         self.save_summary()
 
     def _epoch_line(self):

@@ -78,7 +78,7 @@ def _search_series(records: Iterable[Mapping[str, Any]]) -> tuple[list, list, di
 
 def plot_search(
     records: Iterable[Mapping[str, Any]],
-    full_widths: Mapping[str, int],
+    space_or_groups: Any,
     path: str | os.PathLike,
     *,
     band: float = 0.95,
@@ -86,7 +86,8 @@ def plot_search(
     """Two panels over the search steps, saved as PNG: the expected count over the target
     (``E/T``, the budget band ``[band, 1]`` shaded) and each group's expected width over its
     full width (``E[c]/C``). ``records``: the search's ``metrics.jsonl`` records (``start``,
-    ``step`` and ``epoch`` kinds are read, others skipped); ``full_widths``: ``{group: C}``.
+    ``step`` and ``epoch`` kinds are read, others skipped); ``space_or_groups``: as for
+    :func:`plot_widths` (a SearchSpace, ``{gid: GroupInfo}`` or ``{gid: C}``).
     """
     from matplotlib.figure import Figure
 
@@ -100,7 +101,7 @@ def plot_search(
     top.set_ylabel("expected / target")
     top.set_title(f"search: expected count at the end {ratio[-1]:.1%} of the target")
     top.legend(loc="lower right", fontsize=8)
-    full = {gid: int(c) for gid, c in full_widths.items()}
+    full = _full_widths(space_or_groups)
     for gid, points in widths.items():
         if gid in full and full[gid] > 0:
             bottom.plot([p[0] for p in points], [p[1] / full[gid] for p in points], marker=".", linewidth=1,
