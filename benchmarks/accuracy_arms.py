@@ -112,14 +112,14 @@ def dmcp_search(s: Any, data: DataBundle, search_train: DataLoader, holdout: Dat
     """Search (official schedule, BN isolation), then derive ``expected`` and ``direct``
     (ranked on ``holdout``: training images the search never saw) and materialize both."""
     space = dmcpfx.instrument(fresh_model(s, seed), (x,))
-    result = dmcpfx.search(space, search_train, target_flops=target, epochs=s.search_epochs, seed=seed,
+    result = dmcpfx.search(space, search_train, target=target, epochs=s.search_epochs, seed=seed,
                            device=s.device, progress=False, calib_batches=0,  # 0: keep the search's own statistics
                            alpha_init=s.alpha_init, **DEMO_SEARCH)
     own = evaluate_space(space, data.val, calib_batches=0)["top1"] * 100.0
     recal = evaluate_space(space, data.val, calib_loader=search_train, calib_batches=5)["top1"] * 100.0
     space.eval()
-    expected = dmcpfx.derive(space, "expected", target_flops=target)
-    direct = dmcpfx.derive(space, "direct", target_flops=target, samples=5, seed=seed, val_loader=holdout,
+    expected = dmcpfx.derive(space, "expected", target=target)
+    direct = dmcpfx.derive(space, "direct", target=target, samples=5, seed=seed, val_loader=holdout,
                            calib_loader=search_train, calib_batches=5)
     e_widths = {gid: float(g.expected_width().detach()) for gid, g in space.gates().items()}
     space = space.cpu()

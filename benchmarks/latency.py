@@ -12,7 +12,7 @@ latency does not depend on the weight values; BatchNorm in eval mode):
   iterations, half weight warm-up, half architecture steps; weight lr ``--search-lr``
   0.02 because the official 0.5 diverges on a few random images) on ``synthetic_loaders``
   data (random images and labels), seeds fixed, the learned alphas copied into a space instrumented
-  at ``--size``, then ``dmcpfx.derive(space, "expected", target_flops=t)``. HONEST LABEL:
+  at ``--size``, then ``dmcpfx.derive(space, "expected", target=t)``. HONEST LABEL:
   this is the shape the DMCP search gives WITHOUT a data signal and after only a few
   steps (the alphas barely leave their initial value, so the shape comes mostly from
   the gate splits and derive's greedy adjustment); it stands in for an ImageNet search.
@@ -218,7 +218,7 @@ def short_search(model: nn.Module, divisor: int, target: float, args) -> dict[st
                              batch_size=args.search_batch, steps=half, seed=args.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = dmcpfx.search(space, data.train, target_flops=target, epochs=2, warmup_epochs=1, device="cpu",
+        result = dmcpfx.search(space, data.train, target=target, epochs=2, warmup_epochs=1, device="cpu",
                                seed=args.seed, progress=False, lr=args.search_lr, min_lr=0.16 * args.search_lr)
     bad = [gid for gid, gate in space.gates().items() if not torch.isfinite(gate.alpha).all()]
     if bad:
@@ -244,7 +244,7 @@ def derive_at_size(model: nn.Module, x: torch.Tensor, divisor: int, alphas: dict
     with torch.no_grad():
         for gid, gate in gates.items():
             gate.alpha.copy_(alphas[gid])
-    return dmcpfx.derive(space, "expected", target_flops=target, path=path, model_name=model_name)
+    return dmcpfx.derive(space, "expected", target=target, path=path, model_name=model_name)
 
 
 def dmcp_widths(model: nn.Module, name: str, x: torch.Tensor, divisor: int, target: float, args) -> dict[str, int]:

@@ -14,12 +14,14 @@ from .errors import AnalysisError, ArchError, ConfigError, DmcpfxError, NonFinit
 from .materialize import MaterializeError, materialize
 from .product.onnx_export import OnnxExportError, export_onnx
 from .product.retrain import RetrainResult, retrain
+from .product.retrain_options import RetrainOptions
 from .product.run_dir import load
 from .search.derive import derive
 from .search.instrument import instrument
 from .search.latency_build import latency_table
 from .search.latency_table import LatencyTable
 from .search.loop import search
+from .search.options import DeriveOptions, SearchOptions
 from .search.result import SearchResult
 from .search.space import SearchSpace
 
@@ -29,6 +31,8 @@ __all__ = [
     "latency_table",
     # what they return or take
     "ChannelGraph", "SearchSpace", "SearchResult", "Arch", "RetrainResult", "LatencyTable",
+    # the options of each stage (also the config sections search:, derive:, retrain:)
+    "SearchOptions", "DeriveOptions", "RetrainOptions",
     # errors
     "DmcpfxError", "TraceError", "AnalysisError", "ArchError", "ConfigError", "NonFiniteError",
     "MaterializeError", "OnnxExportError",

@@ -4,9 +4,9 @@ A config file has up to six sections (every key optional; the defaults are the d
 
     model:   {spec: dmcpfx.demo_models:small_resnet, input_shape: null, num_classes: null, kwargs: {}}
     data:    {kind: digits, root: null, image_size: 32, batch_size: 64, train_subset: null, ...}
-    search:  {target: 50%, epochs: 8, divisor: 1, lr: 0.2, ...}
-    derive:  {mode: expected, tolerance: 0.01, samples: 5}
-    retrain: {epochs: 8, lr: 0.1, init: scratch, ...}
+    search:  {target: 50%, epochs: 8, divisor: 1, lr: 0.2, ...}    (dmcpfx.search.options.SearchOptions)
+    derive:  {mode: expected, tolerance: 0.01, samples: 5, ...}   (dmcpfx.search.options.DeriveOptions)
+    retrain: {epochs: 8, lr: 0.1, init: scratch, ...}             (dmcpfx.product.retrain_options.RetrainOptions)
     run:     {name: digits_demo, dir: runs, device: null, latency_runs: 50, threads: 1, ...}
 
 Overrides use dotted keys and YAML values: ``--set search.epochs=2 --set data.train_subset=256``.
@@ -16,7 +16,7 @@ the key and the closest valid key; a value of the wrong type is one too.
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +26,9 @@ from typing import Any, Iterable, Union
 import yaml
 
 from .errors import ConfigError
+from .options import closest as _closest
+from .product.retrain_options import RetrainOptions
+from .search.options import DeriveOptions, SearchOptions
 from .yamlio import first_line, load_file, safe_load
 
 __all__ = ["Config", "load_config", "apply_overrides", "config_to_dict"]
@@ -64,71 +67,10 @@ class DataConfig:
     num_classes: int = 1000
 
 
-@dataclass
-class SearchConfig:
-    """DMCP search (DESIGN.md section 5). ``target``: budget in MACs, ratio ``0.5``/``"50%"`` or
-    absolute ``"2G"``/``"300M"``. ``epochs``: total, the first ``warmup_epochs`` (null: half)
-    train weights only. ``divisor``/``min_ratio``/``step``: gate candidates (instrument).
-    ``lr_warmup_start``: weight lr at the first warm-up step. ``calib_batches``: training
-    batches for every BatchNorm re-estimation. ``markov_schedule``: official
-    (``1 - markov_decay^step``) | linear (to ``markov_prob_final``). ``bn_stats``: max | all
-    (which weight-step forwards update the BN running statistics; see dmcpfx.search.bn).
-    ``alpha_init``: budget (alphas start at the uniform network of 99% of the target; this
-    project's default) | zero (official; expected MACs start near 4% of the full model)."""
-
-    target: Union[str, float, int] = "50%"
-    epochs: int = 8
-    warmup_epochs: Union[int, None] = None
-    divisor: int = 1
-    min_ratio: float = 0.1
-    step: float = 0.1
-    lr: float = 0.2
-    min_lr: float = 0.01
-    lr_warmup_steps: int = 0
-    lr_warmup_start: float = 0.0
-    weight_decay: float = 4e-5
-    arch_lr: float = 0.5
-    arch_min_lr: float = 0.1
-    budget_weight: float = 0.1
-    num_random: int = 2
-    label_smoothing: float = 0.0
-    calib_batches: int = 5
-    markov_schedule: str = "official"
-    markov_decay: float = 0.9999
-    markov_prob_final: float = 1.0
-    alpha_init: str = "budget"
-    bn_stats: str = "max"
-    amp: Union[str, None] = None
-    channels_last: bool = False
-    seed: int = 0
-    log_interval: int = 50
-
-
-@dataclass
-class DeriveConfig:
-    """``mode``: expected | direct. ``tolerance``: relative band around the target.
-    ``samples``: direct mode, in-band samples ranked on ``holdout_images`` training images
-    held out from the search (never on the reported validation split)."""
-
-    mode: str = "expected"
-    tolerance: float = 0.01
-    samples: int = 5
-    holdout_images: int = 256
-
-
-@dataclass
-class RetrainConfig:
-    """Retrain the compact model. ``init``: scratch (the paper) | inherit (supernet weights).
-    ``lr``: peak SGD learning rate (cosine to 0); ``warmup_epochs`` in epochs."""
-
-    epochs: int = 8
-    lr: float = 0.1
-    init: str = "scratch"
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.1
-    amp: Union[str, None] = None
-    seed: int = 0
+# the stage sections are the stages' options objects (their defaults and ranges live there)
+SearchConfig = SearchOptions
+DeriveConfig = DeriveOptions
+RetrainConfig = RetrainOptions
 
 
 @dataclass
@@ -154,20 +96,15 @@ class Config:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    derive: DeriveConfig = field(default_factory=DeriveConfig)
-    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    search: SearchOptions = field(default_factory=SearchOptions)
+    derive: DeriveOptions = field(default_factory=DeriveOptions)
+    retrain: RetrainOptions = field(default_factory=RetrainOptions)
     run: RunConfig = field(default_factory=RunConfig)
 
     @property
     def run_dir(self) -> Path:
         """``<run.dir>/<run.name>``."""
         return Path(self.run.dir) / self.run.name
-
-
-def _closest(key: str, valid: Iterable[str]) -> str:
-    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.0)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def _allowed(tp: Any) -> tuple[type, ...]:
@@ -179,8 +116,14 @@ def _allowed(tp: Any) -> tuple[type, ...]:
     return (origin or tp,)
 
 
+#: a number YAML 1.1 leaves as a string (``4e-5`` has no dot): read as the float it spells
+_EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def _check_value(dotted: str, value: Any, tp: Any) -> Any:
     allowed = _allowed(tp)
+    if float in allowed and str not in allowed and isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
+        return float(value)
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         return float(value) if int not in allowed else value
     if isinstance(value, bool) and bool not in allowed:

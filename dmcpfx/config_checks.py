@@ -1,55 +1,36 @@
 """Range checks of every :class:`~dmcpfx.config.Config` value, run before anything is written.
 
 :func:`validate_config` raises :class:`~dmcpfx.errors.ConfigError` naming the key; the types
-are checked when the config is loaded (:mod:`dmcpfx.config`), the ranges here.
+are checked when the config is loaded (:mod:`dmcpfx.config`), the ranges of the model, data
+and run sections here, those of the stage sections by their options objects
+(:class:`~dmcpfx.search.options.SearchOptions`, ``DeriveOptions``, ``RetrainOptions``).
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
 import torch
 
-from .amp import AMP_CHOICES
 from .errors import ConfigError
 from .models import check_input_shape
+from .options import MAX_EPOCHS, fail, int_in, one_of
 
 __all__ = ["validate_config", "check_device", "check_memory", "check_against_data", "MAX_EPOCHS"]
 
-AMP = AMP_CHOICES  # the same spellings for search and retrain
-MAX_EPOCHS = 1_000_000  # far above any real schedule; 1e30 would never end
 DIGITS_IMAGES = 1797  # scikit-learn's digits, held in memory at data.image_size
 
 
 def _fail(key: str, rule: str, value: Any) -> None:
-    raise ConfigError(f"config key {key!r} must be {rule}, got {value!r}")
+    fail(key, rule, value)
 
 
 def _int(key: str, value: Any, low: int, high: int | None = None, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    rule = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        _fail(key, rule + (" or null" if optional else ""), value)
-
-
-def _float(key: str, value: Any, low: float, high: float | None = None, *, low_open: bool = False,
-           high_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low)
-    if high is not None:
-        ok = ok and (value < high if high_open else value <= high)
-    if not ok:
-        left, right = "(" if low_open else "[", ")" if high_open else "]"
-        rule = f"a finite number in {left}{low}, {high}{right}" if high is not None else \
-            f"a finite number {'>' if low_open else '>='} {low}"
-        _fail(key, rule, value)
+    int_in(low, high, optional=optional)(key, value)
 
 
 def _choice(key: str, value: Any, choices) -> None:
-    if value not in choices:
-        _fail(key, " or ".join("null" if c is None else repr(c) for c in choices), value)
+    one_of(choices)(key, value)
 
 
 def check_device(device: str | None, key: str = "run.device") -> None:
@@ -91,40 +72,8 @@ def validate_config(cfg) -> None:
     _int("data.steps", d.steps, 1)
     _int("data.num_classes", d.num_classes, 2)
 
-    _int("search.epochs", s.epochs, 1, MAX_EPOCHS)
-    _int("search.warmup_epochs", s.warmup_epochs, 0, s.epochs, optional=True)
-    _int("search.divisor", s.divisor, 1)
-    _float("search.min_ratio", s.min_ratio, 0.0, 1.0, low_open=True)
-    _float("search.step", s.step, 0.0, 1.0, low_open=True)
-    _float("search.lr", s.lr, 0.0, low_open=True)
-    _float("search.min_lr", s.min_lr, 0.0)
-    _int("search.lr_warmup_steps", s.lr_warmup_steps, 0)
-    _float("search.weight_decay", s.weight_decay, 0.0)
-    _float("search.arch_lr", s.arch_lr, 0.0, low_open=True)
-    _float("search.arch_min_lr", s.arch_min_lr, 0.0)
-    _float("search.budget_weight", s.budget_weight, 0.0)
-    _int("search.num_random", s.num_random, 0)
-    _float("search.label_smoothing", s.label_smoothing, 0.0, 1.0, high_open=True)
-    _int("search.calib_batches", s.calib_batches, 0)
-    _choice("search.alpha_init", s.alpha_init, ("budget", "zero"))
-    _choice("search.amp", s.amp, AMP)
-    _int("search.seed", s.seed, 0)
-    _int("search.log_interval", s.log_interval, 1)
-    _search_schedule(s)
-
-    _choice("derive.mode", v.mode, ("expected", "direct"))
-    _float("derive.tolerance", v.tolerance, 0.0, 1.0, low_open=True, high_open=True)
-    _int("derive.samples", v.samples, 1)
-    _int("derive.holdout_images", v.holdout_images, 0)
-
-    _int("retrain.epochs", r.epochs, 1, MAX_EPOCHS)
-    _float("retrain.lr", r.lr, 0.0, low_open=True)
-    _choice("retrain.init", r.init, ("scratch", "inherit"))
-    _float("retrain.weight_decay", r.weight_decay, 0.0)
-    _int("retrain.warmup_epochs", r.warmup_epochs, 0, r.epochs - 1)
-    _float("retrain.label_smoothing", r.label_smoothing, 0.0, 1.0, high_open=True)
-    _choice("retrain.amp", r.amp, AMP)
-    _int("retrain.seed", r.seed, 0)
+    for section in (s, v, r):  # the stages' options objects check their own ranges
+        section.validate()
 
     if not isinstance(u.name, str) or not u.name.strip() or u.name in (".", "..") or "/" in u.name or "\\" in u.name:
         _fail("run.name", "a non-empty name without path separators", u.name)
@@ -134,18 +83,6 @@ def validate_config(cfg) -> None:
     _int("run.latency_runs", u.latency_runs, 1)
     _int("run.threads", u.threads, 1, optional=True)
     check_memory(cfg)
-
-
-def _search_schedule(s) -> None:
-    """The keys the search loop would otherwise check only after the run directory exists."""
-    from .search.bn import BN_STATS
-    from .search.schedule import MARKOV_SCHEDULES
-
-    _choice("search.markov_schedule", s.markov_schedule, MARKOV_SCHEDULES)
-    _float("search.markov_decay", s.markov_decay, 0.0, 1.0, low_open=True)
-    _float("search.markov_prob_final", s.markov_prob_final, 0.0, 1.0)
-    _choice("search.bn_stats", s.bn_stats, BN_STATS)
-    _float("search.lr_warmup_start", s.lr_warmup_start, 0.0, s.lr)
 
 
 def available_memory() -> int:

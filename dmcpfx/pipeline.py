@@ -28,6 +28,7 @@ are state dicts read with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -52,10 +53,10 @@ from .product.onnx_export import export_onnx
 from .product.report import write_report
 from .product.retrain import retrain
 from .product.run_dir import ONNX_NAME, SLICE_NAME, WEIGHTS_NAME, apply_weights, build_compact, load_weights, save_weights
-from .search.budget import min_widths, parse_target
 from .search.derive import derive
 from .search.holdout import split_holdout
 from .search.instrument import instrument
+from .search.result import check_budget
 from .search.loop import search
 from .training import MetricsWriter, distributed_context, load_checked
 from .product.run_owner import run_lock
@@ -199,8 +200,8 @@ class _Run:
             s = cfg.search
             self.space = instrument(self.model, self.x, min_ratio=s.min_ratio, step=s.step, divisor=s.divisor,
                                     model_name=cfg.model.spec)
-            self.target = parse_target(s.target, self.space.full_flops)
-            self._check_target()
+            self.unit = "macs" if s.budget_metric == "flops" else "params"  # summary keys: target_macs, ...
+            self.target = self._check_target()
         self._check_resume_files()
         if self.path("summary.json").is_file():
             try:
@@ -210,11 +211,15 @@ class _Run:
                                   f"run directory") from exc
             self.summary.pop("model", None)
 
-    def _check_target(self) -> None:
-        smallest = self.space.flops(min_widths(self.space))
-        if self.target < smallest:
-            raise ConfigError(f"search.target {self.cfg.search.target!r} = {self.target:,.0f} MACs is below the "
-                              f"smallest sub-net ({smallest:,} MACs at search.min_ratio={self.cfg.search.min_ratio})")
+    def _check_target(self) -> float:
+        """``search.target`` as an absolute count of ``search.budget_metric``, between the smallest
+        sub-net and the full model (ConfigError naming the key)."""
+        try:
+            target, _ = check_budget(self.space, self.cfg.search.target, self.cfg.search.budget_metric)
+        except ConfigError as exc:
+            raise ConfigError(f"search.target {self.cfg.search.target!r}: {exc} (search.min_ratio="
+                              f"{self.cfg.search.min_ratio})") from exc
+        return target
 
     def start(self) -> None:
         """Called under the run lock: the marker, then ``config.yaml``."""
@@ -232,7 +237,7 @@ class _Run:
     def analyze(self) -> None:
         graph = self.space.graph
         self.summary.update(full_macs=int(self.space.full_flops), full_params=int(graph.full_params),
-                            target_macs=float(self.target), prunable_groups=len(self.space.gates()))
+                            **{f"target_{self.unit}": float(self.target)}, prunable_groups=len(self.space.gates()))
         if self.main:
             write_text_atomic(self.path("analysis.txt"), graph.table() + "\n")
 
@@ -244,19 +249,13 @@ class _Run:
             held = max(1, min(self.cfg.derive.holdout_images, n // 5))  # at most a fifth of a small set
             self.search_train, self.holdout = split_holdout(self.bundle.train, held, seed=s.seed)
         result = search(
-            self.space, self.search_train, target_flops=self.target, epochs=s.epochs, val_loader=self.bundle.val,
-            run_dir=self.dir, resume=r.resume, device=r.device, amp=s.amp, channels_last=s.channels_last,
-            seed=s.seed, warmup_epochs=s.warmup_epochs, lr=s.lr, min_lr=s.min_lr, lr_warmup_steps=s.lr_warmup_steps,
-            weight_decay=s.weight_decay, arch_lr=s.arch_lr, arch_min_lr=s.arch_min_lr, budget_weight=s.budget_weight,
-            num_random=s.num_random, label_smoothing=s.label_smoothing, calib_batches=s.calib_batches,
-            log_interval=s.log_interval, progress=bars_enabled(r.progress), callback=self._epoch_line(),
-            lr_warmup_start=s.lr_warmup_start, markov_schedule=s.markov_schedule, markov_decay=s.markov_decay,
-            markov_prob_final=s.markov_prob_final, bn_stats=s.bn_stats, alpha_init=s.alpha_init,
+            self.space, self.search_train, s, val_loader=self.bundle.val, run_dir=self.dir, resume=r.resume,
+            device=r.device, progress=bars_enabled(r.progress), callback=self._epoch_line(),
         )
         last = result.history[-1] if result.history else {}
         if "val_top1" in last:
             self.summary["supernet_top1"] = 100.0 * float(last["val_top1"])
-        self.summary.update(expected_macs=float(result.expected), search_epochs=result.epochs)
+        self.summary.update({f"expected_{self.unit}": float(result.expected), "search_epochs": result.epochs})
         if self.main and result.metrics_path is not None:
             plot_search(MetricsWriter(result.metrics_path).read(), self.space, self.path("search.png"))
         self.save_summary()
@@ -269,18 +268,17 @@ class _Run:
         return lambda record: print_search_epoch(record, epochs)
 
     def derive(self) -> None:
-        d = self.cfg.derive
+        d = self.cfg.derive.resolved(self.cfg.search)
         self.widths = derive(
-            self.space, d.mode, target_flops=self.target, tolerance=d.tolerance, samples=d.samples,
+            self.space, options=dataclasses.replace(d, target=self.target),
             val_loader=self.holdout if d.mode == "direct" else None, calib_loader=self.search_train,
-            calib_batches=self.cfg.search.calib_batches, seed=self.cfg.search.seed,
             path=self.path("arch.yaml") if self.main else None,
             plot_path=self.path("widths.png") if self.main else None, model_name=self.cfg.model.spec,
         )
         self.summary.update(pruned_macs=int(self.space.flops(self.widths)),
                             pruned_params=int(self.space.params(self.widths)))
         expected = self.summary.get("expected_macs")
-        if expected:
+        if expected and self.unit == "macs":
             self.summary["derive_change"] = self.summary["pruned_macs"] / float(expected) - 1.0
             if self.main and self.cfg.run.progress:
                 print(derive_line(d.mode, float(expected), self.summary["pruned_macs"], float(self.target)),
@@ -297,13 +295,9 @@ class _Run:
     def retrain(self) -> None:
         if self.compact is None:
             self.compact = self.rebuild(SLICE_NAME)
-        t, r = self.cfg.retrain, self.cfg.run
-        result = retrain(
-            self.compact, self.bundle.train, epochs=t.epochs, val_loader=self.bundle.val, lr=t.lr,
-            weight_decay=t.weight_decay, warmup_epochs=t.warmup_epochs, label_smoothing=t.label_smoothing,
-            amp=t.amp, device=r.device, run_dir=self.dir, resume=r.resume, seed=t.seed, init=t.init,
-            progress=r.progress,
-        )
+        r = self.cfg.run
+        result = retrain(self.compact, self.bundle.train, self.cfg.retrain, val_loader=self.bundle.val,
+                         device=r.device, run_dir=self.dir, resume=r.resume, progress=r.progress)
         self.compact = self.compact.cpu().eval()
         self.summary.update(
             retrain_top1=result.top1, retrain_top5=result.top5, retrain_epochs=result.epochs,

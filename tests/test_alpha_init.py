@@ -61,7 +61,7 @@ def test_search_ends_in_its_band_whatever_the_number_of_arch_steps(tmp_path, n_t
     moves the count by at most 2% from it, without the far-from-E warning."""
     train, _ = loaders(n_train, 32, batch_size=32)
     space = make_space()
-    result = search(space, train, target_flops=ratio, epochs=epochs, run_dir=tmp_path / "run", lr=0.2,
+    result = search(space, train, target=ratio, epochs=epochs, run_dir=tmp_path / "run", lr=0.2,
                     min_lr=0.02, calib_batches=1, progress=False, log_interval=1)
     assert 0.93 <= result.expected / result.target <= 1.02, result.expected / result.target
     start = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1]
@@ -69,21 +69,21 @@ def test_search_ends_in_its_band_whatever_the_number_of_arch_steps(tmp_path, n_t
     assert start["expected"] / start["target"] == pytest.approx(START_FRACTION, rel=1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        widths = derive(space, "expected", target_flops=ratio)
+        widths = derive(space, "expected", target=ratio)
     assert abs(exact_flops(space, widths) / result.expected - 1.0) <= 0.02
 
 
 def test_official_start_is_kept_and_derive_says_when_it_fills(tmp_path):
     train, _ = loaders(64, 32, batch_size=32)
     space = make_space()
-    result = search(space, train, target_flops=0.5, epochs=2, run_dir=tmp_path / "run", alpha_init="zero",
+    result = search(space, train, target=0.5, epochs=2, run_dir=tmp_path / "run", alpha_init="zero",
                     calib_batches=1, progress=False)
     assert result.expected < 0.5 * result.target  # two architecture steps climb nowhere near the target
     with pytest.warns(UserWarning, match="from that fill"):
-        derive(space, "expected", target_flops=0.5)
+        derive(space, "expected", target=0.5)
     # a resume under another start is refused, naming the option
     with pytest.raises(ConfigError, match="alpha_init"):
-        search(space, train, target_flops=0.5, epochs=2, run_dir=tmp_path / "run", resume=True, progress=False,
+        search(space, train, target=0.5, epochs=2, run_dir=tmp_path / "run", resume=True, progress=False,
                calib_batches=1)
 
 
@@ -116,9 +116,9 @@ def test_search_never_deletes_a_metrics_file_it_cannot_resume(tmp_path):
     run.mkdir()
     (run / "metrics.jsonl").write_text("my own notes\n")
     with pytest.raises(ConfigError, match="metrics.jsonl already exists but no checkpoint"):
-        search(make_space(), train, target_flops=0.5, epochs=1, run_dir=run, progress=False, calib_batches=0)
+        search(make_space(), train, target=0.5, epochs=1, run_dir=run, progress=False, calib_batches=0)
     assert (run / "metrics.jsonl").read_text() == "my own notes\n"
     assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl"]
-    search(make_space(), train, target_flops=0.5, epochs=1, run_dir=run, resume=True, progress=False,
+    search(make_space(), train, target=0.5, epochs=1, run_dir=run, resume=True, progress=False,
            calib_batches=0)
     assert "my own notes" not in (run / "metrics.jsonl").read_text()

@@ -84,11 +84,11 @@ def tiny():
     (lambda m: dmcpfx.export_onnx(None, X, "m.onnx"), r"export_onnx\(\): model must be a torch.nn.Module, got None"),
     (lambda m: dmcpfx.export_onnx(m, X, None), r"export_onnx\(\): path must be a path"),
     (lambda m: dmcpfx.load(None), r"load\(\): run_dir_or_spec must be a path"),
-    (lambda m: dmcpfx.derive(42, target_flops=0.5), r"derive\(\): space must be a SearchSpace"),
+    (lambda m: dmcpfx.derive(42, target=0.5), r"derive\(\): space must be a SearchSpace"),
     (lambda m: dmcpfx_arch.load_arch({"conv1": 4}), r"load_arch\(\): path must be a path"),
     (lambda m: dmcpfx.materialize("resnet", {}, X), r"materialize\(\): model must be a torch.nn.Module"),
     (lambda m: dmcpfx.instrument(m, X, divisor=2.5), r"instrument\(\): divisor must be an integer"),
-    (lambda m: dmcpfx.search(m, [], target_flops=0.5, epochs=1), r"search\(\): space must be a SearchSpace"),
+    (lambda m: dmcpfx.search(m, [], target=0.5, epochs=1), r"search\(\): space must be a SearchSpace"),
     (lambda m: dmcpfx.retrain(None, [], epochs=1), r"retrain\(\): model must be a torch.nn.Module"),
 ])
 def test_wrong_argument_types_name_the_argument(tiny, call, match):
@@ -133,7 +133,7 @@ def test_labels_out_of_range_name_num_classes(tiny):
         dmcpfx.retrain(copy.deepcopy(tiny), _batches([1, 9]), epochs=1, progress=False)
     space = dmcpfx.instrument(copy.deepcopy(tiny).train(), X)
     with pytest.raises(ConfigError, match=r"search: label 9 is out of range .*num_classes=4"):
-        dmcpfx.search(space, _batches([1, 9]), target_flops=0.7, epochs=1, device="cpu", calib_batches=0,
+        dmcpfx.search(space, _batches([1, 9]), target=0.7, epochs=1, device="cpu", calib_batches=0,
                       progress=False)
 
 

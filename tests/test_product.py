@@ -94,7 +94,7 @@ def test_derive_rejects_non_finite_alphas(one_thread):
     with torch.no_grad():
         space.gates()[gid].alpha[0] = float("nan")
     with pytest.raises(dmcpfx.NonFiniteError, match=f"gate '{gid}'"):
-        dmcpfx.derive(space, "expected", target_flops=0.5)
+        dmcpfx.derive(space, "expected", target=0.5)
 
 
 def test_comparisons_count_nan_as_a_mismatch():

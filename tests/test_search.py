@@ -120,7 +120,7 @@ def test_search_then_derive_meets_the_budget(tmp_path, capsys):
     target = 0.5 * space.full_flops
     e0 = expected_flops(space).item()
     result = search(
-        space, train, target_flops=0.5, epochs=6, val_loader=val, run_dir=tmp_path / "run",
+        space, train, target=0.5, epochs=6, val_loader=val, run_dir=tmp_path / "run",
         lr=0.2, min_lr=0.02, calib_batches=2, progress=False, log_interval=4,
     )
     # the arch phase moved the expected MACs towards the target (they start far below it)
@@ -140,7 +140,7 @@ def test_search_then_derive_meets_the_budget(tmp_path, capsys):
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ckpt["epoch"] == 6 and ckpt["step"] == 48
 
-    widths = derive(space, "expected", target_flops=0.5, path=tmp_path / "arch.yaml", plot_path=tmp_path / "w.png")
+    widths = derive(space, "expected", target=0.5, path=tmp_path / "arch.yaml", plot_path=tmp_path / "w.png")
     assert set(widths) == set(space.groups)
     f = exact_flops(space, widths)
     assert abs(f / target - 1.0) <= 0.02
@@ -164,7 +164,7 @@ def test_derive_direct_picks_an_in_band_sample(tmp_path):
     train, val = loaders(64, 128)
     space = make_space()
     target = 0.5 * space.full_flops
-    widths = derive(space, "direct", target_flops=0.5, samples=1)  # Markov widths: candidates
+    widths = derive(space, "direct", target=0.5, samples=1)  # Markov widths: candidates
     gates = space.gates()
 
     def one_step_down(gid):
@@ -183,40 +183,40 @@ def test_derive_direct_picks_an_in_band_sample(tmp_path):
             if gid == flip:
                 a[k - 1] = 0.0
             gate.alpha.copy_(a)
-    picked = derive(space, "direct", target_flops=0.5, tolerance=tol, samples=2, val_loader=val, seed=3,
+    picked = derive(space, "direct", target=0.5, tolerance=tol, samples=2, val_loader=val, seed=3,
                     calib_loader=train, calib_batches=1)
     assert picked in (widths, one_step_down(flip))
     assert abs(exact_flops(space, picked) / target - 1.0) <= tol
     # without a loader: the sample closest to the target
-    no_val = derive(space, "direct", target_flops=0.5, tolerance=tol, samples=2, seed=3)
+    no_val = derive(space, "direct", target=0.5, tolerance=tol, samples=2, seed=3)
     assert no_val == min((widths, one_step_down(flip)), key=lambda w: abs(exact_flops(space, w) - target))
 
 
 def test_derive_rejects_bad_mode_and_target():
     space = make_space()
     with pytest.raises(ConfigError, match="mode"):
-        derive(space, "greedy", target_flops=0.5)
+        derive(space, "greedy", target=0.5)
     with pytest.raises(ConfigError, match="above the full model"):
-        derive(space, target_flops=2 * space.full_flops)
+        derive(space, target=2 * space.full_flops)
 
 
 def test_search_with_a_params_budget():
     train, _ = loaders(128, 64, batch_size=32)
     space = make_space()
     p0 = expected_params(space).item()
-    res = search(space, train, target_flops=0.6, budget_metric="params", epochs=1, warmup_epochs=0, lr=0.1,
+    res = search(space, train, target=0.6, budget_metric="params", epochs=1, warmup_epochs=0, lr=0.1,
                  progress=False)
     assert res.budget_metric == "params" and res.full == space.params()
     assert res.target == pytest.approx(0.6 * space.params())
     assert p0 < res.expected < res.target  # pushed up towards the band
-    widths = derive(space, target_flops=0.6, budget_metric="params", tolerance=0.03)
+    widths = derive(space, target=0.6, budget_metric="params", tolerance=0.03)
     assert abs(space.params(widths) / res.target - 1.0) <= 0.03
 
 
 def test_search_rejects_unreachable_target():
     train, _ = loaders(64, 64)
     with pytest.raises(ConfigError, match="below the smallest sub-net"):
-        search(make_space(), train, target_flops=0.001, epochs=1, progress=False)
+        search(make_space(), train, target=0.001, epochs=1, progress=False)
 
 
 # --- resume ------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def _kill_after_second_epoch(record: dict) -> None:
 def test_resume_matches_uninterrupted_run(tmp_path):
     """Killed after the first architecture epoch: momentum, schedulers and RNGs must survive."""
     train, val = loaders(128, 64, batch_size=32)
-    kw = dict(target_flops=0.5, epochs=3, warmup_epochs=1, val_loader=val, lr=0.2, calib_batches=1,
+    kw = dict(target=0.5, epochs=3, warmup_epochs=1, val_loader=val, lr=0.2, calib_batches=1,
               progress=False, log_interval=2)
 
     full = make_space()
@@ -244,7 +244,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     with pytest.raises(ConfigError, match="resume=True"):  # never overwrite silently
         search(make_space(), train, run_dir=tmp_path / "b", **kw)
     with pytest.raises(ConfigError, match="target"):
-        search(make_space(), train, run_dir=tmp_path / "b", resume=True, **{**kw, "target_flops": 0.6})
+        search(make_space(), train, run_dir=tmp_path / "b", resume=True, **{**kw, "target": 0.6})
 
     torch.manual_seed(1234)  # a fresh process: other global RNG state, fresh space
     random.seed(99)
@@ -319,9 +319,9 @@ def test_metrics_writer_appends_json_lines(tmp_path):
 def test_search_on_all_digits_keeps_accuracy(tmp_path, capsys):
     train, val = loaders(1497, 300, batch_size=64)
     space = make_space(width=16)
-    search(space, train, target_flops=0.5, epochs=12, val_loader=val, run_dir=tmp_path, lr=0.2, min_lr=0.01,
+    search(space, train, target=0.5, epochs=12, val_loader=val, run_dir=tmp_path, lr=0.2, min_lr=0.01,
            progress=False)
-    widths = derive(space, "expected", target_flops=0.5)
+    widths = derive(space, "expected", target=0.5)
     f = exact_flops(space, widths)
     assert abs(f / (0.5 * space.full_flops) - 1.0) <= 0.02
     acc = evaluate(space, val, widths=widths, calib_loader=train, calib_batches=10)

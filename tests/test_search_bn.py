@@ -97,7 +97,7 @@ def test_weight_step_bn_stats_follow_the_max_net(bn_stats):
 def test_search_leaves_max_width_usable_with_its_own_bn_statistics(tmp_path):
     train, val = loaders(384, 256, batch_size=64)
     space = make_space()
-    dmcpfx.search(space, train, target_flops=0.5, epochs=4, lr=0.2, min_lr=0.01, device="cpu", progress=False)
+    dmcpfx.search(space, train, target=0.5, epochs=4, lr=0.2, min_lr=0.01, device="cpu", progress=False)
     own = evaluate(space, val, calib_batches=0)["top1"]
     fresh = evaluate(space, val, calib_loader=train, calib_batches=5)["top1"]
     assert fresh > 0.5
@@ -130,10 +130,10 @@ def test_search_rejects_unknown_schedule_and_resume_needs_the_same_schedule(tmp_
     train, _ = loaders(64, 64, batch_size=32)
     space = make_space()
     with pytest.raises(ConfigError, match="markov_schedule"):
-        dmcpfx.search(space, train, target_flops=0.5, epochs=2, markov_schedule="cubic", progress=False)
-    dmcpfx.search(space, train, target_flops=0.5, epochs=1, run_dir=tmp_path, progress=False)
+        dmcpfx.search(space, train, target=0.5, epochs=2, markov_schedule="cubic", progress=False)
+    dmcpfx.search(space, train, target=0.5, epochs=1, run_dir=tmp_path, progress=False)
     with pytest.raises(ConfigError, match="markov_schedule"):
-        dmcpfx.search(make_space(), train, target_flops=0.5, epochs=1, run_dir=tmp_path, resume=True,
+        dmcpfx.search(make_space(), train, target=0.5, epochs=1, run_dir=tmp_path, resume=True,
                       markov_schedule="linear", progress=False)
 
 
@@ -159,10 +159,10 @@ def test_expected_derive_rounds_like_the_official_code():
     rounded = round_expected(space, e)
     assert all(rounded[g] == round(e[g]) for g in e)  # divisor 1: round(E[c])
     target = exact_flops(space, rounded)
-    widths = derive(space, "expected", target_flops=target)
+    widths = derive(space, "expected", target=target)
     assert widths == rounded  # already in the band: no change
     # a target 3% lower: the smallest change that meets the +-1% band, every width >= its min
-    widths = derive(space, "expected", target_flops=0.97 * target)
+    widths = derive(space, "expected", target=0.97 * target)
     f = exact_flops(space, widths)
     assert 0.97 * target * 0.99 <= f <= 0.97 * target * 1.01
     moved = {g: rounded[g] - widths[g] for g in e}
@@ -173,7 +173,7 @@ def test_expected_derive_rounds_like_the_official_code():
 def test_expected_derive_respects_the_divisor():
     torch.manual_seed(0)
     space = dmcpfx.instrument(TinyResNet(16).eval(), (torch.randn(1, 3, 32, 32),), divisor=4)
-    widths = derive(space, "expected", target_flops=0.4)
+    widths = derive(space, "expected", target=0.4)
     for gid, w in widths.items():
         info = space.groups[gid]
         assert w % info.divisor == 0 or w == info.width
@@ -224,7 +224,7 @@ def test_pipeline_direct_derive_ranks_on_held_out_training_images(tmp_path, monk
     seen = {}
     real = derive_mod.derive
 
-    def spy(space, mode="expected", **kw):
+    def spy(space, mode=None, **kw):
         seen.update(kw)
         return real(space, mode, **kw)
 
@@ -234,5 +234,5 @@ def test_pipeline_direct_derive_ranks_on_held_out_training_images(tmp_path, monk
     held_idx = set(held.dataset.indices)
     train_idx = set(calib.dataset.indices)
     assert len(held_idx) == 32 and not held_idx & train_idx and len(held_idx | train_idx) == 160
-    assert seen["calib_batches"] == 5
+    assert seen["options"].calib_batches == 5 and seen["options"].mode == "direct"
     assert (tmp_path / "direct" / "arch.yaml").is_file()

@@ -53,7 +53,7 @@ WORKER = textwrap.dedent(
     torch.manual_seed(0)
     space = dmcpfx.instrument(Net().eval(), (torch.randn(1, 3, 8, 8),))
     # rank-dependent run_dir so the test can see which rank wrote files
-    result = search(space, loader, target_flops=0.5, epochs=2, run_dir=os.path.join(out_dir, f"run{rank}"),
+    result = search(space, loader, target=0.5, epochs=2, run_dir=os.path.join(out_dir, f"run{rank}"),
                     val_loader=val, calib_batches=1, lr=0.1, progress=False, log_interval=2, device="cpu")
     torch.save({
         "alphas": [a.detach().clone() for a in space.arch_parameters()],

@@ -25,18 +25,19 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Iterable, Literal
 
 import torch
 from torch import nn
 
 from dmcpfx.accuracy import evaluate, sum_over_ranks
-from dmcpfx.amp import AMP_CHOICES, amp_dtype, autocast_for
+from dmcpfx.amp import amp_dtype, autocast_for
 from dmcpfx.errors import ConfigError
 from dmcpfx.fileio import write_text_atomic
 from dmcpfx.finite import FirstBadStep, check_parameters, check_val_loss
 from dmcpfx.labels import checked_loss
 from dmcpfx.progress import bars_enabled
+from dmcpfx.product.retrain_options import RetrainOptions
 from dmcpfx.product.retrain_state import CHECKPOINT_FORMAT, CHECKPOINT_NAME, METRICS_NAME, all_rng_states, load_resume_state
 from dmcpfx.training import (
     MetricsWriter,
@@ -114,19 +115,6 @@ def _lr_hint(optimizer: torch.optim.Optimizer) -> str:
 # --------------------------------------------------------------------------- retrain
 
 
-def _check_args(epochs: int, warmup_epochs: int, momentum: float, nesterov: bool, amp: str | None, init) -> None:
-    if epochs < 1:
-        raise ConfigError(f"retrain: epochs must be >= 1, got {epochs}")
-    if not 0 <= warmup_epochs < epochs:
-        raise ConfigError(f"retrain: warmup_epochs must be in [0, epochs={epochs}), got {warmup_epochs}")
-    if nesterov and momentum <= 0:
-        raise ConfigError(f"retrain: nesterov=True needs momentum > 0, got momentum={momentum}")
-    if amp not in AMP_CHOICES:  # the search's spellings: bf16/bfloat16, fp16/float16 or None
-        raise ConfigError(f"retrain: amp must be None, 'bf16' or 'fp16', got {amp!r}")
-    if init not in ("scratch", "inherit") and not callable(init):
-        raise ConfigError(f"retrain: init must be 'scratch', 'inherit' or a callable, got {init!r}")
-
-
 def _print_epoch(record: dict[str, Any], epochs: int) -> None:
     from tqdm import tqdm
 
@@ -191,22 +179,14 @@ class _EpochLoop:
 def retrain(
     model: nn.Module,
     train_loader: Iterable,
+    options: RetrainOptions | None = None,
     *,
-    epochs: int,
     val_loader: Iterable | None = None,
-    lr: float = 0.1,
-    momentum: float = 0.9,
-    nesterov: bool = True,
-    weight_decay: float = 5e-4,
-    warmup_epochs: int = 0,
-    label_smoothing: float = 0.1,
-    amp: Literal["bf16", "bfloat16", "fp16", "float16"] | None = None,
     device: torch.device | str | None = None,
     run_dir: str | Path | None = None,
     resume: bool = False,
-    seed: int = 0,
-    init: InitMode | Callable[[nn.Module], None] = "scratch",
     progress: bool = True,
+    **option_values: Any,
 ) -> RetrainResult:
     """Train ``model`` (in place) for ``epochs`` epochs and evaluate it after each.
 
@@ -214,152 +194,152 @@ def retrain(
         model: the compact model; moved to ``device`` and left there, trained.
         train_loader: yields ``(images (N, C, H, W) float, labels (N,) int64)``; must
             have a ``len`` (steps per epoch, for the schedule).
-        epochs: total epochs (a resumed run counts the epochs already done).
+        options: a :class:`~dmcpfx.product.retrain_options.RetrainOptions` (the config's
+            ``retrain:`` section, where each option is described; default: its defaults),
+            updated by ``option_values``: any of its fields by name (``epochs``, ``lr``,
+            ``init``, ...). ``epochs`` counts the epochs of a resumed run too; rank r seeds
+            with ``seed + r`` after the initialization.
         val_loader: evaluated after every epoch (same batch format), optional.
-        lr: peak learning rate (reached at the end of warm-up; cosine to 0 after).
-        momentum, nesterov: SGD momentum settings.
-        weight_decay: L2 on weights with ``ndim >= 2`` only.
-        warmup_epochs: linear warm-up length, in epochs (stepped per iteration).
-        label_smoothing: for the training loss (validation loss is plain CE).
-        amp: ``"bf16"`` / ``"fp16"`` autocast (fp16 with a gradient scaler; on CPU use
-            bf16, CPU fp16 kernels are very slow), or ``None`` for float32.
         device: default: the distributed context's device (CUDA if available).
         run_dir: where the checkpoint and metrics go; nothing is written without it.
         resume: continue from ``run_dir/retrain_checkpoint.pt`` if it exists (the
-            hyper-parameters must match); starts fresh when there is none.
-        seed: seeds initialization, shuffling and augmentation (rank r uses seed + r
-            after initialization).
-        init: ``"scratch"`` re-initializes every parameter (:func:`reinitialize`,
-            the paper's choice), ``"inherit"`` keeps the given weights, a callable
-            ``init(model)`` applies a custom initialization.
+            options must match); starts fresh when there is none.
         progress: show a tqdm bar per epoch (rank 0 only).
 
     Returns:
         :class:`RetrainResult` with the final and best validation metrics and history.
 
     Raises:
-        ConfigError: invalid hyper-parameters, an empty train loader, or a resume
-            checkpoint whose hyper-parameters differ from this call's.
+        ConfigError: invalid options, an empty train loader, or a resume checkpoint whose
+            options differ from this call's.
     """
     from dmcpfx.api_checks import check_module
 
     check_module(model, "retrain")
-    _check_args(epochs, warmup_epochs, momentum, nesterov, amp, init)
+    o = RetrainOptions.build(options, option_values, "retrain")
     ctx = distributed_context()
     device = torch.device(device) if device is not None else torch.device(ctx.device)
-    try:
-        steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
-    except TypeError as exc:
-        raise ConfigError("retrain: train_loader must have a length (steps per epoch)") from exc
-    if steps_per_epoch == 0:
-        raise ConfigError("retrain: train_loader is empty")
-
+    steps_per_epoch = _steps_per_epoch(train_loader)
     if resume and run_dir is None:
         raise ConfigError("retrain: resume=True needs run_dir (where the checkpoint lives)")
     run_path = Path(run_dir) if run_dir is not None else None
     ckpt_path = run_path / CHECKPOINT_NAME if run_path is not None else None
     metrics_path = run_path / METRICS_NAME if run_path is not None else None
-    config = {
-        "epochs": epochs, "lr": lr, "momentum": momentum, "nesterov": nesterov,
-        "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
-        "label_smoothing": label_smoothing, "amp": amp, "seed": seed,
-        "init": init if isinstance(init, str) else getattr(init, "__name__", "callable"),
-        "steps_per_epoch": steps_per_epoch, "world_size": ctx.world_size,
-    }
+    config = {**o.record(), "steps_per_epoch": steps_per_epoch, "world_size": ctx.world_size}
     resume_state = None
     if resume and ckpt_path is not None and ckpt_path.exists():
         resume_state = load_resume_state(ckpt_path, config)
 
-    # --- model and initialization (identical on every rank: same seed)
-    seed_everything(seed)
-    if resume_state is None:
-        if init == "scratch":
-            skipped = reinitialize(model)
-            if skipped:
-                warnings.warn(f"retrain(init='scratch'): kept the current values of parameters owned by "
-                              f"{skipped} (no reset_parameters())", stacklevel=2)
-        elif callable(init):
-            init(model)
-    else:
-        try:
-            model.load_state_dict(resume_state["model"])
-        except RuntimeError as exc:
-            raise ConfigError(f"{ckpt_path}: the checkpoint does not fit this model ({exc})") from exc
+    _initialize(model, o, resume_state, ckpt_path)  # identical on every rank: same seed
     model.to(device)
     train_model = ddp_wrap(model, ctx)
-    seed_everything(seed + ctx.rank)
+    seed_everything(o.seed + ctx.rank)
+    optimizer, scheduler, scaler, start_epoch, history = _optimizer_state(model, o, device, steps_per_epoch,
+                                                                         resume_state, ctx.rank)
+    criterion = nn.CrossEntropyLoss(label_smoothing=o.label_smoothing)
+    writer = _metrics_writer(metrics_path, history) if ctx.is_main else None
 
-    # --- optimizer, schedule, scaler
-    optimizer = torch.optim.SGD(
-        param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov
-    )
-    total_steps = epochs * steps_per_epoch
-    scheduler = cosine_schedule(optimizer, total_steps, warmup_steps=warmup_epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(amp) == torch.float16)
-    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-
-    start_epoch, history = 0, []
-    if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        scaler.load_state_dict(resume_state["scaler"])
-        restore_rng_state(resume_state["rng"][ctx.rank])  # world_size is checked in config
-        start_epoch, history = resume_state["epoch"], list(resume_state["history"])
-
-    writer = None
-    if ctx.is_main and metrics_path is not None:
-        # The metrics file mirrors the history being continued (drops epochs that a
-        # crashed run logged after its last checkpoint).
-        write_text_atomic(metrics_path, "")
-        writer = MetricsWriter(metrics_path)
-        for record in history:
-            writer.write(record)
-
-    step = start_epoch * steps_per_epoch
     show = bars_enabled(progress) and ctx.is_main  # no \r bars in a log file; epoch lines still print
-    loop = _EpochLoop(train_model, optimizer, scheduler, scaler, criterion, amp, device)
-    for epoch in range(start_epoch, epochs):
+    loop = _EpochLoop(train_model, optimizer, scheduler, scaler, criterion, o.amp, device)
+    for epoch in range(start_epoch, o.epochs):
         sampler = getattr(train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         started = time.perf_counter()
-        train_loss, train_top1 = loop.run(train_loader, steps_per_epoch, f"retrain epoch {epoch + 1}/{epochs}", show)
-        step += steps_per_epoch
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": step,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": train_loss,
-            "train_top1": train_top1,
-            "val_top1": None, "val_top5": None, "val_loss": None,
-        }
-        if val_loader is not None:
-            metrics = evaluate(model, val_loader, device, amp=amp)
-            record.update(val_top1=metrics["top1"], val_top5=metrics["top5"], val_loss=metrics["loss"])
-            check_val_loss(metrics["loss"], f"retrain epoch {epoch + 1}/{epochs}", _lr_hint(optimizer))
+        train_loss, train_top1 = loop.run(train_loader, steps_per_epoch, f"retrain epoch {epoch + 1}/{o.epochs}", show)
+        record = _epoch_record(model, val_loader, device, o, epoch, (epoch + 1) * steps_per_epoch, optimizer,
+                               train_loss, train_top1)
         record["epoch_time_s"] = time.perf_counter() - started
         history.append(record)
-
         rng_states = all_rng_states()  # collective: every rank takes part
         if ctx.is_main:
-            if writer is not None:
-                writer.write(record)
-            if ckpt_path is not None:
-                save_checkpoint(ckpt_path, {
-                    "format": CHECKPOINT_FORMAT,
-                    "epoch": epoch + 1,
-                    "config": config,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": rng_states,
-                    "history": history,
-                })
+            _save_epoch(writer, ckpt_path, record, {
+                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "config": config, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rng_states, "history": history,
+            })
             if progress:
-                _print_epoch(record, epochs)
+                _print_epoch(record, o.epochs)
+    return _result(history, o.epochs, ckpt_path)
 
-    return _result(history, epochs, ckpt_path)
+
+def _steps_per_epoch(train_loader: Iterable) -> int:
+    try:
+        steps = len(train_loader)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise ConfigError("retrain: train_loader must have a length (steps per epoch)") from exc
+    if steps == 0:
+        raise ConfigError("retrain: train_loader is empty")
+    return steps
+
+
+def _initialize(model: nn.Module, o: RetrainOptions, resume_state: dict | None, ckpt_path: Path | None) -> None:
+    """``init`` applied after seeding (scratch, inherit or a callable), or the checkpoint's weights."""
+    seed_everything(o.seed)
+    if resume_state is not None:
+        try:
+            model.load_state_dict(resume_state["model"])
+        except RuntimeError as exc:
+            raise ConfigError(f"{ckpt_path}: the checkpoint does not fit this model ({exc})") from exc
+    elif o.init == "scratch":
+        skipped = reinitialize(model)
+        if skipped:
+            warnings.warn(f"retrain(init='scratch'): kept the current values of parameters owned by "
+                          f"{skipped} (no reset_parameters())", stacklevel=3)
+    elif callable(o.init):
+        o.init(model)
+
+
+def _optimizer_state(model: nn.Module, o: RetrainOptions, device: torch.device, steps_per_epoch: int,
+                     resume_state: dict | None, rank: int) -> tuple:
+    """``(optimizer, scheduler, scaler, start epoch, history)``, restored from ``resume_state``."""
+    optimizer = torch.optim.SGD(param_groups(model, o.weight_decay), lr=o.lr, momentum=o.momentum,
+                                nesterov=o.nesterov)
+    scheduler = cosine_schedule(optimizer, o.epochs * steps_per_epoch, warmup_steps=o.warmup_epochs * steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(o.amp) == torch.float16)
+    if resume_state is None:
+        return optimizer, scheduler, scaler, 0, []
+    optimizer.load_state_dict(resume_state["optimizer"])
+    scheduler.load_state_dict(resume_state["scheduler"])
+    scaler.load_state_dict(resume_state["scaler"])
+    restore_rng_state(resume_state["rng"][rank])  # world_size is checked in config
+    return optimizer, scheduler, scaler, resume_state["epoch"], list(resume_state["history"])
+
+
+def _save_epoch(writer: MetricsWriter | None, ckpt_path: Path | None, record: dict[str, Any],
+                checkpoint: dict[str, Any]) -> None:
+    """Rank 0: the epoch's metrics record, then the checkpoint (atomic)."""
+    if writer is not None:
+        writer.write(record)
+    if ckpt_path is not None:
+        save_checkpoint(ckpt_path, checkpoint)
+
+
+def _metrics_writer(metrics_path: Path | None, history: list[dict[str, Any]]) -> MetricsWriter | None:
+    """The metrics file mirrors the history being continued (drops epochs that a crashed run
+    logged after its last checkpoint)."""
+    if metrics_path is None:
+        return None
+    write_text_atomic(metrics_path, "")
+    writer = MetricsWriter(metrics_path)
+    for record in history:
+        writer.write(record)
+    return writer
+
+
+def _epoch_record(model: nn.Module, val_loader: Iterable | None, device: torch.device, o: RetrainOptions,
+                  epoch: int, step: int, optimizer: torch.optim.Optimizer, train_loss: float,
+                  train_top1: float) -> dict[str, Any]:
+    """The metrics record of ``epoch`` (0-based); stops on a non-finite validation loss."""
+    record: dict[str, Any] = {
+        "epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+        "train_top1": train_top1, "val_top1": None, "val_top5": None, "val_loss": None,
+    }
+    if val_loader is not None:
+        metrics = evaluate(model, val_loader, device, amp=o.amp)
+        record.update(val_top1=metrics["top1"], val_top5=metrics["top5"], val_loss=metrics["loss"])
+        check_val_loss(metrics["loss"], f"retrain epoch {epoch + 1}/{o.epochs}", _lr_hint(optimizer))
+    return record
 
 
 def _result(history: list[dict[str, Any]], epochs: int, ckpt_path: Path | None) -> RetrainResult:

@@ -36,6 +36,7 @@ from ..plots import plot_widths
 from .space import check_space
 from .budget import exact_flops, exact_params, expected_flops, expected_params, expected_width_values, parse_target
 from .evaluation import evaluate
+from .options import DeriveOptions
 
 __all__ = ["derive", "fit_widths", "valid_widths"]
 
@@ -187,21 +188,15 @@ def valid_widths(space: Any) -> dict[str, list[int]]:
 
 def derive(
     space: Any,
-    mode: str = "expected",
+    mode: str | None = None,
+    options: DeriveOptions | None = None,
     *,
-    target_flops: int | float | str,
-    tolerance: float = 0.01,
-    samples: int = 5,
-    max_draws: int = 20000,
     val_loader: Iterable | None = None,
-    val_batches: int | None = None,
     calib_loader: Iterable | None = None,
-    calib_batches: int = 5,
-    budget_metric: str = "flops",
-    seed: int = 0,
     path: str | os.PathLike | None = None,
     plot_path: str | os.PathLike | None = None,
     model_name: str | None = None,
+    **option_values: Any,
 ) -> dict[str, int]:
     """Concrete widths ``{group id: channels}`` for every prunable group of ``space``.
 
@@ -209,51 +204,50 @@ def derive(
         space: a searched SearchSpace.
         mode: ``"expected"`` (``E[c]`` rounded to the divisor + the smallest change that
             meets the band; official) or ``"direct"`` (Markov samples within tolerance,
-            best on held-out training data).
-        target_flops: the budget, absolute or a ratio (:func:`dmcpfx.search.budget.parse_target`);
-            MACs of one forward on the example input (a parameter count when
-            ``budget_metric="params"``).
-        tolerance: relative band around the target; the result never exceeds
-            ``target * (1 + tolerance)``. Official: 0.01.
-        samples: ``direct`` only -- distinct in-band samples to collect (official: 5).
-        max_draws: ``direct`` only -- give up drawing after that many samples; then the
-            sample closest to the target is adjusted greedily (with a warning).
-        val_loader, val_batches: ``direct`` only -- rank the in-band samples by mean loss
-            on (the first ``val_batches`` batches of) this loader: a held-out part of the
-            TRAINING data (:func:`dmcpfx.search.holdout.split_holdout`), never the reported split.
-        calib_loader, calib_batches: ``direct`` only -- re-estimate BatchNorm statistics for
-            each sample on ``calib_batches`` (default 5, official) training batches before
-            ranking it (the supernet's statistics are restored afterwards); with a
-            ``val_loader`` and ``calib_batches > 0`` a ``calib_loader`` is required.
-        seed: seed of the sampling generator.
+            best on held-out training data); None: the options' (default expected).
+        options: a :class:`~dmcpfx.search.options.DeriveOptions` (the config's ``derive:``
+            section), updated by ``option_values``: ``target`` (required: the search's
+            budget, absolute or a ratio, :func:`dmcpfx.search.budget.parse_target`; MACs of one
+            forward on the example input, a parameter count when ``budget_metric="params"``;
+            ``target_flops=`` still works with a DeprecationWarning), ``tolerance`` (relative
+            band; the result never exceeds ``target * (1 + tolerance)``; official 0.01),
+            ``samples``/``max_draws`` (direct: distinct in-band samples to collect, draws
+            before the closest sample is adjusted greedily with a warning), ``val_batches``,
+            ``calib_batches`` (direct: BatchNorm re-estimation batches per sample, official 5),
+            ``seed`` (the sampling generator), ``budget_metric``.
+        val_loader: ``direct`` only -- rank the in-band samples by mean loss on this loader:
+            a held-out part of the TRAINING data (:func:`dmcpfx.search.holdout.split_holdout`),
+            never the reported split.
+        calib_loader: ``direct`` only -- training batches for the BatchNorm re-estimation;
+            with a ``val_loader`` and ``calib_batches > 0`` it is required.
         path: write the arch YAML there (``dmcpfx.arch.save_arch``, exact full/pruned/target).
         plot_path: write a PNG bar chart of kept vs full width per group.
         model_name: passed to ``save_arch`` as ``model`` (e.g. ``"torchvision.models.resnet50"``).
     """
     check_space(space, "derive")
-    if budget_metric not in ("flops", "params"):
-        raise ConfigError(f"budget_metric must be 'flops' or 'params', got {budget_metric!r}")
-    if not 0.0 < tolerance < 1.0:
-        raise ConfigError(f"tolerance must be in (0, 1), got {tolerance}")
+    if mode is not None:
+        option_values = {**option_values, "mode": mode}
+    o = DeriveOptions.build(options, option_values, "derive").resolved()
+    if o.target is None:
+        raise ConfigError("derive(): target is required (the search's budget: a ratio like 0.5 or absolute MACs)")
     check_alphas(space)  # non-finite alphas: a diverged search, no arch
-    count = exact_flops if budget_metric == "flops" else exact_params
-    full = int(space.full_flops) if budget_metric == "flops" else int(space.params())
-    target = parse_target(target_flops, full, unit="MACs" if budget_metric == "flops" else "params")
+    metric = o.budget_metric
+    count = exact_flops if metric == "flops" else exact_params
+    full = int(space.full_flops) if metric == "flops" else int(space.params())
+    target = parse_target(o.target, full, unit="MACs" if metric == "flops" else "params")
     preferred = expected_width_values(space)
-    adjuster = _Adjuster(space, count, target, tolerance, preferred)
+    adjuster = _Adjuster(space, count, target, o.tolerance, preferred)
 
-    if mode == "expected":
-        widths, derived = _SmallestChange(space, count, target, tolerance).run(round_expected(space, preferred))
-        _warn_far_from_expected(space, derived, target, budget_metric)
-    elif mode == "direct":
-        widths = _direct(space, count, adjuster, samples=samples, max_draws=max_draws, seed=seed,
-                         val_loader=val_loader, val_batches=val_batches, calib_loader=calib_loader,
-                         calib_batches=calib_batches)
+    if o.mode == "expected":
+        widths, derived = _SmallestChange(space, count, target, o.tolerance).run(round_expected(space, preferred))
+        _warn_far_from_expected(space, derived, target, metric)
     else:
-        raise ConfigError(f"derive mode must be 'expected' or 'direct', got {mode!r}")
+        widths = _direct(space, count, adjuster, samples=o.samples, max_draws=o.max_draws, seed=o.seed,
+                         val_loader=val_loader, val_batches=o.val_batches, calib_loader=calib_loader,
+                         calib_batches=o.calib_batches)
 
     if path is not None:
-        save_arch(path, widths, space, model=model_name, target_flops=target if budget_metric == "flops" else None)
+        save_arch(path, widths, space, model=model_name, target_flops=target if metric == "flops" else None)
     if plot_path is not None:
         plot_widths(space, widths, plot_path)
     return widths

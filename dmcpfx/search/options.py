@@ -1,0 +1,171 @@
+"""The options of the search and derive stages: :class:`SearchOptions` and :class:`DeriveOptions`.
+
+Each dataclass is the config section (``search:`` / ``derive:``), the keyword options of
+:func:`dmcpfx.search` / :func:`dmcpfx.derive`, and (search) what its checkpoint stores for a
+resume. The defaults below are the only ones: the digits demo's, with the official DMCP
+recipe's values in ``examples/imagenet_*.yaml`` (official ResNet-50: ``lr`` 0.5 -> 0.08).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Union
+
+from ..amp import AMP_CHOICES
+from ..options import MAX_EPOCHS, Options, boolean, fail, float_in, int_in, one_of
+from .alpha_init import ALPHA_INITS
+from .bn import BN_STATS
+from .schedule import MARKOV_SCHEDULES
+
+__all__ = ["SearchOptions", "DeriveOptions", "BUDGET_METRICS", "RESUME_FREE"]
+
+BUDGET_METRICS = ("flops", "params")  # "flops" counts MACs (one multiply-add per MAC)
+#: search options that may change when a run is resumed (they change no result)
+RESUME_FREE = ("log_interval",)
+
+
+def _target(key: str, value: Any) -> None:
+    """A ratio/absolute number > 0 or a string like ``"50%"``, ``"2G"`` (parsed against the model later)."""
+    if isinstance(value, str) and value.strip():
+        return
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return
+    fail(key, "a positive number (ratio or count) or a string like '50%' or '2G'", value)
+
+
+@dataclass
+class SearchOptions(Options):
+    """DMCP search (DESIGN.md section 5).
+
+    ``target``: the budget, a ratio of the full model (``0.5``, ``"50%"``) or absolute
+    (``"2G"``, ``3e8``) MACs per image (a parameter count when ``budget_metric: params``).
+    ``epochs``: total; the first ``warmup_epochs`` (null: half) train the weights only.
+    ``divisor``/``min_ratio``/``step``: the gates' candidate widths (read by ``instrument``).
+    Weights: SGD nesterov ``lr`` cosine to ``min_lr`` per step, ``lr_warmup_steps`` from
+    ``lr_warmup_start``, ``momentum``, ``weight_decay`` (conv/linear weights only).
+    Alphas: SGD nesterov ``arch_lr`` cosine to ``arch_min_lr`` over the architecture phase,
+    ``arch_momentum``. Loss: ``CE + budget_weight * budget_loss(E, T, budget_band)``.
+    ``num_random``: random sub-nets per weight step besides max and min; distillation at
+    ``distill_temperature``; ``label_smoothing`` of the max net's CE. ``calib_batches``:
+    training batches for every BatchNorm re-estimation. ``markov_schedule``: official
+    (``1 - markov_decay^step``) | linear (to ``markov_prob_final``). ``alpha_init``: budget
+    (the uniform network at 99% of the target; this project's default) | zero (official).
+    ``bn_stats``: max | all (which weight-step forwards update the BN statistics).
+    ``slimmable``: run the min/random sub-nets with sliced weights where possible.
+    ``amp``: null | bf16 | fp16. ``seed``: everything random. ``log_interval``: steps per
+    ``step`` record of metrics.jsonl.
+    """
+
+    target: Union[str, float, int] = "50%"
+    epochs: int = 8
+    warmup_epochs: Union[int, None] = None
+    divisor: int = 1
+    min_ratio: float = 0.1
+    step: float = 0.1
+    lr: float = 0.2
+    min_lr: float = 0.01
+    lr_warmup_steps: int = 0
+    lr_warmup_start: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    arch_lr: float = 0.5
+    arch_min_lr: float = 0.1
+    arch_momentum: float = 0.9
+    budget_weight: float = 0.1
+    budget_band: float = 0.95
+    budget_metric: str = "flops"
+    num_random: int = 2
+    distill_temperature: float = 1.0
+    label_smoothing: float = 0.0
+    calib_batches: int = 5
+    markov_schedule: str = "official"
+    markov_decay: float = 0.9999
+    markov_prob_final: float = 1.0
+    alpha_init: str = "budget"
+    bn_stats: str = "max"
+    slimmable: bool = True
+    amp: Union[str, None] = None
+    channels_last: bool = False
+    seed: int = 0
+    log_interval: int = 50
+
+    section = "search"
+    aliases = {"target_flops": "target"}
+
+    def rules(self) -> list:
+        epochs = self.epochs if isinstance(self.epochs, int) else MAX_EPOCHS
+        lr = self.lr if isinstance(self.lr, (int, float)) else math.inf
+        return [
+            ("target", _target), ("epochs", int_in(1, MAX_EPOCHS)),
+            ("warmup_epochs", int_in(0, epochs, optional=True)),
+            ("divisor", int_in(1)), ("min_ratio", float_in(0.0, 1.0, low_open=True)),
+            ("step", float_in(0.0, 1.0, low_open=True)),
+            ("lr", float_in(0.0, low_open=True)), ("min_lr", float_in(0.0)),
+            ("lr_warmup_steps", int_in(0)), ("lr_warmup_start", float_in(0.0, lr)),
+            ("momentum", float_in(0.0, 1.0, high_open=True)), ("weight_decay", float_in(0.0)),
+            ("arch_lr", float_in(0.0, low_open=True)), ("arch_min_lr", float_in(0.0)),
+            ("arch_momentum", float_in(0.0, 1.0, high_open=True)),
+            ("budget_weight", float_in(0.0)), ("budget_band", float_in(0.0, 1.0, low_open=True)),
+            ("budget_metric", one_of(BUDGET_METRICS)), ("num_random", int_in(0)),
+            ("distill_temperature", float_in(0.0, low_open=True)),
+            ("label_smoothing", float_in(0.0, 1.0, high_open=True)), ("calib_batches", int_in(0)),
+            ("markov_schedule", one_of(MARKOV_SCHEDULES)), ("markov_decay", float_in(0.0, 1.0, low_open=True)),
+            ("markov_prob_final", float_in(0.0, 1.0)), ("alpha_init", one_of(ALPHA_INITS)),
+            ("bn_stats", one_of(BN_STATS)), ("slimmable", boolean), ("amp", one_of(AMP_CHOICES)),
+            ("channels_last", boolean), ("seed", int_in(0)), ("log_interval", int_in(1)),
+        ]
+
+    @property
+    def resolved_warmup_epochs(self) -> int:
+        """``warmup_epochs``, or half the epochs when it is null."""
+        return self.epochs // 2 if self.warmup_epochs is None else int(self.warmup_epochs)
+
+
+@dataclass
+class DeriveOptions(Options):
+    """Concrete widths from a searched space.
+
+    ``mode``: expected (``E[c]`` rounded + the smallest change that meets the band; official) |
+    direct (``samples`` in-band Markov samples ranked on ``holdout_images`` training images held
+    out of the search, never the reported split; at most ``max_draws`` draws; ``val_batches``:
+    batches of that held-out loader per sample, null: all). ``tolerance``: relative band around
+    the target. ``target``, ``seed``, ``calib_batches``, ``budget_metric``: null takes the
+    search's (``SearchOptions``) value.
+    """
+
+    mode: str = "expected"
+    tolerance: float = 0.01
+    samples: int = 5
+    holdout_images: int = 256
+    max_draws: int = 20000
+    val_batches: Union[int, None] = None
+    target: Union[str, float, int, None] = None
+    seed: Union[int, None] = None
+    calib_batches: Union[int, None] = None
+    budget_metric: Union[str, None] = None
+
+    section = "derive"
+    aliases = {"target_flops": "target"}
+
+    def rules(self) -> list:
+        return [
+            ("mode", one_of(("expected", "direct"))), ("tolerance", float_in(0.0, 1.0, low_open=True, high_open=True)),
+            ("samples", int_in(1)), ("holdout_images", int_in(0)), ("max_draws", int_in(1)),
+            ("val_batches", int_in(1, optional=True)),
+            ("target", lambda k, v: None if v is None else _target(k, v)),
+            ("seed", int_in(0, optional=True)), ("calib_batches", int_in(0, optional=True)),
+            ("budget_metric", one_of((None, *BUDGET_METRICS))),
+        ]
+
+    def resolved(self, search: SearchOptions | None = None) -> "DeriveOptions":
+        """A copy with every null taken from ``search`` (default: the search defaults; the
+        target only from a given ``search``: a derive without a target is an error, not 50%)."""
+        import dataclasses
+
+        s = search if search is not None else SearchOptions()
+        return dataclasses.replace(
+            self, target=s.target if self.target is None and search is not None else self.target,
+            seed=s.seed if self.seed is None else self.seed,
+            calib_batches=s.calib_batches if self.calib_batches is None else self.calib_batches,
+            budget_metric=s.budget_metric if self.budget_metric is None else self.budget_metric,
+        )

@@ -1,0 +1,281 @@
+"""The machinery of one search run (:func:`dmcpfx.search` reads as the list of its steps).
+
+:class:`SearchRun` owns the optimizers, schedules, the step and the files of one run:
+``start_or_resume`` (fresh start: seed, alphas at their ``alpha_init``, the ``slimmable`` and
+``start`` records; resume: every state from ``checkpoint.pt``), ``train_epoch`` (weight and
+architecture steps with ``step`` records), ``end_epoch`` (the ``epoch`` record, optional
+max-width evaluation, checkpoint) and ``finish`` (max-width BatchNorm re-estimation).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from ..amp import to_device
+from ..errors import ConfigError
+from ..finite import check_search_step
+from ..progress import is_terminal
+from ..training import (
+    DistContext, MetricsWriter, cosine_schedule, ddp_wrap, load_checked, param_groups, save_checkpoint,
+    seed_everything,
+)
+from .alpha_init import init_alphas
+from .bn import recalibrate_bn
+from .budget import expected_flops, expected_params, expected_width_values
+from .evaluation import evaluate
+from .options import RESUME_FREE, SearchOptions
+from .result import RunningMeans, SearchResult, human
+from .schedule import markov_prob
+from .state import CHECKPOINT_FORMAT, check_resumable, distributed_loader, gather_rng, load_state, loader_generators
+from .step import SearchStep
+
+__all__ = ["SearchRun"]
+
+
+def _broadcast_buffers(space: nn.Module) -> None:
+    import torch.distributed as dist
+
+    for buf in space.buffers():  # BN statistics drift apart in the (local) arch step
+        dist.broadcast(buf.data, src=0)
+
+
+class SearchRun:
+    """One search of ``space`` on ``train_loader`` with ``opts`` to the absolute ``target``
+    (``full``: the full model's count, both in the unit of ``opts.budget_metric``)."""
+
+    def __init__(self, space: nn.Module, train_loader: Iterable, opts: SearchOptions, ctx: DistContext,
+                 device: torch.device, target: float, full: int):
+        self.space, self.opts, self.ctx, self.device, self.target, self.full = space, opts, ctx, device, target, full
+        self.warmup_epochs = opts.resolved_warmup_epochs
+        self.loader = distributed_loader(train_loader, ctx, opts.seed)
+        try:
+            self.steps_per_epoch = len(self.loader)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ConfigError("train_loader must have a length (steps per epoch)") from exc
+        if self.steps_per_epoch < 1:
+            raise ConfigError("train_loader is empty")
+        self.total_steps = opts.epochs * self.steps_per_epoch
+        self.arch_start = self.warmup_epochs * self.steps_per_epoch
+        self.arch_steps = self.total_steps - self.arch_start
+        self._build(space, opts)
+        self.expected_fn = expected_flops if opts.budget_metric == "flops" else expected_params
+        self.start_epoch, self.step, self.history = 0, 0, []
+        self.ckpt_path = self.metrics_path = self.writer = None
+
+    def _build(self, space: nn.Module, o: SearchOptions) -> None:
+        """The space on its device, both optimizers and schedules, the sub-net generator, the step."""
+        space.to(self.device)
+        if o.channels_last:
+            space.to(memory_format=torch.channels_last)
+        self.was_training = space.training
+        space.train()
+        alphas = list(space.arch_parameters())
+        self.weight_opt = torch.optim.SGD(param_groups(space.weight_parameters(), o.weight_decay), lr=o.lr,
+                                          momentum=o.momentum, nesterov=True)
+        self.arch_opt = torch.optim.SGD(alphas, lr=o.arch_lr, momentum=o.arch_momentum, nesterov=True,
+                                        weight_decay=0.0)
+        self.scheds = {
+            "weight_scheduler": cosine_schedule(self.weight_opt, self.total_steps, warmup_steps=o.lr_warmup_steps,
+                                                final_lr_ratio=o.min_lr / o.lr,
+                                                warmup_start_ratio=o.lr_warmup_start / o.lr),
+            "arch_scheduler": cosine_schedule(self.arch_opt, max(1, self.arch_steps),
+                                              final_lr_ratio=o.arch_min_lr / o.arch_lr),
+        }
+        self.generator = torch.Generator().manual_seed(o.seed)
+        net = space
+        if self.ctx.distributed:  # alphas excluded from DDP: broadcast once here, all-reduced in arch_step
+            import torch.distributed as dist
+
+            for a in alphas:
+                dist.broadcast(a.data, src=0)
+            alpha_ids = {id(a) for a in alphas}
+            net = ddp_wrap(space, self.ctx, ignore=[n for n, p in space.named_parameters() if id(p) in alpha_ids])
+        self.stepper = SearchStep(
+            space, net=net, weight_optimizer=self.weight_opt, arch_optimizer=self.arch_opt, target=self.target,
+            device=self.device, budget_weight=o.budget_weight, budget_band=o.budget_band,
+            budget_metric=o.budget_metric, num_random=o.num_random, distill_temperature=o.distill_temperature,
+            label_smoothing=o.label_smoothing, amp=o.amp, generator=self.generator, world_size=self.ctx.world_size,
+            slimmable=o.slimmable, bn_stats=o.bn_stats,
+        )
+        self.stateful = {
+            "space": space, "weight_optimizer": self.weight_opt, "arch_optimizer": self.arch_opt, **self.scheds,
+            "weight_scaler": self.stepper.weight_scaler, "arch_scaler": self.stepper.arch_scaler,
+        }
+
+    def record(self) -> dict[str, Any]:
+        """What the checkpoint stores and a resume must match: the options (the target made
+        absolute, the warm-up resolved), the data's steps per epoch, the world size and
+        whether the sub-nets run sliced."""
+        options = {k: v for k, v in self.opts.to_dict().items() if k not in RESUME_FREE}
+        return {**options, "target": self.target, "warmup_epochs": self.warmup_epochs,
+                "steps_per_epoch": self.steps_per_epoch, "world_size": self.ctx.world_size,
+                "sliced": self.stepper.slimmable}
+
+    def expected(self) -> float:
+        with torch.no_grad():
+            return float(self.expected_fn(self.space))
+
+    # --- files and resume
+    def start_or_resume(self, run_dir: str | os.PathLike | None, resume: bool) -> None:
+        """Resume from ``run_dir/checkpoint.pt`` (``resume`` must be set), or start afresh."""
+        run_path = Path(run_dir) if run_dir is not None else None
+        self.run_path = run_path
+        self.ckpt_path = run_path / "checkpoint.pt" if run_path is not None else None
+        self.metrics_path = run_path / "metrics.jsonl" if run_path is not None else None
+        if self.metrics_path is not None and self.ctx.is_main:
+            self.writer = MetricsWriter(self.metrics_path)
+        if self.ckpt_path is not None and self.ckpt_path.exists():
+            if not resume:
+                raise ConfigError(f"{self.ckpt_path} already exists; pass resume=True to continue it or use "
+                                  f"another run_dir")
+            self._resume()
+        else:
+            if self.metrics_path is not None and self.metrics_path.exists() and not resume:
+                raise ConfigError(f"{self.metrics_path} already exists but no checkpoint does; pass resume=True "
+                                  f"to start that run over, or use another run_dir (nothing was changed)")
+            self._start()
+
+    def _resume(self) -> None:
+        loaded = load_checked(self.ckpt_path, "search checkpoint")
+        check_resumable(loaded, self.record(), self.ckpt_path)
+        load_state(loaded, self.stateful, self.generator, self.loader, self.ctx, self.opts.seed)
+        self.start_epoch, self.step = int(loaded["epoch"]), int(loaded["step"])
+        self.history = list(loaded["history"])
+        if self.writer is not None and self.writer.path.exists():
+            with open(self.writer.path, "r+b") as f:  # drop records written after the checkpoint
+                f.truncate(min(int(loaded["metrics_bytes"]), os.path.getsize(self.writer.path)))
+
+    def _start(self) -> None:
+        o = self.opts
+        seed_everything(o.seed + self.ctx.rank)
+        alpha = init_alphas(self.space, o.alpha_init, self.target, self.expected_fn)  # the same on every rank
+        if self.writer is None:
+            return
+        if self.writer.path.exists():
+            self.writer.path.unlink()
+        self.writer.write({"kind": "slimmable", "sliced": self.stepper.slimmable,
+                           "reason": self.stepper.slimmable_reason})
+        self.writer.write({"kind": "start", "step": 0, "alpha_init": o.alpha_init, "alpha": alpha,
+                           "expected": self.expected(), "target": self.target, "full": self.full,
+                           "metric": o.budget_metric, "expected_widths": expected_width_values(self.space)})
+
+    # --- one epoch
+    def phase(self, epoch: int) -> str:
+        return "warmup" if epoch < self.warmup_epochs else "arch"
+
+    def train_epoch(self, epoch: int, progress: bool) -> tuple[dict[str, float], float, int]:
+        """The iterations of ``epoch`` (0-based): ``(mean stats, seconds, images seen)``."""
+        from tqdm import tqdm  # not tqdm.auto: its asyncio variant iterates the loader once more per epoch
+
+        o, ctx = self.opts, self.ctx
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        epoch_meter, interval_meter = RunningMeans(), RunningMeans()
+        t0, images = time.perf_counter(), 0
+        bar = tqdm(self.loader, total=self.steps_per_epoch, desc=f"search {epoch + 1}/{o.epochs} [{self.phase(epoch)}]",
+                   disable=not (progress and ctx.is_main and is_terminal()), dynamic_ncols=True, leave=True)
+        for batch in bar:
+            if self.step >= self.total_steps:
+                break
+            stats, p, lr_now, arch_lr_now = self._iteration(batch, epoch)
+            epoch_meter.add(stats)
+            interval_meter.add(stats)
+            images += self.batch_images
+            if self.step % o.log_interval == 0 or self.step == self.total_steps:
+                means, interval_meter = interval_meter.means(), RunningMeans()
+                e_now = means.pop("expected") if "expected" in means else self.expected()
+                if self.writer is not None:
+                    self.writer.write({
+                        "kind": "step", "epoch": epoch + 1, "step": self.step, "phase": self.phase(epoch),
+                        "lr": lr_now, "arch_lr": arch_lr_now, "markov_prob": p, **means, "expected": e_now,
+                        "target": self.target,
+                    })
+                bar.set_postfix_str(f"loss={means.get('loss_max', float('nan')):.3f} E={human(e_now)}/"
+                                    f"T={human(self.target)} lr={lr_now:.3g}")
+        bar.close()
+        return epoch_meter.means(), time.perf_counter() - t0, images
+
+    def _iteration(self, batch: Any, epoch: int) -> tuple[dict, float, float, float | None]:
+        """One weight step (and, in the architecture phase, one arch step) on ``batch``:
+        ``(stats, Markov probability, weight lr, arch lr or None)``; sets ``batch_images``."""
+        o = self.opts
+        x, y = to_device(batch, self.device, o.channels_last)
+        in_arch = self.step >= self.arch_start
+        p = markov_prob(self.step - self.arch_start, self.arch_steps, schedule=o.markov_schedule,
+                        decay=o.markov_decay, final=o.markov_prob_final)
+        lr_now = self.weight_opt.param_groups[0]["lr"]
+        arch_lr_now = self.arch_opt.param_groups[0]["lr"] if in_arch else None
+        stats = self.stepper.weight_step(x, y, markov_prob=p)
+        self.scheds["weight_scheduler"].step()
+        if in_arch:
+            stats.update(self.stepper.arch_step(x, y))
+            self.scheds["arch_scheduler"].step()
+        check_search_step(  # NaN/inf loss or alpha: stop, naming epoch and step
+            stats, self.space, epoch=epoch + 1, step=self.step + 1, lr=lr_now, arch_lr=arch_lr_now)
+        self.step += 1
+        self.batch_images = x.shape[0] * self.ctx.world_size
+        return stats, p, lr_now, arch_lr_now
+
+    def end_epoch(self, epoch: int, means: dict[str, float], seconds: float, images: int,
+                  val_loader: Iterable | None) -> dict[str, Any]:
+        """The ``epoch`` record (evaluated at max width when ``val_loader``), written with the checkpoint."""
+        o, ctx = self.opts, self.ctx
+        means.pop("expected", None)
+        record: dict[str, Any] = {
+            "kind": "epoch", "epoch": epoch + 1, "step": self.step, "phase": self.phase(epoch),
+            "lr": self.weight_opt.param_groups[0]["lr"], "arch_lr": self.arch_opt.param_groups[0]["lr"],
+            **means, "expected": self.expected(), "target": self.target, "full": self.full,
+            "metric": o.budget_metric, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9),
+        }
+        if val_loader is not None:  # every rank: a sharded val loader is summed over ranks
+            val = evaluate(self.space, val_loader, mode="max", device=self.device, amp=o.amp,
+                           channels_last=o.channels_last, calib_loader=self.loader, calib_batches=o.calib_batches,
+                           all_reduce=ctx.distributed)
+            record.update(val_loss=val["loss"], val_top1=val["top1"])
+        record["expected_widths"] = expected_width_values(self.space)
+        self.history.append(record)
+        self._checkpoint(epoch, record)
+        return record
+
+    def _checkpoint(self, epoch: int, record: dict[str, Any]) -> None:
+        metrics_bytes = 0
+        if self.writer is not None:
+            self.writer.write(record)
+            metrics_bytes = os.path.getsize(self.writer.path)
+        rng_states = gather_rng(self.ctx)  # a collective: every rank
+        if self.ckpt_path is not None and self.ctx.is_main:
+            state = {k: (v.state_dict() if v is not None else {}) for k, v in self.stateful.items()}
+            save_checkpoint(self.ckpt_path, {
+                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": self.step, "config": self.record(),
+                **state, "subnet_rng": self.generator.get_state(),
+                "loader_rng": [g.get_state() for g in loader_generators(self.loader)],
+                "rng": rng_states, "history": self.history, "metrics_bytes": metrics_bytes,
+            })
+        if self.ctx.distributed:
+            import torch.distributed as dist
+
+            _broadcast_buffers(self.space)
+            dist.barrier()
+
+    def finish(self) -> SearchResult:
+        """Max-width BatchNorm statistics re-estimated (after the last step), the result."""
+        o, space = self.opts, self.space
+        space.set_mode("max")
+        if o.calib_batches > 0 and self.step >= self.total_steps:  # the returned supernet: clean statistics
+            recalibrate_bn(space, self.loader, o.calib_batches, device=self.device, amp=o.amp,
+                           channels_last=o.channels_last)
+            if self.ctx.distributed:
+                _broadcast_buffers(space)
+        space.train(self.was_training)
+        return SearchResult(
+            target=self.target, expected=self.expected(), full=self.full, budget_metric=o.budget_metric,
+            expected_widths=expected_width_values(space), epochs=o.epochs, steps=self.step,
+            run_dir=self.run_path, metrics_path=self.metrics_path, checkpoint_path=self.ckpt_path,
+            history=self.history,
+        )
