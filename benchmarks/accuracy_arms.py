@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dmcpfx  # noqa: E402
 from dmcpfx.counting import count_flops  # noqa: E402
 from dmcpfx.data import DataBundle, digits_loaders  # noqa: E402
-from dmcpfx.search.evaluation import evaluate as evaluate_space  # noqa: E402
+from dmcpfx.search.evaluation import evaluate_space  # noqa: E402
 from dmcpfx.accuracy import evaluate  # noqa: E402
 from examples.models import small_resnet  # noqa: E402
 
@@ -115,8 +115,8 @@ def dmcp_search(s: Any, data: DataBundle, search_train: DataLoader, holdout: Dat
     result = dmcpfx.search(space, search_train, target=target, epochs=s.search_epochs, seed=seed,
                            device=s.device, progress=False, calib_batches=0,  # 0: keep the search's own statistics
                            alpha_init=s.alpha_init, **DEMO_SEARCH)
-    own = evaluate_space(space, data.val, calib_batches=0)["top1"] * 100.0
-    recal = evaluate_space(space, data.val, calib_loader=search_train, calib_batches=5)["top1"] * 100.0
+    own = evaluate_space(space, data.val, calib_batches=0)["top1"]
+    recal = evaluate_space(space, data.val, calib_loader=search_train, calib_batches=5)["top1"]
     space.eval()
     expected = dmcpfx.derive(space, "expected", target=target)
     direct = dmcpfx.derive(space, "direct", target=target, samples=5, seed=seed, val_loader=holdout,

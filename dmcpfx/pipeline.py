@@ -254,7 +254,7 @@ class _Run:
         )
         last = result.history[-1] if result.history else {}
         if "val_top1" in last:
-            self.summary["supernet_top1"] = 100.0 * float(last["val_top1"])
+            self.summary["supernet_top1"] = float(last["val_top1"])  # percent
         self.summary.update({f"expected_{self.unit}": float(result.expected), "search_epochs": result.epochs})
         if self.main and result.metrics_path is not None:
             plot_search(MetricsWriter(result.metrics_path).read(), self.space, self.path("search.png"))

@@ -29,7 +29,7 @@ def _f(record: Mapping[str, Any], key: str, fmt: str, scale: float = 1.0) -> str
 
 def print_search_epoch(record: Mapping[str, Any], epochs: int) -> None:
     """One plain line for a search epoch record (as :func:`dmcpfx.search` passes to its callback)."""
-    val = f", val top1 {_f(record, 'val_top1', '.2f', 100.0)}%" if "val_top1" in record else ""
+    val = f", val top1 {_f(record, 'val_top1', '.2f')}%" if "val_top1" in record else ""
     print(f"search epoch {record.get('epoch')}/{epochs} [{record.get('phase')}]: loss "
           f"{_f(record, 'loss_max', '.4f')}, expected {_f(record, 'expected', '.4g')} of target "
           f"{_f(record, 'target', '.4g')} MACs{val}, {_f(record, 'seconds', '.1f')}s", flush=True)

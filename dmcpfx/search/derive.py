@@ -35,7 +35,7 @@ from ..finite import check_alphas
 from ..plots import plot_widths
 from .space import check_space
 from .budget import exact_flops, exact_params, expected_flops, expected_params, expected_width_values, parse_target
-from .evaluation import evaluate
+from .evaluation import evaluate_space
 from .options import DeriveOptions
 
 __all__ = ["derive", "fit_widths", "valid_widths"]
@@ -319,7 +319,7 @@ def _direct(space: Any, count, adjuster: _Adjuster, *, samples: int, max_draws: 
         return min(found, key=lambda wf: abs(wf[1] - adjuster.target))[0]
     scored = []
     for widths, f in found:
-        res = evaluate(space, val_loader, widths=widths, max_batches=val_batches,
+        res = evaluate_space(space, val_loader, widths=widths, max_batches=val_batches,
                        calib_loader=calib_loader, calib_batches=calib_batches)
         scored.append((res["loss"], abs(f - adjuster.target), widths))
     return min(scored, key=lambda s: (s[0], s[1]))[2]

@@ -1,6 +1,6 @@
 """Evaluation of a SearchSpace sub-net (or of the supernet) with clean BatchNorm statistics.
 
-:func:`evaluate` re-estimates the BatchNorm statistics at the evaluated widths on
+:func:`evaluate_space` re-estimates the BatchNorm statistics at the evaluated widths on
 ``calib_batches`` TRAINING batches first (official: 5; :func:`dmcpfx.search.bn.recalibrate_bn`)
 and restores the supernet's own statistics afterwards. ``calib_batches=0`` evaluates with
 the supernet's own running statistics, and must be asked for explicitly.
@@ -20,7 +20,7 @@ from ..amp import amp_dtype, autocast, to_device
 from .step import gate_state, restore_gate_state
 from ..labels import checked_loss
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate_space"]
 
 
 def _bn_tracked(space: nn.Module) -> bool:
@@ -28,7 +28,7 @@ def _bn_tracked(space: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_space(
     space: nn.Module,
     loader: Iterable,
     *,
@@ -54,13 +54,14 @@ def evaluate(
     evaluating never changes the supernet.
     ``all_reduce=True`` (under torch.distributed): sums over every rank's loader -- right
     for sharded val loaders, and harmless for unsharded ones (same ratios).
-    Returns ``{"loss": mean CE, "top1": accuracy in [0, 1], "n": samples}``.
+    Returns ``{"loss": mean CE (nats), "top1": accuracy in percent [0, 100], "n": samples}`` --
+    the units of :func:`dmcpfx.accuracy.evaluate` (a plain model's top-1/top-5).
     """
     if calib_batches < 0:
         raise ConfigError(f"calib_batches must be >= 0, got {calib_batches}")
     if calib_batches > 0 and calib_loader is None and _bn_tracked(space):
         warnings.warn(
-            f"evaluate(): no calib_loader, so the BatchNorm statistics are NOT re-estimated (calib_batches="
+            f"evaluate_space(): no calib_loader, so the BatchNorm statistics are NOT re-estimated (calib_batches="
             f"{calib_batches} asked for); pass calib_loader= (training data), or calib_batches=0 to use the "
             "supernet's own statistics on purpose",
             stacklevel=2,
@@ -103,6 +104,6 @@ def evaluate(
         torch.distributed.all_reduce(totals)
     loss_total, correct_total, n_total = totals.tolist()
     if n_total == 0:
-        raise ConfigError("evaluate() got an empty loader")
-    return {"loss": loss_total / n_total, "top1": correct_total / n_total, "n": int(n_total)}
+        raise ConfigError("evaluate_space() got an empty loader")
+    return {"loss": loss_total / n_total, "top1": 100.0 * correct_total / n_total, "n": int(n_total)}
 

@@ -27,7 +27,7 @@ from ..training import (
 from .alpha_init import init_alphas
 from .bn import recalibrate_bn
 from .budget import expected_flops, expected_params, expected_width_values
-from .evaluation import evaluate
+from .evaluation import evaluate_space
 from .options import RESUME_FREE, SearchOptions
 from .result import RunningMeans, SearchResult, human
 from .schedule import markov_prob
@@ -234,7 +234,7 @@ class SearchRun:
             "metric": o.budget_metric, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9),
         }
         if val_loader is not None:  # every rank: a sharded val loader is summed over ranks
-            val = evaluate(self.space, val_loader, mode="max", device=self.device, amp=o.amp,
+            val = evaluate_space(self.space, val_loader, mode="max", device=self.device, amp=o.amp,
                            channels_last=o.channels_last, calib_loader=self.loader, calib_batches=o.calib_batches,
                            all_reduce=ctx.distributed)
             record.update(val_loss=val["loss"], val_top1=val["top1"])
