@@ -162,6 +162,45 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# --- resume: one rule for the search and the retraining ------------------------------------
+#: what may differ between a checkpoint and the run that resumes it
+RESUME_FREE_KEYS = ("world_size",)
+
+
+def gather_rng_states() -> list[dict]:
+    """Every rank's RNG state (rank order), gathered to every rank; a collective under torch.distributed."""
+    import torch.distributed as dist
+
+    state = capture_rng_state()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [state]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def check_resume_config(saved: Mapping[str, Any], now: Mapping[str, Any], path: Path) -> None:
+    """ConfigError ``cannot resume PATH: KEY was OLD, now NEW`` for the first setting of ``now``
+    that differs from the checkpoint's ``saved`` (floats to 1e-12; a world size may change)."""
+    for key, value in now.items():
+        old = saved.get(key)
+        same = old == value or (
+            isinstance(value, float) and isinstance(old, float) and math.isclose(old, value, rel_tol=1e-12))
+        if not same and key not in RESUME_FREE_KEYS:
+            raise ConfigError(f"cannot resume {path}: {key} was {old!r}, now {value!r}")
+
+
+def restore_rng_states(states: Sequence[Mapping[str, Any]], rank: int, world_size: int, seed: int,
+                       epoch: int) -> None:
+    """This rank's saved RNG state when the world size is unchanged (bit-identical resume); after
+    a world-size change every rank is re-seeded with ``seed + rank + 1000 * epoch``
+    (reproducible, not bit-identical to an uninterrupted run)."""
+    if len(states) == world_size:
+        restore_rng_state(states[rank])
+    else:
+        seed_everything(seed + rank + 1000 * int(epoch))
+
+
 # --- checkpoints and metrics --------------------------------------------------------------
 def start_over_hint(path: Path) -> str:
     """How to redo the stage that wrote ``path`` (the tail of a one-line error)."""

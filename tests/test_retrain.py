@@ -108,6 +108,22 @@ def test_resume_with_different_hyperparameters_is_refused(tiny, tmp_path):
     assert again.epochs == 1 and len(again.history) == 1
 
 
+def test_resume_after_a_world_size_change_follows_the_search_rule(tiny, tmp_path):
+    """One rule for search and retrain: a checkpoint of 2 ranks resumes on 1 (re-seeded, not refused)."""
+    retrain(_model(), tiny.train, epochs=2, run_dir=tmp_path, **FAST)
+    path = tmp_path / CHECKPOINT_NAME
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["world_size"], ckpt["rng"], ckpt["epoch"] = 2, ckpt["rng"] * 2, 1
+    ckpt["history"] = ckpt["history"][:1]
+    torch.save(ckpt, path)
+    resumed = retrain(_model(), tiny.train, epochs=2, run_dir=tmp_path, resume=True, **FAST)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    ckpt["config"]["lr"] = 9.0
+    torch.save(ckpt, path)
+    with pytest.raises(ConfigError, match=r"cannot resume .*: lr was 9.0, now"):
+        retrain(_model(), tiny.train, epochs=2, run_dir=tmp_path, resume=True, **FAST)
+
+
 def _params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 

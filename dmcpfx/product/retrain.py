@@ -38,14 +38,15 @@ from dmcpfx.finite import FirstBadStep, check_parameters, check_val_loss
 from dmcpfx.labels import checked_loss
 from dmcpfx.progress import bars_enabled
 from dmcpfx.product.retrain_options import RetrainOptions
-from dmcpfx.product.retrain_state import CHECKPOINT_FORMAT, CHECKPOINT_NAME, METRICS_NAME, all_rng_states, load_resume_state
+from dmcpfx.product.retrain_state import CHECKPOINT_FORMAT, CHECKPOINT_NAME, METRICS_NAME, load_resume_state
 from dmcpfx.training import (
     MetricsWriter,
     cosine_schedule,
     ddp_wrap,
     distributed_context,
+    gather_rng_states,
     param_groups,
-    restore_rng_state,
+    restore_rng_states,
     save_checkpoint,
     seed_everything,
 )
@@ -235,7 +236,7 @@ def retrain(
     train_model = ddp_wrap(model, ctx)
     seed_everything(o.seed + ctx.rank)
     optimizer, scheduler, scaler, start_epoch, history = _optimizer_state(model, o, device, steps_per_epoch,
-                                                                         resume_state, ctx.rank)
+                                                                         resume_state, ctx)
     criterion = nn.CrossEntropyLoss(label_smoothing=o.label_smoothing)
     writer = _metrics_writer(metrics_path, history) if ctx.is_main else None
 
@@ -251,7 +252,7 @@ def retrain(
                                train_loss, train_top1)
         record["epoch_time_s"] = time.perf_counter() - started
         history.append(record)
-        rng_states = all_rng_states()  # collective: every rank takes part
+        rng_states = gather_rng_states()  # collective: every rank takes part
         if ctx.is_main:
             _save_epoch(writer, ckpt_path, record, {
                 "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "config": config, "model": model.state_dict(),
@@ -291,7 +292,7 @@ def _initialize(model: nn.Module, o: RetrainOptions, resume_state: dict | None, 
 
 
 def _optimizer_state(model: nn.Module, o: RetrainOptions, device: torch.device, steps_per_epoch: int,
-                     resume_state: dict | None, rank: int) -> tuple:
+                     resume_state: dict | None, ctx: Any) -> tuple:
     """``(optimizer, scheduler, scaler, start epoch, history)``, restored from ``resume_state``."""
     optimizer = torch.optim.SGD(param_groups(model, o.weight_decay), lr=o.lr, momentum=o.momentum,
                                 nesterov=o.nesterov)
@@ -302,7 +303,7 @@ def _optimizer_state(model: nn.Module, o: RetrainOptions, device: torch.device, 
     optimizer.load_state_dict(resume_state["optimizer"])
     scheduler.load_state_dict(resume_state["scheduler"])
     scaler.load_state_dict(resume_state["scaler"])
-    restore_rng_state(resume_state["rng"][rank])  # world_size is checked in config
+    restore_rng_states(resume_state["rng"], ctx.rank, ctx.world_size, o.seed, int(resume_state["epoch"]))
     return optimizer, scheduler, scaler, resume_state["epoch"], list(resume_state["history"])
 
 

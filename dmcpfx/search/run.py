@@ -21,8 +21,8 @@ from ..errors import ConfigError
 from ..finite import check_search_step
 from ..progress import is_terminal
 from ..training import (
-    DistContext, MetricsWriter, cosine_schedule, ddp_wrap, load_checked, param_groups, save_checkpoint,
-    seed_everything,
+    DistContext, MetricsWriter, cosine_schedule, ddp_wrap, gather_rng_states, load_checked, param_groups,
+    save_checkpoint, seed_everything,
 )
 from .alpha_init import init_alphas
 from .bn import recalibrate_bn
@@ -31,7 +31,7 @@ from .evaluation import evaluate_space
 from .options import RESUME_FREE, SearchOptions
 from .result import RunningMeans, SearchResult, human
 from .schedule import markov_prob
-from .state import CHECKPOINT_FORMAT, check_resumable, distributed_loader, gather_rng, load_state, loader_generators
+from .state import CHECKPOINT_FORMAT, check_resumable, distributed_loader, load_state, loader_generators
 from .step import SearchStep
 
 __all__ = ["SearchRun"]
@@ -248,7 +248,7 @@ class SearchRun:
         if self.writer is not None:
             self.writer.write(record)
             metrics_bytes = os.path.getsize(self.writer.path)
-        rng_states = gather_rng(self.ctx)  # a collective: every rank
+        rng_states = gather_rng_states()  # a collective: every rank
         if self.ckpt_path is not None and self.ctx.is_main:
             state = {k: (v.state_dict() if v is not None else {}) for k, v in self.stateful.items()}
             save_checkpoint(self.ckpt_path, {

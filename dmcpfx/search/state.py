@@ -7,17 +7,15 @@ loader's generators, the epoch, the step and the config that must match on resum
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from ..errors import ConfigError
-from ..training import DistContext, capture_rng_state, restore_rng_state, seed_everything
+from ..training import DistContext, check_resume_config, restore_rng_states
 
-__all__ = ["CHECKPOINT_FORMAT", "check_resumable", "distributed_loader", "gather_rng", "load_state",
-           "loader_generators"]
+__all__ = ["CHECKPOINT_FORMAT", "check_resumable", "distributed_loader", "load_state", "loader_generators"]
 
 CHECKPOINT_FORMAT = "dmcpfx-search/1"
 
@@ -56,28 +54,10 @@ def distributed_loader(loader: Any, ctx: DistContext, seed: int) -> Any:
     return DataLoader(loader.dataset, **kwargs)
 
 
-def gather_rng(ctx: DistContext) -> list[dict]:
-    """Every rank's RNG state (rank order); a collective under torchrun."""
-    state = capture_rng_state()
-    if not ctx.distributed:
-        return [state]
-    import torch.distributed as dist
-
-    states: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(states, state)
-    return states
-
-
 def check_resumable(loaded: Mapping[str, Any], config: Mapping[str, Any], path: Path) -> None:
     if loaded.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{path} is not a dmcpfx search checkpoint (format {loaded.get('format')!r})")
-    for key, value in config.items():
-        old = loaded["config"].get(key)
-        same = old == value or (
-            isinstance(value, float) and isinstance(old, float) and math.isclose(old, value, rel_tol=1e-12)
-        )
-        if not same and key != "world_size":  # a different world size resumes, not bit-exactly
-            raise ConfigError(f"cannot resume {path}: {key} was {old!r}, now {value!r}")
+    check_resume_config(loaded["config"], config, path)
 
 
 def load_state(loaded: Mapping[str, Any], stateful: Mapping[str, Any], generator: torch.Generator,
@@ -90,8 +70,4 @@ def load_state(loaded: Mapping[str, Any], stateful: Mapping[str, Any], generator
     if len(gens) == len(loaded["loader_rng"]):
         for g, s in zip(gens, loaded["loader_rng"]):
             g.set_state(s)
-    rng = loaded["rng"]
-    if len(rng) == ctx.world_size:
-        restore_rng_state(rng[ctx.rank])
-    else:  # elastic resume: reproducible, not bit-identical to an uninterrupted run
-        seed_everything(seed + ctx.rank + 1000 * int(loaded["epoch"]))
+    restore_rng_states(loaded["rng"], ctx.rank, ctx.world_size, seed, int(loaded["epoch"]))
