@@ -10,8 +10,10 @@ from dataclasses import dataclass, field, fields, replace
 import networkx as nx
 
 from .channel_graph import ChannelGraph
+from .grouping import build_groups
 from .layout import Layout, Seg
-from .records import ConstantEntry, ConstantSite, Group, MacRecord, Member, ModuleEdit, SliceSpec, segment_boundaries
+from .records import ConstantEntry, ConstantSite, MacRecord, MaskSite, ModuleEdit, SliceSpec, segment_boundaries
+
 
 @dataclass
 class _Space:
@@ -252,52 +254,5 @@ class GraphBuilder:
         for (tensor, _dim), spec in self.slices.items():
             if tensor in self.pinned:
                 self.freeze(spec.layout, f"tensor '{tensor}' is {self.pinned[tensor]}")
-        groups: list[Group] = []
-        space_group: dict[int, Group] = {}
-        for comp in sorted(nx.connected_components(self.coupling), key=min):  # leaf spaces only
-            sids = sorted(comp)
-            widths = {self.spaces[s].width for s in sids}
-            named = [s for s in sids if self.spaces[s].producer is not None]
-            head = named[0] if named else sids[0]
-            gid = self.spaces[head].producer or f"~{self.spaces[head].label}"
-            group = Group(id=gid, width=self.spaces[head].width, spaces=sids)
-            for s in sids:
-                for r in self.spaces[s].frozen:
-                    if r not in group.frozen_reasons:
-                        group.frozen_reasons.append(r)
-            if len(widths) > 1:
-                group.frozen_reasons.append(f"coupled spaces have different widths {sorted(widths)}")
-            conv_groups = set().union(*(self.spaces[s].conv_groups for s in sids))
-            norm_block = math.lcm(*(self.spaces[s].norm_block for s in sids))
-            if norm_block > 1:
-                if conv_groups:
-                    group.frozen_reasons.append("a GroupNorm and a grouped conv need different channel orders")
-                group.divisor = norm_block  # whole GroupNorm groups, leading ones kept
-            if len(conv_groups) > 1:
-                group.frozen_reasons.append(f"grouped convolutions with different group counts {sorted(conv_groups)}")
-            elif conv_groups:
-                ng = conv_groups.pop()
-                per = group.width // ng
-                group.divisor = ng
-                group.order = [g * per + j for j in range(per) for g in range(ng)]
-            if group.width < 2 and not group.frozen:
-                group.frozen_reasons.append("a single channel cannot be pruned")
-            groups.append(group)
-            for s in sids:
-                space_group[s] = group
-        # unique ids (a space without a producer could repeat a label)
-        seen: dict[str, int] = {}
-        for g in groups:
-            if g.id in seen:
-                seen[g.id] += 1
-                g.id = f"{g.id}#{seen[g.id]}"
-            else:
-                seen[g.id] = 0
-        for spec in self.slices.values():
-            module = spec.tensor.rsplit(".", 1)[0] if "." in spec.tensor else ""
-            for sid in spec.layout.spaces:
-                member = Member(module=module, role=spec.role, tensor=spec.tensor)
-                grp = space_group[sid]
-                if member not in grp.members:
-                    grp.members.append(member)
+        groups, space_group = build_groups(self.spaces, self.coupling, self.slices)
         return ChannelGraph(groups=groups, space_group=space_group, builder=self, **graph_kwargs)

@@ -33,22 +33,14 @@ from torch import nn
 from dmcpfx.accuracy import evaluate, sum_over_ranks
 from dmcpfx.amp import amp_dtype, autocast_for
 from dmcpfx.errors import ConfigError
-from dmcpfx.fileio import write_text_atomic
 from dmcpfx.finite import FirstBadStep, check_parameters, check_val_loss
+from dmcpfx.harness import RunFiles, epochs, steps_per_epoch
 from dmcpfx.labels import checked_loss
 from dmcpfx.progress import bars_enabled
 from dmcpfx.product.retrain_options import RetrainOptions
-from dmcpfx.product.retrain_state import CHECKPOINT_FORMAT, CHECKPOINT_NAME, METRICS_NAME, load_resume_state
+from dmcpfx.product.retrain_state import CHECKPOINT_FORMAT, CHECKPOINT_NAME, METRICS_NAME
 from dmcpfx.training import (
-    MetricsWriter,
-    cosine_schedule,
-    ddp_wrap,
-    distributed_context,
-    gather_rng_states,
-    param_groups,
-    restore_rng_states,
-    save_checkpoint,
-    seed_everything,
+    cosine_schedule, ddp_wrap, distributed_context, param_groups, restore_rng_states, seed_everything,
 )
 
 __all__ = ["RetrainResult", "retrain", "reinitialize"]
@@ -220,58 +212,38 @@ def retrain(
     o = RetrainOptions.build(options, option_values, "retrain")
     ctx = distributed_context()
     device = torch.device(device) if device is not None else torch.device(ctx.device)
-    steps_per_epoch = _steps_per_epoch(train_loader)
+    steps = steps_per_epoch(train_loader, "retrain")
     if resume and run_dir is None:
         raise ConfigError("retrain: resume=True needs run_dir (where the checkpoint lives)")
-    run_path = Path(run_dir) if run_dir is not None else None
-    ckpt_path = run_path / CHECKPOINT_NAME if run_path is not None else None
-    metrics_path = run_path / METRICS_NAME if run_path is not None else None
-    config = {**o.record(), "steps_per_epoch": steps_per_epoch, "world_size": ctx.world_size}
-    resume_state = None
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        resume_state = load_resume_state(ckpt_path, config)
+    files = RunFiles(run_dir, checkpoint=CHECKPOINT_NAME, metrics=METRICS_NAME, fmt=CHECKPOINT_FORMAT,
+                     what="retrain checkpoint", ctx=ctx)
+    config = {**o.record(), "steps_per_epoch": steps, "world_size": ctx.world_size}
+    resume_state = files.load(config) if resume and files.has_checkpoint() else None
 
-    _initialize(model, o, resume_state, ckpt_path)  # identical on every rank: same seed
+    _initialize(model, o, resume_state, files.checkpoint_path)  # identical on every rank: same seed
     model.to(device)
     train_model = ddp_wrap(model, ctx)
     seed_everything(o.seed + ctx.rank)
-    optimizer, scheduler, scaler, start_epoch, history = _optimizer_state(model, o, device, steps_per_epoch,
-                                                                         resume_state, ctx)
+    optimizer, scheduler, scaler, start_epoch, history = _optimizer_state(model, o, device, steps, resume_state, ctx)
     criterion = nn.CrossEntropyLoss(label_smoothing=o.label_smoothing)
-    writer = _metrics_writer(metrics_path, history) if ctx.is_main else None
+    files.start_metrics(resume_state)
 
     show = bars_enabled(progress) and ctx.is_main  # no \r bars in a log file; epoch lines still print
     loop = _EpochLoop(train_model, optimizer, scheduler, scaler, criterion, o.amp, device)
-    for epoch in range(start_epoch, o.epochs):
-        sampler = getattr(train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+    for epoch in epochs(train_loader, start_epoch, o.epochs):
         started = time.perf_counter()
-        train_loss, train_top1 = loop.run(train_loader, steps_per_epoch, f"retrain epoch {epoch + 1}/{o.epochs}", show)
-        record = _epoch_record(model, val_loader, device, o, epoch, (epoch + 1) * steps_per_epoch, optimizer,
+        train_loss, train_top1 = loop.run(train_loader, steps, f"retrain epoch {epoch + 1}/{o.epochs}", show)
+        record = _epoch_record(model, val_loader, device, o, epoch, (epoch + 1) * steps, optimizer,
                                train_loss, train_top1)
         record["epoch_time_s"] = time.perf_counter() - started
         history.append(record)
-        rng_states = gather_rng_states()  # collective: every rank takes part
-        if ctx.is_main:
-            _save_epoch(writer, ckpt_path, record, {
-                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "config": config, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rng_states, "history": history,
-            })
-            if progress:
-                _print_epoch(record, o.epochs)
-    return _result(history, o.epochs, ckpt_path)
-
-
-def _steps_per_epoch(train_loader: Iterable) -> int:
-    try:
-        steps = len(train_loader)  # type: ignore[arg-type]
-    except TypeError as exc:
-        raise ConfigError("retrain: train_loader must have a length (steps per epoch)") from exc
-    if steps == 0:
-        raise ConfigError("retrain: train_loader is empty")
-    return steps
+        files.save_epoch(epoch, record, config, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "history": history,
+        })
+        if ctx.is_main and progress:
+            _print_epoch(record, o.epochs)
+    return _result(history, o.epochs, files.checkpoint_path)
 
 
 def _initialize(model: nn.Module, o: RetrainOptions, resume_state: dict | None, ckpt_path: Path | None) -> None:
@@ -305,27 +277,6 @@ def _optimizer_state(model: nn.Module, o: RetrainOptions, device: torch.device, 
     scaler.load_state_dict(resume_state["scaler"])
     restore_rng_states(resume_state["rng"], ctx.rank, ctx.world_size, o.seed, int(resume_state["epoch"]))
     return optimizer, scheduler, scaler, resume_state["epoch"], list(resume_state["history"])
-
-
-def _save_epoch(writer: MetricsWriter | None, ckpt_path: Path | None, record: dict[str, Any],
-                checkpoint: dict[str, Any]) -> None:
-    """Rank 0: the epoch's metrics record, then the checkpoint (atomic)."""
-    if writer is not None:
-        writer.write(record)
-    if ckpt_path is not None:
-        save_checkpoint(ckpt_path, checkpoint)
-
-
-def _metrics_writer(metrics_path: Path | None, history: list[dict[str, Any]]) -> MetricsWriter | None:
-    """The metrics file mirrors the history being continued (drops epochs that a crashed run
-    logged after its last checkpoint)."""
-    if metrics_path is None:
-        return None
-    write_text_atomic(metrics_path, "")
-    writer = MetricsWriter(metrics_path)
-    for record in history:
-        writer.write(record)
-    return writer
 
 
 def _epoch_record(model: nn.Module, val_loader: Iterable | None, device: torch.device, o: RetrainOptions,

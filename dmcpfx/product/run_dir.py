@@ -21,7 +21,7 @@ from torch import nn
 from ..arch import Arch, load_arch
 from ..errors import ConfigError
 from ..arch import check_arch_model
-from ..fileio import atomic_path, torch_save_atomic
+from ..fileio import torch_save_atomic
 from ..materialize import materialize
 from ..models import check_input_shape, load_model
 from ..training import load_checked, start_over_hint

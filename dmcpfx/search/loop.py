@@ -44,21 +44,14 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from ..training import DistContext, distributed_context
+from ..harness import epochs, resolve_device
+from ..training import distributed_context
 from .options import SearchOptions
 from .result import SearchResult, check_budget
 from .run import SearchRun
 from .space import check_space
 
 __all__ = ["search"]
-
-
-def _resolve_device(device: str | torch.device | None, ctx: DistContext) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if ctx.distributed:
-        return ctx.device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def search(
@@ -113,11 +106,11 @@ def search(
     check_space(space, "search")
     opts = SearchOptions.build(options, option_values, "search")
     ctx = distributed_context()
-    device = _resolve_device(device, ctx)
+    device = resolve_device(device, ctx)
     target, full = check_budget(space, opts.target, opts.budget_metric)
     run = SearchRun(space, train_loader, opts, ctx, device, target, full)
     run.start_or_resume(run_dir, resume)
-    for epoch in range(run.start_epoch, opts.epochs):
+    for epoch in epochs(run.loader, run.start_epoch, opts.epochs):
         means, seconds, images = run.train_epoch(epoch, progress)
         record = run.end_epoch(epoch, means, seconds, images, val_loader)
         if callback is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -19,11 +18,9 @@ from torch import nn
 from ..amp import to_device
 from ..errors import ConfigError
 from ..finite import check_search_step
+from ..harness import RunFiles, steps_per_epoch
 from ..progress import is_terminal
-from ..training import (
-    DistContext, MetricsWriter, cosine_schedule, ddp_wrap, gather_rng_states, load_checked, param_groups,
-    save_checkpoint, seed_everything,
-)
+from ..training import DistContext, cosine_schedule, ddp_wrap, param_groups, seed_everything
 from .alpha_init import init_alphas
 from .bn import recalibrate_bn
 from .budget import expected_flops, expected_params, expected_width_values
@@ -31,7 +28,7 @@ from .evaluation import evaluate_space
 from .options import RESUME_FREE, SearchOptions
 from .result import RunningMeans, SearchResult, human
 from .schedule import markov_prob
-from .state import CHECKPOINT_FORMAT, check_resumable, distributed_loader, load_state, loader_generators
+from .state import CHECKPOINT_FORMAT, distributed_loader, load_state, loader_generators
 from .step import SearchStep
 
 __all__ = ["SearchRun"]
@@ -53,19 +50,15 @@ class SearchRun:
         self.space, self.opts, self.ctx, self.device, self.target, self.full = space, opts, ctx, device, target, full
         self.warmup_epochs = opts.resolved_warmup_epochs
         self.loader = distributed_loader(train_loader, ctx, opts.seed)
-        try:
-            self.steps_per_epoch = len(self.loader)  # type: ignore[arg-type]
-        except TypeError as exc:
-            raise ConfigError("train_loader must have a length (steps per epoch)") from exc
-        if self.steps_per_epoch < 1:
-            raise ConfigError("train_loader is empty")
+        self.steps_per_epoch = steps_per_epoch(self.loader, "search")
         self.total_steps = opts.epochs * self.steps_per_epoch
         self.arch_start = self.warmup_epochs * self.steps_per_epoch
         self.arch_steps = self.total_steps - self.arch_start
         self._build(space, opts)
         self.expected_fn = expected_flops if opts.budget_metric == "flops" else expected_params
         self.start_epoch, self.step, self.history = 0, 0, []
-        self.ckpt_path = self.metrics_path = self.writer = None
+        self.files = RunFiles(None, checkpoint="checkpoint.pt", metrics="metrics.jsonl", fmt=CHECKPOINT_FORMAT,
+                              what="search checkpoint", ctx=ctx)
 
     def _build(self, space: nn.Module, o: SearchOptions) -> None:
         """The space on its device, both optimizers and schedules, the sub-net generator, the step."""
@@ -123,46 +116,34 @@ class SearchRun:
     # --- files and resume
     def start_or_resume(self, run_dir: str | os.PathLike | None, resume: bool) -> None:
         """Resume from ``run_dir/checkpoint.pt`` (``resume`` must be set), or start afresh."""
-        run_path = Path(run_dir) if run_dir is not None else None
-        self.run_path = run_path
-        self.ckpt_path = run_path / "checkpoint.pt" if run_path is not None else None
-        self.metrics_path = run_path / "metrics.jsonl" if run_path is not None else None
-        if self.metrics_path is not None and self.ctx.is_main:
-            self.writer = MetricsWriter(self.metrics_path)
-        if self.ckpt_path is not None and self.ckpt_path.exists():
+        files = self.files = RunFiles(run_dir, checkpoint="checkpoint.pt", metrics="metrics.jsonl",
+                                      fmt=CHECKPOINT_FORMAT, what="search checkpoint", ctx=self.ctx)
+        if files.has_checkpoint():
             if not resume:
-                raise ConfigError(f"{self.ckpt_path} already exists; pass resume=True to continue it or use "
-                                  f"another run_dir")
-            self._resume()
-        else:
-            if self.metrics_path is not None and self.metrics_path.exists() and not resume:
-                raise ConfigError(f"{self.metrics_path} already exists but no checkpoint does; pass resume=True "
-                                  f"to start that run over, or use another run_dir (nothing was changed)")
-            self._start()
-
-    def _resume(self) -> None:
-        loaded = load_checked(self.ckpt_path, "search checkpoint")
-        check_resumable(loaded, self.record(), self.ckpt_path)
-        load_state(loaded, self.stateful, self.generator, self.loader, self.ctx, self.opts.seed)
-        self.start_epoch, self.step = int(loaded["epoch"]), int(loaded["step"])
-        self.history = list(loaded["history"])
-        if self.writer is not None and self.writer.path.exists():
-            with open(self.writer.path, "r+b") as f:  # drop records written after the checkpoint
-                f.truncate(min(int(loaded["metrics_bytes"]), os.path.getsize(self.writer.path)))
+                raise ConfigError(f"{files.checkpoint_path} already exists; pass resume=True to continue it or "
+                                  f"use another run_dir")
+            loaded = files.load(self.record())
+            load_state(loaded, self.stateful, self.generator, self.loader, self.ctx, self.opts.seed)
+            self.start_epoch, self.step = int(loaded["epoch"]), int(loaded["step"])
+            self.history = list(loaded["history"])
+            files.start_metrics(loaded)
+            return
+        if files.metrics_path is not None and files.metrics_path.exists() and not resume:
+            raise ConfigError(f"{files.metrics_path} already exists but no checkpoint does; pass resume=True "
+                              f"to start that run over, or use another run_dir (nothing was changed)")
+        self._start()
 
     def _start(self) -> None:
         o = self.opts
         seed_everything(o.seed + self.ctx.rank)
         alpha = init_alphas(self.space, o.alpha_init, self.target, self.expected_fn)  # the same on every rank
-        if self.writer is None:
-            return
-        if self.writer.path.exists():
-            self.writer.path.unlink()
-        self.writer.write({"kind": "slimmable", "sliced": self.stepper.slimmable,
-                           "reason": self.stepper.slimmable_reason})
-        self.writer.write({"kind": "start", "step": 0, "alpha_init": o.alpha_init, "alpha": alpha,
-                           "expected": self.expected(), "target": self.target, "full": self.full,
-                           "metric": o.budget_metric, "expected_widths": expected_width_values(self.space)})
+        self.files.start_metrics(None)
+        self.files.write({"kind": "slimmable", "sliced": self.stepper.slimmable,
+                          "reason": self.stepper.slimmable_reason})
+        if self.files.writer is not None:
+            self.files.write({"kind": "start", "step": 0, "alpha_init": o.alpha_init, "alpha": alpha,
+                              "expected": self.expected(), "target": self.target, "full": self.full,
+                              "metric": o.budget_metric, "expected_widths": expected_width_values(self.space)})
 
     # --- one epoch
     def phase(self, epoch: int) -> str:
@@ -173,9 +154,6 @@ class SearchRun:
         from tqdm import tqdm  # not tqdm.auto: its asyncio variant iterates the loader once more per epoch
 
         o, ctx = self.opts, self.ctx
-        sampler = getattr(self.loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
         epoch_meter, interval_meter = RunningMeans(), RunningMeans()
         t0, images = time.perf_counter(), 0
         bar = tqdm(self.loader, total=self.steps_per_epoch, desc=f"search {epoch + 1}/{o.epochs} [{self.phase(epoch)}]",
@@ -190,12 +168,11 @@ class SearchRun:
             if self.step % o.log_interval == 0 or self.step == self.total_steps:
                 means, interval_meter = interval_meter.means(), RunningMeans()
                 e_now = means.pop("expected") if "expected" in means else self.expected()
-                if self.writer is not None:
-                    self.writer.write({
-                        "kind": "step", "epoch": epoch + 1, "step": self.step, "phase": self.phase(epoch),
-                        "lr": lr_now, "arch_lr": arch_lr_now, "markov_prob": p, **means, "expected": e_now,
-                        "target": self.target,
-                    })
+                self.files.write({
+                    "kind": "step", "epoch": epoch + 1, "step": self.step, "phase": self.phase(epoch),
+                    "lr": lr_now, "arch_lr": arch_lr_now, "markov_prob": p, **means, "expected": e_now,
+                    "target": self.target,
+                })
                 bar.set_postfix_str(f"loss={means.get('loss_max', float('nan')):.3f} E={human(e_now)}/"
                                     f"T={human(self.target)} lr={lr_now:.3g}")
         bar.close()
@@ -244,19 +221,11 @@ class SearchRun:
         return record
 
     def _checkpoint(self, epoch: int, record: dict[str, Any]) -> None:
-        metrics_bytes = 0
-        if self.writer is not None:
-            self.writer.write(record)
-            metrics_bytes = os.path.getsize(self.writer.path)
-        rng_states = gather_rng_states()  # a collective: every rank
-        if self.ckpt_path is not None and self.ctx.is_main:
-            state = {k: (v.state_dict() if v is not None else {}) for k, v in self.stateful.items()}
-            save_checkpoint(self.ckpt_path, {
-                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": self.step, "config": self.record(),
-                **state, "subnet_rng": self.generator.get_state(),
-                "loader_rng": [g.get_state() for g in loader_generators(self.loader)],
-                "rng": rng_states, "history": self.history, "metrics_bytes": metrics_bytes,
-            })
+        state = {k: (v.state_dict() if v is not None else {}) for k, v in self.stateful.items()}
+        self.files.save_epoch(epoch, record, self.record(), {
+            "step": self.step, **state, "subnet_rng": self.generator.get_state(),
+            "loader_rng": [g.get_state() for g in loader_generators(self.loader)], "history": self.history,
+        })
         if self.ctx.distributed:
             import torch.distributed as dist
 
@@ -276,6 +245,7 @@ class SearchRun:
         return SearchResult(
             target=self.target, expected=self.expected(), full=self.full, budget_metric=o.budget_metric,
             expected_widths=expected_width_values(space), epochs=o.epochs, steps=self.step,
-            run_dir=self.run_path, metrics_path=self.metrics_path, checkpoint_path=self.ckpt_path,
+            run_dir=self.files.run_path, metrics_path=self.files.metrics_path,
+            checkpoint_path=self.files.checkpoint_path,
             history=self.history,
         )

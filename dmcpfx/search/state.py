@@ -7,15 +7,14 @@ loader's generators, the epoch, the step and the config that must match on resum
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from ..errors import ConfigError
-from ..training import DistContext, check_resume_config, restore_rng_states
+from ..training import DistContext, restore_rng_states
 
-__all__ = ["CHECKPOINT_FORMAT", "check_resumable", "distributed_loader", "load_state", "loader_generators"]
+__all__ = ["CHECKPOINT_FORMAT", "distributed_loader", "load_state", "loader_generators"]
 
 CHECKPOINT_FORMAT = "dmcpfx-search/1"
 
@@ -52,12 +51,6 @@ def distributed_loader(loader: Any, ctx: DistContext, seed: int) -> Any:
     if loader.num_workers > 0:
         kwargs.update(persistent_workers=loader.persistent_workers, prefetch_factor=loader.prefetch_factor)
     return DataLoader(loader.dataset, **kwargs)
-
-
-def check_resumable(loaded: Mapping[str, Any], config: Mapping[str, Any], path: Path) -> None:
-    if loaded.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path} is not a dmcpfx search checkpoint (format {loaded.get('format')!r})")
-    check_resume_config(loaded["config"], config, path)
 
 
 def load_state(loaded: Mapping[str, Any], stateful: Mapping[str, Any], generator: torch.Generator,
