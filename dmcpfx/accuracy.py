@@ -59,12 +59,13 @@ def evaluate(
     correct1 = correct5 = loss_sum = count = 0.0
     try:
         for images, labels in loader:
+            host = labels
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             with autocast_for(amp, device):
                 logits = model(images)
             logits = logits.float()
-            loss_sum += checked_loss(F.cross_entropy, logits, labels, "evaluate", reduction="sum").item()
+            loss_sum += checked_loss(F.cross_entropy, logits, labels, "evaluate", host=host, reduction="sum").item()
             k = min(5, logits.shape[1])
             topk = logits.topk(k, dim=1).indices
             hits = topk.eq(labels[:, None])

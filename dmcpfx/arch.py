@@ -154,7 +154,8 @@ def _shapes(value) -> list[list]:
 
 def check_arch_counts(arch: Arch, graph, widths: Mapping[str, int]) -> None:
     """The arch file's ``input_shape``, ``flops`` and ``params`` against the model of ``graph``
-    (the MACs and params are compared, within 1%, when the input shapes are equal, batch included)."""
+    (the full and pruned MACs and params are compared, within 1%, when the input shapes are equal,
+    batch included; the pruned ones at ``widths``, the arch's widths)."""
     name = arch.source or "the arch"
     theirs, ours = _shapes(arch.input_shape), [list(s) for s in graph.input_shapes]
     if theirs and [s[1:] for s in theirs] != [s[1:] for s in ours]:
@@ -163,9 +164,8 @@ def check_arch_counts(arch: Arch, graph, widths: Mapping[str, int]) -> None:
                         f"would not hold (pass the arch's input shape, e.g. --input-shape)")
     if theirs != ours:
         return
-    # the full counts only: a search space's pruned counts differ from the plain model's by a
-    # few percent on tiny models (counting inconsistency, left for a follow-up)
-    counted = {("flops", "full"): graph.full_flops, ("params", "full"): graph.full_params}
+    counted = {("flops", "full"): graph.full_flops, ("params", "full"): graph.full_params,
+               ("flops", "pruned"): graph.flops(widths), ("params", "pruned"): graph.params(widths)}
     for (block, key), value in counted.items():
         stated = (arch.flops if block == "flops" else arch.params).get(key)
         # 1% slack: a search space's graph and the plain model's may differ by a few MACs (gate-free ops)

@@ -279,14 +279,16 @@ def imagenet_transforms(image_size: int = 224):
 def _image_folder(path: Path, transform):
     from torchvision.datasets import ImageFolder
 
-    from .image_files import load_rgb
+    from .image_files import check_image_files, load_rgb
 
     if not path.is_dir():
         raise ConfigError(f"image folder not found: {path} (expected <root>/train/<class>/... and <root>/val/<class>/...)")
     try:
-        return ImageFolder(str(path), transform=transform, loader=load_rgb)
+        dataset = ImageFolder(str(path), transform=transform, loader=load_rgb)
     except (FileNotFoundError, RuntimeError) as exc:  # no class folders / no images
         raise ConfigError(f"unusable image folder {path}: {exc}") from exc
+    check_image_files([p for p, _ in dataset.samples])  # empty or non-image files: named before any run starts
+    return dataset
 
 
 def imagefolder_loaders(

@@ -1,5 +1,6 @@
 """Labels out of the model's class range: one line naming ``num_classes``, not torch's
-``IndexError: Target 9 is out of bounds``."""
+``IndexError: Target 9 is out of bounds`` -- nor, on CUDA, a device-side assert that kills the
+process's CUDA context (the labels are checked before the loss kernel is launched)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -8,18 +9,50 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["checked_loss"]
+__all__ = ["checked_loss", "host_labels"]
+
+
+def host_labels(batch: object) -> torch.Tensor | None:
+    """The labels of a loader batch ``(inputs, labels, ...)`` while still on the host (CPU), else None."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        labels = batch[1]
+        if isinstance(labels, torch.Tensor) and labels.device.type == "cpu":
+            return labels
+    return None
+
+
+def _out_of_range(labels: torch.Tensor, k: int, where: str, ignore_index: int) -> ConfigError | None:
+    """The error for the first label outside ``[0, k)`` (``ignore_index`` is allowed); None if all fit.
+    A device tensor is copied to the host for this (a sync)."""
+    if labels.is_floating_point() or labels.dtype == torch.bool:  # class probabilities: torch checks the shape
+        return None
+    flat = labels.reshape(-1).cpu()
+    bad = flat[((flat < 0) | (flat >= k)) & (flat != ignore_index)]
+    if bad.numel() == 0:
+        return None
+    return ConfigError(f"{where}: label {int(bad[0])} is out of range for the model's {k} outputs (num_classes={k}); "
+                       f"build the model with num_classes >= the number of classes in the data")
 
 
 def checked_loss(loss_fn: Callable[..., torch.Tensor], logits: torch.Tensor, labels: torch.Tensor, where: str,
-                 **kwargs) -> torch.Tensor:
+                 *, host: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
     """``loss_fn(logits (N, K), labels (N,), **kwargs)``; a label outside ``[0, K)`` is a
-    :class:`ConfigError` naming the model's ``K`` outputs (its num_classes)."""
+    :class:`ConfigError` naming the model's ``K`` outputs (its num_classes).
+
+    On a device other than the CPU the labels are checked BEFORE the loss runs (a CUDA kernel
+    would trip a device-side assert): on ``host``, the same labels still on the CPU (no sync),
+    or else on ``labels`` themselves (one host copy)."""
+    k = logits.shape[1] if logits.dim() > 1 else 1
+    ignore_index = int(kwargs.get("ignore_index", getattr(loss_fn, "ignore_index", -100)))
+    if labels.device.type != "cpu":
+        ref = host if host is not None and host.device.type == "cpu" and host.shape == labels.shape else labels
+        error = _out_of_range(ref, k, where, ignore_index)
+        if error is not None:
+            raise error
     try:
         return loss_fn(logits, labels, **kwargs)
     except IndexError as exc:
-        k = logits.shape[1] if logits.dim() > 1 else 1
-        bad = labels[(labels < 0) | (labels >= k)] if labels.dtype != torch.bool else labels[:0]
-        shown = f"label {int(bad[0])}" if bad.numel() else "a label"
-        raise ConfigError(f"{where}: {shown} is out of range for the model's {k} outputs (num_classes={k}); "
-                          f"build the model with num_classes >= the number of classes in the data") from exc
+        error = _out_of_range(labels, k, where, ignore_index)
+        if error is None:
+            raise
+        raise error from exc

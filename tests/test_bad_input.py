@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 import torch
 import torchvision
 from torch import nn
@@ -81,6 +82,13 @@ def test_arch_yaml_round_trip_and_format_errors(tmp_path, resnext):
     other.write_text(path.read_text().replace("of: 64", "of: 48", 1))
     with pytest.raises(dmcpfx.ArchError, match="another model"):
         dmcpfx.materialize(resnext, other, X)
+    for block in ("flops", "params"):  # a pruned count that the widths do not give: edited by hand
+        doc = yaml.safe_load(path.read_text())
+        doc[block]["pruned"] = int(doc[block]["pruned"] * 1.05)
+        edited = tmp_path / f"edited_{block}.yaml"
+        edited.write_text(yaml.safe_dump(doc, sort_keys=False))
+        with pytest.raises(dmcpfx.ArchError, match=rf"edited_{block}.yaml: {block}.pruned is .* but the model"):
+            dmcpfx.materialize(resnext, edited, X)
     (tmp_path / "notyaml.yaml").write_text("groups: [1, 2")
     with pytest.raises(dmcpfx.ArchError, match="not valid YAML"):
         load_arch(tmp_path / "notyaml.yaml")

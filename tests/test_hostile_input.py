@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -137,6 +138,27 @@ def test_labels_out_of_range_name_num_classes(tiny):
                       progress=False)
 
 
+def test_labels_off_the_cpu_are_checked_before_the_loss_runs():
+    """The CUDA path (a device-side assert would kill the CUDA context) on the CPU: labels on a
+    non-CPU device (meta here) are checked on their host copy before the loss kernel is launched,
+    and ignore_index (-100) stays allowed."""
+    from dmcpfx.labels import checked_loss, host_labels
+
+    def never(*args, **kwargs):
+        raise AssertionError("the loss ran on out-of-range labels")
+
+    logits = torch.empty(3, 4, device="meta")
+    on_device = torch.empty(3, dtype=torch.int64, device="meta")
+    batch = (torch.zeros(3, 2), torch.tensor([0, 7, 1]))
+    assert host_labels(batch) is batch[1] and host_labels((torch.zeros(1),)) is None
+    with pytest.raises(ConfigError, match=r"search: label 7 is out of range for the model's 4 outputs"):
+        checked_loss(never, logits, on_device, "search", host=host_labels(batch))
+    fine = torch.tensor([0, -100, 3])
+    assert checked_loss(lambda lo, la: "ran", logits, on_device, "search", host=fine) == "ran"
+    with pytest.raises(ConfigError, match=r"evaluate: label -3 is out of range"):  # CPU: torch's IndexError, named
+        checked_loss(torch.nn.functional.cross_entropy, torch.zeros(2, 4), torch.tensor([1, -3]), "evaluate")
+
+
 class NanInEval(nn.Module):
     """Finite while training, NaN in eval mode (like BatchNorm statistics gone bad)."""
 
@@ -249,6 +271,17 @@ def test_corrupt_and_empty_images_are_named(tmp_path):
         load_rgb(str(empty))
     with pytest.raises(ConfigError, match=rf"image {corrupt} is corrupt or not an image"):
         load_rgb(str(corrupt))
+    with pytest.raises(ConfigError, match=rf"image {empty} is empty"):  # up front: before any run starts
+        imagefolder_loaders(tmp_path, image_size=8, batch_size=4, workers=1)
+    empty.write_bytes(b"not an image")
+    with pytest.raises(ConfigError, match=rf"image {empty} is corrupt or not an image"):
+        imagefolder_loaders(tmp_path, image_size=8, batch_size=4, workers=1)
+    Image.new("RGB", (8, 8)).save(empty, format="PNG")  # a good image again
+    with pytest.raises(ConfigError, match=rf"image {corrupt} is corrupt or not an image"):  # 40 bytes: no header
+        imagefolder_loaders(tmp_path, image_size=8, batch_size=4, workers=1)
+    noisy = tmp_path / "noisy.png"  # a truncated file with a whole header: named when it is decoded
+    Image.frombytes("RGB", (64, 64), random.Random(0).randbytes(64 * 64 * 3)).save(noisy)
+    corrupt.write_bytes(noisy.read_bytes()[: noisy.stat().st_size // 2])
     bundle = imagefolder_loaders(tmp_path, image_size=8, batch_size=4, workers=1)
     with pytest.raises(ConfigError) as failure:
         list(bundle.train)

@@ -141,11 +141,12 @@ class _EpochLoop:
         loss = torch.zeros(())
         watch = FirstBadStep(self.device)  # NaN/inf losses, found without a sync per step
         for i, (images, labels) in enumerate(bar):
+            host = labels
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             with autocast_for(self.amp, self.device):
                 logits = self.model(images)
-                loss = checked_loss(self.criterion, logits.float(), labels, desc)
+                loss = checked_loss(self.criterion, logits.float(), labels, desc, host=host)
             watch.update(loss, i + 1)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()

@@ -18,7 +18,7 @@ from .bn import FrozenStats, batchnorm_sites, recalibrate_bn
 from ..errors import ConfigError
 from ..amp import amp_dtype, autocast, to_device
 from .step import gate_state, restore_gate_state
-from ..labels import checked_loss
+from ..labels import checked_loss, host_labels
 
 __all__ = ["evaluate_space"]
 
@@ -91,7 +91,8 @@ def evaluate_space(
             with autocast(device, dtype):
                 out = space(x)
             out = out.float()
-            loss_sum += checked_loss(F.cross_entropy, out, y, "evaluate", reduction="sum").double()
+            loss_sum += checked_loss(F.cross_entropy, out, y, "evaluate", host=host_labels(batch),
+                                     reduction="sum").double()
             correct += (out.argmax(1) == y).sum()
             n += y.numel()
     finally:

@@ -19,6 +19,7 @@ from ..amp import to_device
 from ..errors import ConfigError
 from ..finite import check_search_step
 from ..harness import RunFiles, steps_per_epoch
+from ..labels import host_labels
 from ..progress import is_terminal
 from ..training import DistContext, cosine_schedule, ddp_wrap, param_groups, seed_everything
 from .alpha_init import init_alphas
@@ -188,10 +189,11 @@ class SearchRun:
                         decay=o.markov_decay, final=o.markov_prob_final)
         lr_now = self.weight_opt.param_groups[0]["lr"]
         arch_lr_now = self.arch_opt.param_groups[0]["lr"] if in_arch else None
-        stats = self.stepper.weight_step(x, y, markov_prob=p)
+        host = host_labels(batch)
+        stats = self.stepper.weight_step(x, y, markov_prob=p, host_labels=host)
         self.scheds["weight_scheduler"].step()
         if in_arch:
-            stats.update(self.stepper.arch_step(x, y))
+            stats.update(self.stepper.arch_step(x, y, host_labels=host))
             self.scheds["arch_scheduler"].step()
         check_search_step(  # NaN/inf loss or alpha: stop, naming epoch and step
             stats, self.space, epoch=epoch + 1, step=self.step + 1, lr=lr_now, arch_lr=arch_lr_now)

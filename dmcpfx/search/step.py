@@ -182,11 +182,13 @@ class SearchStep:
     def _backward(self, loss: torch.Tensor, scaler) -> None:
         (scaler.scale(loss) if scaler is not None else loss).backward()
 
-    def weight_step(self, x: torch.Tensor, y: torch.Tensor, *, markov_prob: float = 0.0) -> dict[str, torch.Tensor]:
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor, *, markov_prob: float = 0.0,
+                    host_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Max, min and ``num_random`` random sub-nets, accumulated, ONE optimizer step.
 
         Returns detached scalars: ``loss_max`` (CE), ``loss_min``/``loss_random`` (KL to the
-        max net), ``acc_max`` (train top-1 of the max net on this batch).
+        max net), ``acc_max`` (train top-1 of the max net on this batch, in percent). ``host_labels``:
+        ``y`` still on the CPU, to check the label range without a device sync.
         """
         space, net = self.space, self.net
         is_ddp = net is not space and hasattr(net, "no_sync")
@@ -217,10 +219,11 @@ class SearchStep:
                     out = net(x)
                 out = out.float()
                 if kind == "max":
-                    loss = checked_loss(F.cross_entropy, out, y, "search", label_smoothing=self.label_smoothing)
+                    loss = checked_loss(F.cross_entropy, out, y, "search", host=host_labels,
+                                        label_smoothing=self.label_smoothing)
                     teacher = out.detach()
                     stats["loss_max"] = loss.detach()
-                    stats["acc_max"] = (teacher.argmax(1) == y).float().mean()
+                    stats["acc_max"] = (teacher.argmax(1) == y).float().mean() * 100.0
                 else:
                     loss = distill_loss(out, teacher, self.temperature)
                     if kind == "min":
@@ -239,7 +242,8 @@ class SearchStep:
         space.set_mode("max")
         return stats
 
-    def arch_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor, *,
+                  host_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Gates in ``expected`` mode, ``CE + budget_weight * budget_loss``, step the alphas only.
 
         Returns detached scalars ``arch_ce``, ``budget_loss`` and ``expected`` (the expected
@@ -253,7 +257,8 @@ class SearchStep:
             with self._clock("arch forward"), self.frozen_bn(), autocast(self.device, self.dtype):
                 out = space(x)  # the unwrapped module: no DDP hooks, alphas reduced below
             with self._clock("arch budget"):
-                ce = checked_loss(F.cross_entropy, out.float(), y, "search", label_smoothing=self.label_smoothing)
+                ce = checked_loss(F.cross_entropy, out.float(), y, "search", host=host_labels,
+                                  label_smoothing=self.label_smoothing)
                 e = self.expected(space)
                 bl = budget_loss(e, self.target, band=self.budget_band)
                 loss = ce + self.budget_weight * bl.to(ce.dtype)
