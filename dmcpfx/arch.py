@@ -6,10 +6,13 @@ model: torchvision.models.resnet50
 input_shape: [1, 3, 224, 224]
 flops: {full: 4089184256, pruned: 2011111111, target: 2.0e9}
 params: {full: 25557032, pruned: 14000000}
+latency: {full: 632.6, pruned: 310.2, target: 316.3, backend: ort-cpu, batch: 16, threads: 2}  # latency budgets only
 groups:
   conv1: {channels: 52, of: 64}
 ```
-Groups not listed keep their full width. Loading validates the file's structure;
+Groups not listed keep their full width. ``latency`` (ms per batch, the latency table's
+prediction on its backend) is written only under a latency budget and is informative: it
+holds on the machine that measured the table. Loading validates the file's structure;
 :func:`validate_widths` checks widths against a model's :class:`ChannelGraph`.
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ from .fileio import write_text_atomic
 from .yamlio import load_file
 
 FORMAT = "dmcpfx-arch/1"
-TOP_KEYS = ("format", "model", "input_shape", "flops", "params", "groups")
+TOP_KEYS = ("format", "model", "input_shape", "flops", "params", "latency", "groups")
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Arch:
     flops: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
     source: str | None = None
+    latency: dict = field(default_factory=dict)
 
 
 def save_arch(
@@ -50,6 +54,7 @@ def save_arch(
     *,
     model: str | None = None,
     target_flops: float | None = None,
+    latency: Mapping | None = None,
 ) -> Path:
     """Write ``widths`` as an arch YAML (atomically) with exact full/pruned FLOPs and params.
 
@@ -69,6 +74,7 @@ def save_arch(
             "target": None if target_flops is None else float(target_flops),
         },
         "params": {"full": int(graph.full_params), "pruned": int(graph.params(clean))},
+        **({"latency": dict(latency)} if latency else {}),
         "groups": {gid: {"channels": int(clean[gid]), "of": graph.groups[gid].width} for gid in graph.prunable},
     }
     text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
@@ -91,6 +97,9 @@ def load_arch(path: str | os.PathLike) -> Arch:
     fmt = doc.get("format")
     if fmt != FORMAT:
         raise ArchError(f"{p}: unsupported format {fmt!r} (expected {FORMAT!r})")
+    for block in ("flops", "params", "latency"):
+        if doc.get(block) is not None and not isinstance(doc[block], dict):
+            raise ArchError(f"{p}: key '{block}' must be a mapping (full, pruned, ...), got {type(doc[block]).__name__}")
     groups = doc.get("groups")
     if not isinstance(groups, dict):
         raise ArchError(f"{p}: key 'groups' must be a mapping of group id -> {{channels, of}}")
@@ -118,6 +127,7 @@ def load_arch(path: str | os.PathLike) -> Arch:
         flops=doc.get("flops") or {},
         params=doc.get("params") or {},
         source=str(p),
+        latency=doc.get("latency") or {},
     )
 
 

@@ -110,8 +110,11 @@ def _run_stages(args, stages) -> int:
     if result.table:
         print(result.table)
     elif "pruned_macs" in s:
+        budget = (f"target {s['target_macs'] / 1e6:.2f}M" if "target_macs" in s else
+                  f"table latency {s['pruned_latency_ms']:.3f} ms, target {s['target_latency_ms']:.3f} ms"
+                  if "target_latency_ms" in s else f"params {s['pruned_params']:,}")
         print(f"derived arch: {s['pruned_macs'] / 1e6:.2f}M MACs of {s['full_macs'] / 1e6:.2f}M "
-              f"(target {s['target_macs'] / 1e6:.2f}M); arch.yaml and supernet_slice.pt written")
+              f"({budget}); arch.yaml and supernet_slice.pt written")
     done = "report.md written" if result.table else "next: `dmcpfx retrain` with the same config"
     print(f"run directory: {result.run_dir} ({done}; {result.seconds:.0f}s)")
     return 0

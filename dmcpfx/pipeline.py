@@ -43,7 +43,7 @@ from .config_checks import check_against_data, validate_config
 from .errors import ConfigError
 from .fileio import write_json_atomic, write_text_atomic
 from .finite import check_outputs
-from .progress import bars_enabled, derive_line, is_terminal, print_search_epoch
+from .progress import UNITS, bars_enabled, derive_line, is_terminal, print_search_epoch
 from . import data
 from .arch import load_arch
 from .materialize import materialize
@@ -56,6 +56,8 @@ from .product.run_dir import ONNX_NAME, SLICE_NAME, WEIGHTS_NAME, apply_weights,
 from .search.derive import derive
 from .search.holdout import split_holdout
 from .search.instrument import instrument
+from .search.latency_build import latency_table
+from .search.metric import budget_metric
 from .search.result import check_budget
 from .search.loop import search
 from .training import MetricsWriter, distributed_context, load_checked
@@ -75,6 +77,10 @@ class PipelineResult:
     summary: dict = field(default_factory=dict)
     table: str | None = None
     seconds: float = 0.0
+
+
+#: summary.json key of each budget metric: target_macs, expected_params, pruned_latency_ms, ...
+SUMMARY_UNITS = {"flops": "macs", "params": "params", "latency": "latency_ms"}
 
 
 def make_data(cfg: Config, distributed: bool):
@@ -200,7 +206,9 @@ class _Run:
             s = cfg.search
             self.space = instrument(self.model, self.x, min_ratio=s.min_ratio, step=s.step, divisor=s.divisor,
                                     model_name=cfg.model.spec)
-            self.unit = "macs" if s.budget_metric == "flops" else "params"  # summary keys: target_macs, ...
+            self.unit = SUMMARY_UNITS[s.budget_metric]  # summary keys: target_macs, ...
+            if s.budget_metric == "latency":
+                self._latency_table()
             self.target = self._check_target()
         self._check_resume_files()
         if self.path("summary.json").is_file():
@@ -215,11 +223,27 @@ class _Run:
         """``search.target`` as an absolute count of ``search.budget_metric``, between the smallest
         sub-net and the full model (ConfigError naming the key)."""
         try:
-            target, _ = check_budget(self.space, self.cfg.search.target, self.cfg.search.budget_metric)
+            target, _ = check_budget(self.space, self.cfg.search.target, self.cfg.search.budget_metric,
+                                     self.cfg.search.latency_table)
         except ConfigError as exc:
             raise ConfigError(f"search.target {self.cfg.search.target!r}: {exc} (search.min_ratio="
                               f"{self.cfg.search.min_ratio})") from exc
         return target
+
+    def _latency_table(self) -> None:
+        """Under a latency budget: the table at ``search.latency_table``, measured there first when
+        the file does not exist (rank 0; the others wait), else checked against this space."""
+        s = self.cfg.search
+        if s.latency_backend == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("search.latency_backend is 'cuda' but no CUDA device is available")
+        if self.main or Path(s.latency_table).is_file():
+            say = print if (self.cfg.run.progress and self.main) else None
+            latency_table(self.space, s.latency_backend, s.latency_batch, threads=s.latency_threads,
+                          path=s.latency_table, progress=say)
+        if self.ctx.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def start(self) -> None:
         """Called under the run lock: the marker, then ``config.yaml``."""
@@ -277,12 +301,17 @@ class _Run:
         )
         self.summary.update(pruned_macs=int(self.space.flops(self.widths)),
                             pruned_params=int(self.space.params(self.widths)))
-        expected = self.summary.get("expected_macs")
-        if expected and self.unit == "macs":
-            self.summary["derive_change"] = self.summary["pruned_macs"] / float(expected) - 1.0
+        if self.unit == "latency_ms":
+            metric = budget_metric(self.space, "latency", self.cfg.search.latency_table)
+            self.summary.update(pruned_latency_ms=metric.exact(self.space, self.widths), table_full_latency_ms=metric.full,
+                                latency_backend=metric.table.meta.get("backend"), latency_batch=metric.table.meta.get("batch"),
+                                latency_threads=metric.table.meta.get("threads"))
+        expected, derived = self.summary.get(f"expected_{self.unit}"), self.summary.get(f"pruned_{self.unit}")
+        if expected and derived is not None:
+            self.summary["derive_change"] = float(derived) / float(expected) - 1.0
             if self.main and self.cfg.run.progress:
-                print(derive_line(d.mode, float(expected), self.summary["pruned_macs"], float(self.target)),
-                      flush=True)
+                print(derive_line(d.mode, float(expected), float(derived), float(self.target),
+                                  UNITS[self.cfg.search.budget_metric]), flush=True)
         self.save_summary()
 
     def materialize(self) -> None:

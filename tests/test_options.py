@@ -48,10 +48,10 @@ def test_every_field_is_settable_from_a_config_override(cls, section, fn):
 
 @pytest.mark.parametrize("key,value", [
     ("search.momentum", 1.0), ("search.arch_momentum", -0.1), ("search.budget_band", 0.0),
-    ("search.budget_band", 1.5), ("search.budget_metric", "latency"), ("search.distill_temperature", 0.0),
+    ("search.budget_band", 1.5), ("search.budget_metric", "energy"), ("search.distill_temperature", 0.0),
     ("search.slimmable", "yes"), ("search.lr_warmup_start", 9.0), ("search.epochs", 0), ("search.target", -1),
     ("search.target", True), ("derive.max_draws", 0), ("derive.val_batches", 0), ("derive.seed", -1),
-    ("derive.budget_metric", "latency"), ("retrain.nesterov", 1), ("retrain.momentum", 1.0),
+    ("derive.budget_metric", "energy"), ("retrain.nesterov", 1), ("retrain.momentum", 1.0),
     ("retrain.init", "zeros"), ("retrain.warmup_epochs", 8),
 ])
 def test_validate_names_the_key(key, value):

@@ -147,9 +147,12 @@ def test_load_from_spec_arch_and_weights(tmp_path):
                         kwargs={"width": 8, "blocks": [1, 1]})
     with torch.no_grad():
         assert torch.equal(again(x), compact.eval()(x))
+    with pytest.raises(dmcpfx.ArchError, match=r"params\.pruned is .* \(is the arch for another model\?\)"):
+        dmcpfx.load("dmcpfx.demo_models:small_resnet", arch, tmp_path / "w.pt",  # a 7-class head: the
+                    kwargs={"width": 8, "blocks": [1, 1], "num_classes": 7})    # arch's counts differ
     with pytest.raises(dmcpfx.ConfigError, match=r"w\.pt does not fit"):  # strict: a 7-class head
-        dmcpfx.load("dmcpfx.demo_models:small_resnet", arch, tmp_path / "w.pt",
-                    kwargs={"width": 8, "blocks": [1, 1], "num_classes": 7})
+        dmcpfx.load("dmcpfx.demo_models:small_resnet", {"conv1": 4}, tmp_path / "w.pt",
+                    kwargs={"width": 8, "blocks": [1, 1], "num_classes": 7}, input_shape=[1, 3, 16, 16])
     with pytest.raises(dmcpfx.ArchError, match="another model"):
         dmcpfx.load("dmcpfx.demo_models:small_resnet", arch, tmp_path / "w.pt", kwargs={"width": 16})
 

@@ -72,13 +72,40 @@ def report_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_BUDGET_UNITS = (("macs", "MACs"), ("params", "params"), ("latency_ms", "ms per batch (latency table)"))
+
+
 def _search_lines(summary: Mapping[str, Any]) -> list[str]:
-    """Where the search ended (expected MACs vs the target) and how far derive moved it."""
-    expected, target = summary.get("expected_macs"), summary.get("target_macs")
-    if not expected or not target:
+    """Where the search ended (the expected budget vs the target) and how far derive moved it."""
+    for key, unit in _BUDGET_UNITS:
+        expected, target = summary.get(f"expected_{key}"), summary.get(f"target_{key}")
+        if expected and target:
+            shown = f"{expected:.3f}" if key == "latency_ms" else _fmt(expected, "count")
+            return [f"The search ended at E = {shown} expected {unit} ({expected / target:.1%} of the "
+                    f"target); derive moved it by {summary.get('derive_change', 0.0):+.2%} from E.", ""]
+    return []
+
+
+def _latency_budget_lines(summary: dict, full_model: nn.Module, compact: nn.Module, x: torch.Tensor) -> list[str]:
+    """Under a latency budget: the table's prediction for the compact model next to its measured
+    latency on the table's backend, batch and threads (``summary`` gets the measured figures)."""
+    if "target_latency_ms" not in summary:
         return []
-    return [f"The search ended at E = {_fmt(expected, 'count')} expected MACs ({expected / target:.1%} of the "
-            f"target); derive moved the count by {summary.get('derive_change', 0.0):+.2%} from E.", ""]
+    from ..search.latency_measure import time_model
+
+    backend, batch, threads = summary["latency_backend"], int(summary["latency_batch"]), int(summary["latency_threads"])
+    where = f"{backend}, batch {batch}, {threads} thread(s)"
+    if backend == "cuda" and not torch.cuda.is_available():
+        return [f"Latency budget ({where}): not measured here (no CUDA device).", ""]
+    xb = x[:1].repeat(batch, *([1] * (x.dim() - 1)))
+    full_ms = time_model(full_model, (xb,), backend=backend, threads=threads)
+    pruned_ms = time_model(compact, (xb,), backend=backend, threads=threads)
+    predicted, target = float(summary["pruned_latency_ms"]), float(summary["target_latency_ms"])
+    summary.update(measured_full_latency_ms=full_ms, measured_pruned_latency_ms=pruned_ms)
+    return [f"Latency budget ({where}): target {target:.3f} ms; the latency table predicts {predicted:.3f} ms "
+            f"for the compact model, measured {pruned_ms:.3f} ms (prediction {predicted / pruned_ms - 1:+.1%}, "
+            f"measured vs target {pruned_ms / target - 1:+.1%}); full model measured {full_ms:.3f} ms: "
+            f"speed-up {full_ms / pruned_ms:.2f}x.", ""]
 
 
 def _export_batch1(model: nn.Module, x1: torch.Tensor, path: Path) -> Path:
@@ -123,6 +150,7 @@ def write_report(run_dir: str | Path, cfg, summary: dict, full_model: nn.Module,
         + (f" ({(pruned / target - 1):+.2%} vs target)." if target and pruned else "."),
         "",
         *_search_lines(summary),
+        *_latency_budget_lines(summary, full_model, compact, x),
         table,
         "",
         "Full top-1: the searched supernet at max width (BatchNorm re-estimated); pruned top-1: the "

@@ -30,16 +30,26 @@ __all__ = [
     "expected_params",
     "expected_width_values",
     "expected_widths",
+    "human",
     "min_widths",
     "parse_target",
 ]
 
 _SUFFIXES = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _TARGET_RE = re.compile(
-    r"^\s*(?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*(?P<suffix>[kmgt%]?)\s*"
+    r"^\s*(?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*(?P<suffix>ms|[kmgt%]?)\s*"
     r"(?:macs?|flops?|params?)?\s*$",
     re.IGNORECASE,
 )
+
+
+def human(n: float) -> str:
+    """``1234567 -> '1.23M'`` (powers of 1000)."""
+    n = float(n)
+    for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return f"{n:.3g}"
 
 
 def _fmt(x: float) -> str:
@@ -55,6 +65,10 @@ def parse_target(target: int | float | str, full: int | float, *, unit: str = "M
     - a percentage: ``"50%"`` -> ``0.5 * full``;
     - an absolute count ``> 1``: ``2e9``, ``2_000_000_000``, ``"1.5e9"``, ``"2G"``, ``"300M"``,
       ``"2 GMACs"`` (suffixes k, M, G, T are powers of 1000).
+
+    A latency (``unit="ms"``, milliseconds per batch): a ratio or percentage as above, or
+    milliseconds ``"12ms"`` (a number above 1 without a suffix also reads as ms); ``"12ms"`` with
+    another unit is an error that says to set ``budget_metric: latency``.
 
     Returns the target in the unit of ``full`` (``unit`` only names it in errors).
     Raises :class:`ConfigError` for unparsable, non-positive or non-finite values and for
@@ -72,7 +86,14 @@ def parse_target(target: int | float | str, full: int | float, *, unit: str = "M
             )
         value = float(m.group("num"))
         suffix = m.group("suffix").lower()
-        if suffix == "%":
+        if suffix == "ms" and unit != "ms":
+            raise ConfigError(f"target {target!r} is a latency but the budget is in {unit}: set budget_metric: "
+                              f"latency (and a latency_table)")
+        if unit == "ms" and suffix in _SUFFIXES and suffix:
+            raise ConfigError(f"target {target!r} does not fit a latency budget: use a ratio, '50%' or '12ms'")
+        if suffix == "ms":
+            value, is_ratio = value, False
+        elif suffix == "%":
             value, is_ratio = value / 100.0, True
         else:
             value, is_ratio = value * _SUFFIXES[suffix], suffix == "" and 0.0 < value <= 1.0

@@ -34,8 +34,9 @@ from ..errors import ArchError, ConfigError
 from ..finite import check_alphas
 from ..plots import plot_widths
 from .space import check_space
-from .budget import exact_flops, exact_params, expected_flops, expected_params, expected_width_values, parse_target
+from .budget import exact_flops, expected_width_values, human, parse_target
 from .evaluation import evaluate_space
+from .metric import BudgetMetric, budget_metric
 from .options import DeriveOptions
 
 __all__ = ["derive", "fit_widths", "valid_widths"]
@@ -231,10 +232,9 @@ def derive(
     if o.target is None:
         raise ConfigError("derive(): target is required (the search's budget: a ratio like 0.5 or absolute MACs)")
     check_alphas(space)  # non-finite alphas: a diverged search, no arch
-    metric = o.budget_metric
-    count = exact_flops if metric == "flops" else exact_params
-    full = int(space.full_flops) if metric == "flops" else int(space.params())
-    target = parse_target(o.target, full, unit="MACs" if metric == "flops" else "params")
+    metric = budget_metric(space, o.budget_metric, o.latency_table)
+    count = metric.exact
+    target = parse_target(o.target, metric.full, unit=metric.unit)
     preferred = expected_width_values(space)
     adjuster = _Adjuster(space, count, target, o.tolerance, preferred)
 
@@ -247,7 +247,8 @@ def derive(
                          calib_batches=o.calib_batches)
 
     if path is not None:
-        save_arch(path, widths, space, model=model_name, target_flops=target if metric == "flops" else None)
+        save_arch(path, widths, space, model=model_name, target_flops=target if metric.name == "flops" else None,
+                  latency=_latency_block(metric, widths, target))
     if plot_path is not None:
         plot_widths(space, widths, plot_path)
     return widths
@@ -256,15 +257,27 @@ def derive(
 EXPECTED_MOVE_LIMIT = 0.02  # derive(expected) moves the count at most this far from the search's E
 
 
-def _warn_far_from_expected(space: Any, derived: int, target: float, budget_metric: str) -> None:
+def _latency_block(metric: BudgetMetric, widths: Mapping[str, int], target: float) -> dict | None:
+    """The arch file's ``latency`` block under a latency budget: the table's prediction (ms per
+    batch) of the full model and of ``widths``, the target and the table's backend and batch."""
+    if metric.name != "latency":
+        return None
+    meta = metric.table.meta
+    return {"full": round(float(metric.full), 6), "pruned": round(float(metric.exact(None, widths)), 6),
+            "target": round(float(target), 6), "backend": meta.get("backend"), "batch": meta.get("batch"),
+            "threads": meta.get("threads")}
+
+
+def _warn_far_from_expected(space: Any, derived: float, target: float, metric: BudgetMetric) -> None:
     """Warn when the derived count lies more than 2% from the searched expectation: the widths then
     come from the band fill, not from the marginals (the search did not reach its budget)."""
     with torch.no_grad():
-        expected = float(expected_flops(space) if budget_metric == "flops" else expected_params(space))
+        expected = float(metric.expected(space))
     move = derived / expected - 1.0
     if abs(move) > EXPECTED_MOVE_LIMIT:
         warnings.warn(
-            f"derive(expected): the search ended at E = {expected:,.0f} ({expected / target:.1%} of the target) and "
+            f"derive(expected): the search ended at E = {human(expected)} {metric.unit} ({expected / target:.1%} of the "
+            f"target) and "
             f"meeting the band moved the count by {move:+.1%}; the widths come from that fill more than from the "
             f"search (longer search, or search.alpha_init=budget)",
             stacklevel=3,

@@ -47,7 +47,8 @@ from torch import nn
 from ..harness import epochs, resolve_device
 from ..training import distributed_context
 from .options import SearchOptions
-from .result import SearchResult, check_budget
+from .metric import resolve_budget
+from .result import SearchResult
 from .run import SearchRun
 from .space import check_space
 
@@ -107,8 +108,8 @@ def search(
     opts = SearchOptions.build(options, option_values, "search")
     ctx = distributed_context()
     device = resolve_device(device, ctx)
-    target, full = check_budget(space, opts.target, opts.budget_metric)
-    run = SearchRun(space, train_loader, opts, ctx, device, target, full)
+    target, metric = resolve_budget(space, opts.target, opts.budget_metric, opts.latency_table)
+    run = SearchRun(space, train_loader, opts, ctx, device, target, metric)
     run.start_or_resume(run_dir, resume)
     for epoch in epochs(run.loader, run.start_epoch, opts.epochs):
         means, seconds, images = run.train_epoch(epoch, progress)

@@ -19,9 +19,20 @@ from .schedule import MARKOV_SCHEDULES
 
 __all__ = ["SearchOptions", "DeriveOptions", "BUDGET_METRICS", "RESUME_FREE"]
 
-BUDGET_METRICS = ("flops", "params")  # "flops" counts MACs (one multiply-add per MAC)
+BUDGET_METRICS = ("flops", "params", "latency")  # "flops" counts MACs (one multiply-add per MAC)
 #: search options that may change when a run is resumed (they change no result)
 RESUME_FREE = ("log_interval",)
+
+
+def _table_path(metric: Any) -> Any:
+    """``latency_table``: a file path (a non-empty string), required when the budget is a latency."""
+    def check(key: str, value: Any) -> None:
+        if value is None and metric == "latency":
+            fail(key, "the path of a latency table (JSON, from dmcpfx.latency_table) when budget_metric is "
+                      "'latency'", value)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            fail(key, "null or the path of a latency table (JSON)", value)
+    return check
 
 
 def _target(key: str, value: Any) -> None:
@@ -38,7 +49,11 @@ class SearchOptions(Options):
     """DMCP search (DESIGN.md section 5).
 
     ``target``: the budget, a ratio of the full model (``0.5``, ``"50%"``) or absolute
-    (``"2G"``, ``3e8``) MACs per image (a parameter count when ``budget_metric: params``).
+    (``"2G"``, ``3e8``) MACs per image (a parameter count when ``budget_metric: params``;
+    milliseconds per batch, ``"12ms"``, when ``budget_metric: latency``, predicted by the latency
+    table at ``latency_table``, a JSON file made by ``dmcpfx.latency_table`` for this space; the
+    pipeline measures it there when the file does not exist yet, on ``latency_backend`` (ort-cpu |
+    cuda) at ``latency_batch`` images with ``latency_threads`` threads).
     ``epochs``: total; the first ``warmup_epochs`` (null: half) train the weights only.
     ``divisor``/``min_ratio``/``step``: the gates' candidate widths (read by ``instrument``).
     Weights: SGD nesterov ``lr`` cosine to ``min_lr`` per step, ``lr_warmup_steps`` from
@@ -74,6 +89,10 @@ class SearchOptions(Options):
     budget_weight: float = 0.1
     budget_band: float = 0.95
     budget_metric: str = "flops"
+    latency_table: Union[str, None] = None
+    latency_backend: str = "ort-cpu"
+    latency_batch: int = 16
+    latency_threads: int = 1
     num_random: int = 2
     distill_temperature: float = 1.0
     label_smoothing: float = 0.0
@@ -106,7 +125,9 @@ class SearchOptions(Options):
             ("arch_lr", float_in(0.0, low_open=True)), ("arch_min_lr", float_in(0.0)),
             ("arch_momentum", float_in(0.0, 1.0, high_open=True)),
             ("budget_weight", float_in(0.0)), ("budget_band", float_in(0.0, 1.0, low_open=True)),
-            ("budget_metric", one_of(BUDGET_METRICS)), ("num_random", int_in(0)),
+            ("budget_metric", one_of(BUDGET_METRICS)), ("latency_table", _table_path(self.budget_metric)),
+            ("latency_backend", one_of(("ort-cpu", "cuda"))), ("latency_batch", int_in(1, 4096)),
+            ("latency_threads", int_in(1, 256)), ("num_random", int_in(0)),
             ("distill_temperature", float_in(0.0, low_open=True)),
             ("label_smoothing", float_in(0.0, 1.0, high_open=True)), ("calib_batches", int_in(0)),
             ("markov_schedule", one_of(MARKOV_SCHEDULES)), ("markov_decay", float_in(0.0, 1.0, low_open=True)),
@@ -129,8 +150,8 @@ class DeriveOptions(Options):
     direct (``samples`` in-band Markov samples ranked on ``holdout_images`` training images held
     out of the search, never the reported split; at most ``max_draws`` draws; ``val_batches``:
     batches of that held-out loader per sample, null: all). ``tolerance``: relative band around
-    the target. ``target``, ``seed``, ``calib_batches``, ``budget_metric``: null takes the
-    search's (``SearchOptions``) value.
+    the target. ``target``, ``seed``, ``calib_batches``, ``budget_metric``, ``latency_table``: null
+    takes the search's (``SearchOptions``) value.
     """
 
     mode: str = "expected"
@@ -143,6 +164,7 @@ class DeriveOptions(Options):
     seed: Union[int, None] = None
     calib_batches: Union[int, None] = None
     budget_metric: Union[str, None] = None
+    latency_table: Union[str, None] = None
 
     section = "derive"
     aliases = {"target_flops": "target"}
@@ -154,7 +176,7 @@ class DeriveOptions(Options):
             ("val_batches", int_in(1, optional=True)),
             ("target", lambda k, v: None if v is None else _target(k, v)),
             ("seed", int_in(0, optional=True)), ("calib_batches", int_in(0, optional=True)),
-            ("budget_metric", one_of((None, *BUDGET_METRICS))),
+            ("budget_metric", one_of((None, *BUDGET_METRICS))), ("latency_table", _table_path(None)),
         ]
 
     def resolved(self, search: SearchOptions | None = None) -> "DeriveOptions":
@@ -168,4 +190,5 @@ class DeriveOptions(Options):
             seed=s.seed if self.seed is None else self.seed,
             calib_batches=s.calib_batches if self.calib_batches is None else self.calib_batches,
             budget_metric=s.budget_metric if self.budget_metric is None else self.budget_metric,
+            latency_table=s.latency_table if self.latency_table is None else self.latency_table,
         )

@@ -1,8 +1,8 @@
 """What a DMCP search reports: :class:`SearchResult`, the running means of its step
 statistics, and the budget check that runs before the first step.
 
-Budget numbers are in the unit of ``budget_metric``: MACs per image (``"flops"``) or
-parameters (``"params"``).
+Budget numbers are in the unit of ``budget_metric``: MACs per image (``"flops"``),
+parameters (``"params"``) or milliseconds per batch (``"latency"``).
 """
 from __future__ import annotations
 
@@ -12,19 +12,10 @@ from typing import Any, Mapping
 
 import torch
 
-from .budget import exact_flops, exact_params, min_widths, parse_target
-from ..errors import ConfigError
+from .budget import human
+from .metric import resolve_budget
 
 __all__ = ["RunningMeans", "SearchResult", "check_budget", "human"]
-
-
-def human(n: float) -> str:
-    """``1234567 -> '1.23M'`` (powers of 1000)."""
-    n = float(n)
-    for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{suffix}"
-    return f"{n:.3g}"
 
 
 class RunningMeans:
@@ -73,18 +64,9 @@ class SearchResult:
         return self.expected
 
 
-def check_budget(space: Any, target_flops: int | float | str, budget_metric: str) -> tuple[float, int]:
-    """``(absolute target, full count)``; the target must lie between the min and the full sub-net."""
-    if budget_metric not in ("flops", "params"):
-        raise ConfigError(f"budget_metric must be 'flops' or 'params', got {budget_metric!r}")
-    unit = "MACs" if budget_metric == "flops" else "params"
-    full = int(space.full_flops) if budget_metric == "flops" else int(space.params())
-    target = parse_target(target_flops, full, unit=unit)
-    exact = exact_flops if budget_metric == "flops" else exact_params
-    smallest = exact(space, min_widths(space))
-    if target < smallest:
-        raise ConfigError(
-            f"target {human(target)} {unit} is below the smallest sub-net's {human(smallest)} {unit} "
-            f"(every group at its minimum width); raise the target or lower min_ratio in instrument()"
-        )
-    return target, full
+def check_budget(space: Any, target: int | float | str, budget_metric: str,
+                 latency_table: Any = None) -> tuple[float, float]:
+    """``(absolute target, full amount)`` in the unit of ``budget_metric``; the target must lie
+    between the smallest and the full sub-net (see :func:`dmcpfx.search.metric.resolve_budget`)."""
+    target_abs, metric = resolve_budget(space, target, budget_metric, latency_table)
+    return target_abs, metric.full

@@ -24,7 +24,8 @@ from ..progress import is_terminal
 from ..training import DistContext, cosine_schedule, ddp_wrap, param_groups, seed_everything
 from .alpha_init import init_alphas
 from .bn import recalibrate_bn
-from .budget import expected_flops, expected_params, expected_width_values
+from .budget import expected_width_values
+from .metric import BudgetMetric
 from .evaluation import evaluate_space
 from .options import RESUME_FREE, SearchOptions
 from .result import RunningMeans, SearchResult, human
@@ -43,12 +44,13 @@ def _broadcast_buffers(space: nn.Module) -> None:
 
 
 class SearchRun:
-    """One search of ``space`` on ``train_loader`` with ``opts`` to the absolute ``target``
-    (``full``: the full model's count, both in the unit of ``opts.budget_metric``)."""
+    """One search of ``space`` on ``train_loader`` with ``opts`` to the absolute ``target`` in the
+    unit of ``metric`` (the budget: MACs, params or a latency table's ms)."""
 
     def __init__(self, space: nn.Module, train_loader: Iterable, opts: SearchOptions, ctx: DistContext,
-                 device: torch.device, target: float, full: int):
-        self.space, self.opts, self.ctx, self.device, self.target, self.full = space, opts, ctx, device, target, full
+                 device: torch.device, target: float, metric: BudgetMetric):
+        self.space, self.opts, self.ctx, self.device, self.target = space, opts, ctx, device, target
+        self.metric, self.full = metric, metric.full
         self.warmup_epochs = opts.resolved_warmup_epochs
         self.loader = distributed_loader(train_loader, ctx, opts.seed)
         self.steps_per_epoch = steps_per_epoch(self.loader, "search")
@@ -56,7 +58,7 @@ class SearchRun:
         self.arch_start = self.warmup_epochs * self.steps_per_epoch
         self.arch_steps = self.total_steps - self.arch_start
         self._build(space, opts)
-        self.expected_fn = expected_flops if opts.budget_metric == "flops" else expected_params
+        self.expected_fn = metric.expected
         self.start_epoch, self.step, self.history = 0, 0, []
         self.files = RunFiles(None, checkpoint="checkpoint.pt", metrics="metrics.jsonl", fmt=CHECKPOINT_FORMAT,
                               what="search checkpoint", ctx=ctx)
@@ -92,7 +94,7 @@ class SearchRun:
         self.stepper = SearchStep(
             space, net=net, weight_optimizer=self.weight_opt, arch_optimizer=self.arch_opt, target=self.target,
             device=self.device, budget_weight=o.budget_weight, budget_band=o.budget_band,
-            budget_metric=o.budget_metric, num_random=o.num_random, distill_temperature=o.distill_temperature,
+            budget_metric=self.metric, num_random=o.num_random, distill_temperature=o.distill_temperature,
             label_smoothing=o.label_smoothing, amp=o.amp, generator=self.generator, world_size=self.ctx.world_size,
             slimmable=o.slimmable, bn_stats=o.bn_stats,
         )

@@ -27,6 +27,7 @@ from torch import nn
 from ..amp import amp_dtype, autocast
 from .bn import BN_STATS, FrozenStats
 from .budget import budget_loss, expected_flops, expected_params
+from .metric import BudgetMetric
 from ..errors import ConfigError
 from ..labels import checked_loss
 from .slimmable import SlicedRunner
@@ -59,7 +60,8 @@ class SearchStep:
 
     ``space`` is the (unwrapped) SearchSpace, ``net`` what the weight step calls (the DDP
     wrapper under torchrun, else ``space``). ``target`` is the absolute budget in the unit
-    of ``budget_metric`` (``"flops"``: MACs, ``"params"``: parameter count).
+    of ``budget_metric`` (``"flops"``: MACs, ``"params"``: parameter count, or a
+    :class:`~dmcpfx.search.metric.BudgetMetric`, e.g. a latency table's ms per batch).
     ``bn_stats``: which weight-step forwards update the BatchNorm running statistics
     (``"max"``: the max net only, default; ``"all"``: every sub-net, as the official code).
     The architecture step never updates them.
@@ -76,7 +78,7 @@ class SearchStep:
         net: nn.Module | None = None,
         budget_weight: float = 0.1,
         budget_band: float = 0.95,
-        budget_metric: str = "flops",
+        budget_metric: str | BudgetMetric = "flops",
         num_random: int = 2,
         distill_temperature: float = 1.0,
         label_smoothing: float = 0.0,
@@ -88,8 +90,9 @@ class SearchStep:
     ):
         if bn_stats not in BN_STATS:
             raise ConfigError(f"bn_stats must be one of {', '.join(BN_STATS)}, got {bn_stats!r}")
-        if budget_metric not in ("flops", "params"):
-            raise ConfigError(f"budget_metric must be 'flops' or 'params', got {budget_metric!r}")
+        if not isinstance(budget_metric, BudgetMetric) and budget_metric not in ("flops", "params"):
+            raise ConfigError(f"budget_metric must be 'flops', 'params' or a BudgetMetric (a latency budget: "
+                              f"dmcpfx.search.metric.budget_metric(space, 'latency', table)), got {budget_metric!r}")
         self.space = space
         self.net = net if net is not None else space
         self.weight_optimizer = weight_optimizer
@@ -98,7 +101,10 @@ class SearchStep:
         self.device = device
         self.budget_weight = float(budget_weight)
         self.budget_band = float(budget_band)
-        self.expected = expected_flops if budget_metric == "flops" else expected_params
+        if isinstance(budget_metric, BudgetMetric):
+            self.expected = budget_metric.expected
+        else:
+            self.expected = expected_flops if budget_metric == "flops" else expected_params
         self.num_random = int(num_random)
         self.temperature = float(distill_temperature)
         self.label_smoothing = float(label_smoothing)
