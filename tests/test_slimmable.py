@@ -190,3 +190,18 @@ def test_weight_step_sliced_equals_masked():
             assert stats_s[key].item() == pytest.approx(stats_m[key].item(), rel=1e-4, abs=1e-6), key
     for (n, p_m), p_s in zip(space_m.named_parameters(), space_s.parameters()):
         assert torch.allclose(p_m, p_s, rtol=1e-4, atol=1e-5), n
+
+
+def test_auto_slices_on_the_cpu_and_masks_on_cuda():
+    """``slimmable: auto`` (the default) on each device, without a GPU: the choice is made from the
+    device type only (deterministic), and a wrong value is an error naming the option."""
+    from dmcpfx.errors import ConfigError
+    from dmcpfx.search.step import slimmable_choice
+
+    assert slimmable_choice("auto", torch.device("cpu")) == (True, None)
+    sliced, why = slimmable_choice("auto", torch.device("cuda", 0))
+    assert sliced is False and "masked sub-nets on CUDA" in why
+    assert slimmable_choice(True, torch.device("cuda")) == (True, None)
+    assert slimmable_choice(False, torch.device("cpu"))[0] is False
+    with pytest.raises(ConfigError, match="slimmable must be true, false or 'auto', got 1"):
+        slimmable_choice(1, torch.device("cpu"))

@@ -66,7 +66,8 @@ class SearchOptions(Options):
     (``1 - markov_decay^step``) | linear (to ``markov_prob_final``). ``alpha_init``: budget
     (the uniform network at 99% of the target; this project's default) | zero (official).
     ``bn_stats``: max | all (which weight-step forwards update the BN statistics).
-    ``slimmable``: run the min/random sub-nets with sliced weights where possible.
+    ``slimmable``: run the min/random sub-nets with sliced weights where possible (true), with
+    masks (false), or auto: sliced on the CPU, masked on CUDA (the faster of the two as measured).
     ``amp``: null | bf16 | fp16. ``seed``: everything random. ``log_interval``: steps per
     ``step`` record of metrics.jsonl.
     """
@@ -102,7 +103,7 @@ class SearchOptions(Options):
     markov_prob_final: float = 1.0
     alpha_init: str = "budget"
     bn_stats: str = "max"
-    slimmable: bool = True
+    slimmable: Union[bool, str] = "auto"
     amp: Union[str, None] = None
     channels_last: bool = False
     seed: int = 0
@@ -132,7 +133,7 @@ class SearchOptions(Options):
             ("label_smoothing", float_in(0.0, 1.0, high_open=True)), ("calib_batches", int_in(0)),
             ("markov_schedule", one_of(MARKOV_SCHEDULES)), ("markov_decay", float_in(0.0, 1.0, low_open=True)),
             ("markov_prob_final", float_in(0.0, 1.0)), ("alpha_init", one_of(ALPHA_INITS)),
-            ("bn_stats", one_of(BN_STATS)), ("slimmable", boolean), ("amp", one_of(AMP_CHOICES)),
+            ("bn_stats", one_of(BN_STATS)), ("slimmable", one_of((True, False, "auto"))), ("amp", one_of(AMP_CHOICES)),
             ("channels_last", boolean), ("seed", int_in(0)), ("log_interval", int_in(1)),
         ]
 
