@@ -16,7 +16,8 @@ from .errors import ConfigError
 from .models import check_input_shape
 from .options import MAX_EPOCHS, fail, int_in, one_of
 
-__all__ = ["validate_config", "check_device", "check_memory", "check_against_data", "MAX_EPOCHS"]
+__all__ = ["validate_config", "check_device", "check_memory", "check_against_data", "check_activation_memory",
+           "activation_bytes", "MAX_EPOCHS"]
 
 DIGITS_IMAGES = 1797  # scikit-learn's digits, held in memory at data.image_size
 
@@ -130,3 +131,51 @@ def check_against_data(cfg, input_shape, num_classes: int) -> None:
         key = "model.num_classes" if m.num_classes is not None else "model.kwargs.num_classes"
         raise ConfigError(f"config key {key!r} is {classes} but the data has {num_classes} classes "
                           f"(labels 0..{num_classes - 1}); set it to at least {num_classes} or null")
+
+
+def activation_bytes(model: torch.nn.Module, shape: list[int] | tuple[int, ...]) -> int | None:
+    """Bytes of every leaf module's float32 output in one forward of ``model`` at ``shape``,
+    measured on the meta device (nothing is allocated, the caller's model is not touched); None
+    when the model cannot run on the meta device."""
+    import copy
+
+    total, seen = 0, {}  # an in-place layer (ReLU(inplace=True)) returns its input: counted once
+
+    def add(_module, _args, output) -> None:
+        nonlocal total
+        for t in (output if isinstance(output, (tuple, list)) else (output,)):
+            if isinstance(t, torch.Tensor) and id(t) not in seen:
+                seen[id(t)] = t  # kept alive (meta tensors cost nothing), so the id stays unique
+                total += t.numel() * 4
+
+    try:
+        meta = copy.deepcopy(model).to("meta")
+        for module in meta.modules():
+            if not list(module.children()):
+                module.register_forward_hook(add)
+        with torch.no_grad():
+            meta(torch.empty(*shape, device="meta"))
+    except Exception:  # noqa: BLE001 - no estimate for a model that does not run on meta tensors
+        return None
+    return total
+
+
+def check_activation_memory(cfg, model: torch.nn.Module, example_shape: list[int]) -> None:
+    """A training step keeps every layer's output of ``data.batch_size`` images for its backward
+    pass: a ConfigError naming the keys when those outputs alone (a lower bound: no gradients, no
+    optimizer state) cannot fit the memory of the run's device -- before any run starts, instead of
+    a process killed by the kernel."""
+    per_example = activation_bytes(model, example_shape)
+    if per_example is None:
+        return
+    per_image = per_example / max(1, int(example_shape[0]))
+    if cfg.search.amp in ("bf16", "fp16", "bfloat16", "float16"):
+        per_image /= 2  # autocast keeps most activations in 16 bits
+    need = per_image * max(int(cfg.data.batch_size), int(example_shape[0]))
+    device = str(cfg.run.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    have = torch.cuda.mem_get_info(torch.device(device))[0] if device.startswith("cuda") else available_memory()
+    if need > have:
+        raise ConfigError(f"data.image_size={cfg.data.image_size} with data.batch_size={cfg.data.batch_size}: one "
+                          f"training step of {cfg.model.spec} needs at least {need / 2**30:,.1f} GiB of activations, more "
+                          f"than the {have / 2**30:,.1f} GiB available on {device}; lower data.image_size or "
+                          f"data.batch_size")

@@ -39,7 +39,7 @@ import torch
 import yaml
 
 from .config import Config, config_to_dict
-from .config_checks import check_against_data, validate_config
+from .config_checks import check_activation_memory, check_against_data, validate_config
 from .errors import ConfigError
 from .fileio import write_json_atomic, write_text_atomic
 from .finite import check_outputs
@@ -140,6 +140,7 @@ class _Run:
         self.bundle = make_data(cfg, self.ctx.distributed)
         check_against_data(cfg, self.bundle.input_shape, self.bundle.num_classes)
         self.model, self.x = build_model(cfg, self.bundle)
+        check_activation_memory(cfg, self.model, list(self.x.shape))
         self.space = self.widths = self.compact = None
         self.summary: dict[str, Any] = {}
         self.model_info = {"spec": cfg.model.spec, "kwargs": model_kwargs(cfg, self.bundle),

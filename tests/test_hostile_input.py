@@ -289,3 +289,29 @@ def test_corrupt_and_empty_images_are_named(tmp_path):
 
     assert "\n" not in one_line(failure.value) and "1.png" in one_line(failure.value)
     assert one_line(failure.value).startswith("image ")
+
+
+def test_activations_that_cannot_fit_are_refused_before_the_run(tmp_path, monkeypatch):
+    """Activations larger than the memory (data.image_size at its documented maximum, 8192, needs
+    51 GiB for the tiny demo ResNet at batch 2): one line naming the keys, no run directory (it used
+    to get the process killed by the kernel while the analysis ran the model). Here the memory is
+    made small instead of the images large, to keep the test fast."""
+    import dmcpfx.config_checks as checks
+    from dmcpfx.config import load_config
+    from dmcpfx.config_checks import activation_bytes
+    from dmcpfx.demo_models import small_resnet
+    from dmcpfx.pipeline import run_pipeline
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 64, 2))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert activation_bytes(net, (2, 3, 8, 8)) == 4 * (2 * 4 * 64 + 2 * 4 * 64 + 2 * 2)  # ReLU in place: once
+    assert all(torch.equal(v, before[k]) and v.device.type == "cpu" for k, v in net.state_dict().items())
+    need = activation_bytes(small_resnet(num_classes=4, width=4), (2, 3, 64, 64))
+    monkeypatch.setattr(checks, "available_memory", lambda: need // 2)
+    cfg = load_config(None, ["data.kind=synthetic", "data.num_classes=4", "data.image_size=64", "data.batch_size=2",
+                             "data.steps=2", "model.kwargs.width=4", "run.progress=false"])
+    cfg.run.dir, cfg.run.name = str(tmp_path), "run"
+    with pytest.raises(ConfigError, match=r"data\.image_size=64 with data\.batch_size=2: .* GiB of activations, more "
+                                          r"than the .* available on cpu; lower data\.image_size or data\.batch_size"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run").exists()
