@@ -114,6 +114,7 @@ from dmcpfx.counting import count_flops  # noqa: E402
 from dmcpfx.data import synthetic_loaders  # noqa: E402
 from dmcpfx.fileio import write_text_atomic  # noqa: E402
 from dmcpfx.product.onnx_export import run_and_compare  # noqa: E402
+from dmcpfx.search.latency_measure import runtime_divisor  # noqa: E402
 
 DEFAULT_ARCH_DIR = REPO / "benchmarks" / "results" / "archs"
 MACS_BAND = 0.02  # every arm's exact MACs within 2% of the target
@@ -522,37 +523,6 @@ def measure(arms: list[Arm], args, workdir: Path) -> list[Column]:
 
 
 # --------------------------------------------------------------------------- ORT's channel padding
-def nchwc_block_size(workdir: Path) -> int:
-    """ONNX Runtime's NCHWc channel block on this CPU (16 with AVX-512, 8 with AVX2; 0: unused).
-
-    Probed, not guessed: a one-Conv model with 8 output channels is optimized at level ALL
-    and the padded output-channel count of the resulting NCHWc Conv is read back.
-    """
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-    import numpy as np
-
-    w = numpy_helper.from_array(np.ones((8, 16, 1, 1), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "probe",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    src, opt = workdir / "nchwc_probe.onnx", workdir / "nchwc_probe.opt.onnx"
-    onnx.save(model, str(src))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.optimized_model_filepath = str(opt)
-    so.log_severity_level = 3
-    ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
-    optimized = onnx.load(str(opt))
-    dims = {i.name: list(i.dims) for i in optimized.graph.initializer}
-    for node in optimized.graph.node:
-        if node.domain.endswith("nchwc") and node.op_type == "Conv":
-            return int(dims[node.input[1]][0])
-    return 0
-
-
 def padded_macs(model: nn.Module, x: torch.Tensor, block: int) -> int:
     """MACs when every conv's channels are padded the way ORT's NCHWc kernels pad them.
 
@@ -846,7 +816,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     print(environment_line(args), flush=True)
     all_rows, tables, goals, profiles = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="dmcpfx_latency_") as tmp:
-        block = nchwc_block_size(Path(tmp)) if args.device == "cpu" else 0
+        block = runtime_divisor("ort-cpu") if args.device == "cpu" else 0  # the NCHWc block, probed
         if args.device == "cpu":
             print(f"ONNX Runtime NCHWc channel block on this CPU: {block or 'not used'}", flush=True)
         for name in args.models:

@@ -205,7 +205,7 @@ class _Run:
                               f"--run-dir, or set run.resume=true")
         if any(s in self.stages for s in ("analyze", "search", "derive")):
             s = cfg.search
-            self.space = instrument(self.model, self.x, min_ratio=s.min_ratio, step=s.step, divisor=s.divisor,
+            self.space = instrument(self.model, self.x, min_ratio=s.min_ratio, step=s.step, divisor=s.resolved_divisor,
                                     model_name=cfg.model.spec)
             self.unit = SUMMARY_UNITS[s.budget_metric]  # summary keys: target_macs, ...
             if s.budget_metric == "latency":

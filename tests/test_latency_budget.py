@@ -96,7 +96,7 @@ def test_pipeline_with_a_latency_budget_reports_prediction_and_measurement(fake_
     cfg = load_config(None, [
         "data.kind=synthetic", "data.num_classes=4", "data.image_size=8", "data.batch_size=2", "data.steps=2",
         "model.kwargs.width=4", "run.progress=false", "search.epochs=2", "retrain.epochs=1",
-        "search.budget_metric=latency", f"search.latency_table={table}", "search.latency_batch=2",
+        "search.budget_metric=latency", f"search.latency_table={table}", "search.latency_batch=2", "search.divisor=1",
         "search.target=60%",
     ])
     cfg.run.dir, cfg.run.name = str(tmp_path), "run"
@@ -110,3 +110,21 @@ def test_pipeline_with_a_latency_budget_reports_prediction_and_measurement(fake_
     assert "Latency budget (ort-cpu, batch 2, 1 thread(s))" in report and "the latency table predicts" in report
     measured = s["measured_pruned_latency_ms"]  # really measured with ONNX Runtime (only the table is faked)
     assert 0 < measured < float("inf") and f"measured {measured:.3f} ms" in report
+
+
+def test_divisor_auto_is_the_runtime_channel_block():
+    """``search.divisor: auto`` is what the backend rewards, probed once (ONNX Runtime's NCHWc block
+    on this CPU: 16 with AVX-512, 8 with AVX2, 1 without; 8 on CUDA), and the default under a
+    latency budget; MACs and params budgets keep 1."""
+    from dmcpfx.search.latency_measure import runtime_divisor
+
+    block = runtime_divisor("ort-cpu")
+    assert block in (1, 4, 8, 16) and runtime_divisor("ort-cpu") == block  # deterministic
+    assert runtime_divisor("cuda") == 8
+    opts = dmcpfx.SearchOptions
+    assert opts().resolved_divisor == 1 and opts(divisor=4).resolved_divisor == 4
+    assert opts(divisor="auto").resolved_divisor == block
+    assert opts(budget_metric="latency", latency_table="t.json").resolved_divisor == block
+    assert opts(budget_metric="latency", latency_table="t.json", latency_backend="cuda").resolved_divisor == 8
+    with pytest.raises(ConfigError, match=r"'search.divisor' must be an integer >= 1, 'auto' or null, got 'often'"):
+        opts(divisor="often").validate()

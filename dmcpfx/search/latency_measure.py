@@ -25,7 +25,8 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["BACKENDS", "LayerGeometry", "check_backend", "ort_session_options", "time_layer", "time_model", "torch_layer"]
+__all__ = ["BACKENDS", "CUDA_CHANNEL_MULTIPLE", "LayerGeometry", "check_backend", "ort_session_options", "runtime_divisor",
+           "time_layer", "time_model", "torch_layer"]
 
 BACKENDS = ("ort-cpu", "cuda")
 
@@ -228,3 +229,47 @@ def time_model(model: nn.Module, inputs: tuple, *, backend: str, threads: int = 
     xs = [t.to("cuda", dtype if t.is_floating_point() else t.dtype) for t in inputs]
     xs = [t.to(memory_format=torch.channels_last) if t.dim() == 4 else t for t in xs]
     return _cuda_median_ms(lambda: model(*xs), runs, warmup)
+
+
+#: the channel multiple of CUDA's tensor cores for bf16/fp16 convolutions and matrix products
+#: (NVIDIA's deep learning performance guide: channel counts that are multiples of 8)
+CUDA_CHANNEL_MULTIPLE = 8
+
+
+def runtime_divisor(backend: str) -> int:
+    """The channel multiple that ``backend`` rewards, for ``search.divisor: auto``.
+
+    ``ort-cpu``: ONNX Runtime's NCHWc block on this CPU (16 with AVX-512, 8 with AVX2), probed,
+    not guessed: a one-Conv model with 8 output channels is optimized at level ALL and the padded
+    output-channel count of the resulting NCHWc Conv is read back (1 when ORT uses no NCHWc
+    kernel). ``cuda``: :data:`CUDA_CHANNEL_MULTIPLE`. Deterministic on a given machine.
+    """
+    if backend == "cuda":  # a constant: known without the device
+        return CUDA_CHANNEL_MULTIPLE
+    check_backend(backend)
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((8, 16, 1, 1), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "probe.opt.onnx"
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(optimized)
+        so.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+        result = onnx.load(str(optimized))
+    dims = {i.name: list(i.dims) for i in result.graph.initializer}
+    for node in result.graph.node:
+        if node.domain.endswith("nchwc") and node.op_type == "Conv":
+            return max(1, int(dims[node.input[1]][0]))
+    return 1

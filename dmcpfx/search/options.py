@@ -35,6 +35,14 @@ def _table_path(metric: Any) -> Any:
     return check
 
 
+def _divisor(key: str, value: Any) -> None:
+    """An integer >= 1, ``"auto"`` or null."""
+    if value is None or value == "auto":
+        return
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        fail(key, "an integer >= 1, 'auto' or null", value)
+
+
 def _target(key: str, value: Any) -> None:
     """A ratio/absolute number > 0 or a string like ``"50%"``, ``"2G"`` (parsed against the model later)."""
     if isinstance(value, str) and value.strip():
@@ -55,7 +63,10 @@ class SearchOptions(Options):
     pipeline measures it there when the file does not exist yet, on ``latency_backend`` (ort-cpu |
     cuda) at ``latency_batch`` images with ``latency_threads`` threads).
     ``epochs``: total; the first ``warmup_epochs`` (null: half) train the weights only.
-    ``divisor``/``min_ratio``/``step``: the gates' candidate widths (read by ``instrument``).
+    ``divisor``/``min_ratio``/``step``: the gates' candidate widths (read by ``instrument``);
+    ``divisor: auto`` is the channel multiple that the ``latency_backend`` rewards (ort-cpu: ONNX
+    Runtime's NCHWc block on this CPU, probed; cuda: 8), null is ``auto`` under a latency budget
+    and 1 otherwise (:attr:`resolved_divisor`).
     Weights: SGD nesterov ``lr`` cosine to ``min_lr`` per step, ``lr_warmup_steps`` from
     ``lr_warmup_start``, ``momentum``, ``weight_decay`` (conv/linear weights only).
     Alphas: SGD nesterov ``arch_lr`` cosine to ``arch_min_lr`` over the architecture phase,
@@ -75,7 +86,7 @@ class SearchOptions(Options):
     target: Union[str, float, int] = "50%"
     epochs: int = 8
     warmup_epochs: Union[int, None] = None
-    divisor: int = 1
+    divisor: Union[int, str, None] = None
     min_ratio: float = 0.1
     step: float = 0.1
     lr: float = 0.2
@@ -118,7 +129,7 @@ class SearchOptions(Options):
         return [
             ("target", _target), ("epochs", int_in(1, MAX_EPOCHS)),
             ("warmup_epochs", int_in(0, epochs, optional=True)),
-            ("divisor", int_in(1)), ("min_ratio", float_in(0.0, 1.0, low_open=True)),
+            ("divisor", _divisor), ("min_ratio", float_in(0.0, 1.0, low_open=True)),
             ("step", float_in(0.0, 1.0, low_open=True)),
             ("lr", float_in(0.0, low_open=True)), ("min_lr", float_in(0.0)),
             ("lr_warmup_steps", int_in(0)), ("lr_warmup_start", float_in(0.0, lr)),
@@ -136,6 +147,16 @@ class SearchOptions(Options):
             ("bn_stats", one_of(BN_STATS)), ("slimmable", one_of((True, False, "auto"))), ("amp", one_of(AMP_CHOICES)),
             ("channels_last", boolean), ("seed", int_in(0)), ("log_interval", int_in(1)),
         ]
+
+    @property
+    def resolved_divisor(self) -> int:
+        """``divisor`` as a number: ``auto`` probes the latency backend; null is ``auto`` under a
+        latency budget, else 1."""
+        from .latency_measure import runtime_divisor
+
+        if self.divisor == "auto" or (self.divisor is None and self.budget_metric == "latency"):
+            return runtime_divisor(self.latency_backend)
+        return 1 if self.divisor is None else int(self.divisor)
 
     @property
     def resolved_warmup_epochs(self) -> int:
