@@ -70,6 +70,7 @@ FASHION = ["unpruned", "plain, search epochs"] + [
 ]
 
 
+@pytest.mark.slow  # 24 s; the digits smoke above keeps the arms runnable in the default run
 def test_accuracy_fashion_mnist_smoke(tmp_path, one_thread):
     """--task fashion-mnist on fake idx files (80 training, 20 test images at 28 px): every arm at
     25% and 10% of the MACs, both protocols, and one MET / NOT MET line per goal of issue 18."""

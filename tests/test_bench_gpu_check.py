@@ -14,6 +14,7 @@ from bench_scripts import load_benchmark
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # 13 s; tests/test_strict_numerics.py checks the strict mode in the default run
 def test_strict_check_passes_on_the_cpu(capsys, one_thread):
     gpu_check = load_benchmark("gpu_check.py")
     assert gpu_check.check_strict(gpu_check.CPU_SMOKE)
