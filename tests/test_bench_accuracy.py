@@ -19,6 +19,7 @@ EXPECTED = ["unpruned", "plain, search epochs"] + [
 ]
 
 
+@pytest.mark.slow  # 33 s; the slow set keeps the benchmark runnable (the default run stays under 10 min)
 def test_accuracy_smoke(tmp_path, capsys, one_thread):
     out = tmp_path / "accuracy.md"
     results = accuracy.main(["--smoke", "--random-archs", "1", "--markdown", str(out)])

@@ -14,6 +14,7 @@ from bench_scripts import load_benchmark
 pytest.importorskip("timm")
 pytest.importorskip("torch_pruning")
 
+@pytest.mark.slow  # 13 s: the benchmark's smoke, kept runnable by the slow set
 def test_one_model_both_tools(tmp_path, one_thread):
     bench = load_benchmark("timm_coverage.py")
     md, js = tmp_path / "cov.md", tmp_path / "cov.json"

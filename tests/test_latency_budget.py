@@ -89,6 +89,7 @@ def test_search_and_derive_meet_a_latency_budget(fake_timer, tmp_path):
     assert dmcpfx.materialize(space.to_model().eval(), arch_path, torch.randn(1, 3, 8, 8)) is not None
 
 
+@pytest.mark.slow  # 12 s: the whole pipeline; search and derive under a latency budget run in the default set
 def test_pipeline_with_a_latency_budget_reports_prediction_and_measurement(fake_timer, tmp_path):
     from dmcpfx.pipeline import run_pipeline
 
