@@ -143,13 +143,15 @@ def print_rows(rows: list[dict], args) -> list[str]:
                      f"{r['measured']:.2f} | {r['measured'] / budget - 1:+.1%} | "
                      f"{r['predicted'] / r['measured'] - 1:+.1%} | {r['full_measured'] / r['measured']:.2f}x |")
     lat = [r for r in rows if r["arm"] == "dmcp-lat"]
-    within = max((abs(r["measured"] / (r["target"] * r["full_measured"]) - 1) for r in lat), default=float("nan"))
+    misses = [r["measured"] / (r["target"] * r["full_measured"]) - 1 for r in lat]  # signed: - is under budget
+    worst_miss = max(misses, key=abs, default=float("nan"))
+    within = abs(worst_miss)
     half = [r["full_measured"] / r["measured"] for r in lat if abs(r["target"] - 0.5) < 1e-9]
     pred = max((abs(r["predicted"] / r["measured"] - 1) for r in rows), default=float("nan"))
     build = max((r["build_s"] for r in rows if r["model"] == "resnet50"), default=None)
     verdict = lambda ok: "MET" if ok else "NOT MET"  # noqa: E731
     lines += ["", f"Goal: measured latency of dmcp-lat within 5% of the budget ({args.backend}, batch {args.batch}): "
-                  f"{verdict(within <= 0.05)} (worst {within:+.1%})",
+                  f"{verdict(within <= 0.05)} (worst {worst_miss:+.1%})",
               f"Goal: speed-up at a 50% latency budget >= 1.9x: {verdict(bool(half) and min(half) >= 1.9)} "
               f"({', '.join(f'{s:.2f}x' for s in half) or 'not run'})",
               f"Goal: table prediction within 10% of the measured latency: {verdict(pred <= 0.10)} (worst {pred:.1%})",
