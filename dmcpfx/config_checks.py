@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .amp import amp_dtype
 from .errors import ConfigError
 from .models import check_input_shape
 from .options import MAX_EPOCHS, fail, int_in, one_of
@@ -169,7 +170,7 @@ def check_activation_memory(cfg, model: torch.nn.Module, example_shape: list[int
     if per_example is None:
         return
     per_image = per_example / max(1, int(example_shape[0]))
-    if cfg.search.amp in ("bf16", "fp16", "bfloat16", "float16"):
+    if amp_dtype(cfg.search.amp) is not None:
         per_image /= 2  # autocast keeps most activations in 16 bits
     need = per_image * max(int(cfg.data.batch_size), int(example_shape[0]))
     device = str(cfg.run.device or ("cuda" if torch.cuda.is_available() else "cpu"))

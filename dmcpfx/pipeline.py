@@ -43,7 +43,7 @@ from .config_checks import check_activation_memory, check_against_data, validate
 from .errors import ConfigError
 from .fileio import write_json_atomic, write_text_atomic
 from .finite import check_outputs
-from .progress import UNITS, bars_enabled, derive_line, is_terminal, print_search_epoch
+from .progress import bars_enabled, derive_line, is_terminal, print_search_epoch
 from . import data
 from .arch import load_arch
 from .materialize import materialize
@@ -57,8 +57,7 @@ from .search.derive import derive
 from .search.holdout import split_holdout
 from .search.instrument import instrument
 from .search.latency_build import latency_table
-from .search.metric import budget_metric
-from .search.result import check_budget
+from .search.metric import BudgetMetric, resolve_budget
 from .search.loop import search
 from .training import MetricsWriter, distributed_context, load_checked
 from .product.run_owner import run_lock
@@ -210,7 +209,7 @@ class _Run:
             self.unit = SUMMARY_UNITS[s.budget_metric]  # summary keys: target_macs, ...
             if s.budget_metric == "latency":
                 self._latency_table()
-            self.target = self._check_target()
+            self.target, self.metric = self._check_target()
         self._check_resume_files()
         if self.path("summary.json").is_file():
             try:
@@ -220,16 +219,15 @@ class _Run:
                                   f"run directory") from exc
             self.summary.pop("model", None)
 
-    def _check_target(self) -> float:
-        """``search.target`` as an absolute count of ``search.budget_metric``, between the smallest
-        sub-net and the full model (ConfigError naming the key)."""
+    def _check_target(self) -> tuple[float, BudgetMetric]:
+        """``(search.target as an absolute amount of search.budget_metric, the metric)``; the target
+        lies between the smallest sub-net and the full model (ConfigError naming the key)."""
         try:
-            target, _ = check_budget(self.space, self.cfg.search.target, self.cfg.search.budget_metric,
-                                     self.cfg.search.latency_table)
+            return resolve_budget(self.space, self.cfg.search.target, self.cfg.search.budget_metric,
+                                  self.cfg.search.latency_table)
         except ConfigError as exc:
             raise ConfigError(f"search.target {self.cfg.search.target!r}: {exc} (search.min_ratio="
                               f"{self.cfg.search.min_ratio})") from exc
-        return target
 
     def _latency_table(self) -> None:
         """Under a latency budget: the table at ``search.latency_table``, measured there first when
@@ -302,17 +300,18 @@ class _Run:
         )
         self.summary.update(pruned_macs=int(self.space.flops(self.widths)),
                             pruned_params=int(self.space.params(self.widths)))
-        if self.unit == "latency_ms":
-            metric = budget_metric(self.space, "latency", self.cfg.search.latency_table)
+        metric = self.metric
+        if metric.name == "latency":
+            meta = metric.table.meta
             self.summary.update(pruned_latency_ms=metric.exact(self.space, self.widths), table_full_latency_ms=metric.full,
-                                latency_backend=metric.table.meta.get("backend"), latency_batch=metric.table.meta.get("batch"),
-                                latency_threads=metric.table.meta.get("threads"))
+                                latency_backend=meta.get("backend"), latency_batch=meta.get("batch"),
+                                latency_threads=meta.get("threads"))
         expected, derived = self.summary.get(f"expected_{self.unit}"), self.summary.get(f"pruned_{self.unit}")
         if expected and derived is not None:
             self.summary["derive_change"] = float(derived) / float(expected) - 1.0
             if self.main and self.cfg.run.progress:
-                print(derive_line(d.mode, float(expected), float(derived), float(self.target),
-                                  UNITS[self.cfg.search.budget_metric]), flush=True)
+                print(derive_line(d.mode, float(expected), float(derived), float(self.target), metric.unit),
+                      flush=True)
         self.save_summary()
 
     def materialize(self) -> None:

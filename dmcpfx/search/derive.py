@@ -248,7 +248,7 @@ def derive(
 
     if path is not None:
         save_arch(path, widths, space, model=model_name, target_flops=target if metric.name == "flops" else None,
-                  latency=_latency_block(metric, widths, target))
+                  latency=_latency_block(space, metric, widths, target))
     if plot_path is not None:
         plot_widths(space, widths, plot_path)
     return widths
@@ -257,13 +257,13 @@ def derive(
 EXPECTED_MOVE_LIMIT = 0.02  # derive(expected) moves the count at most this far from the search's E
 
 
-def _latency_block(metric: BudgetMetric, widths: Mapping[str, int], target: float) -> dict | None:
+def _latency_block(space: Any, metric: BudgetMetric, widths: Mapping[str, int], target: float) -> dict | None:
     """The arch file's ``latency`` block under a latency budget: the table's prediction (ms per
     batch) of the full model and of ``widths``, the target and the table's backend and batch."""
     if metric.name != "latency":
         return None
     meta = metric.table.meta
-    return {"full": round(float(metric.full), 6), "pruned": round(float(metric.exact(None, widths)), 6),
+    return {"full": round(float(metric.full), 6), "pruned": round(float(metric.exact(space, widths)), 6),
             "target": round(float(target), 6), "backend": meta.get("backend"), "batch": meta.get("batch"),
             "threads": meta.get("threads")}
 

@@ -43,11 +43,6 @@ class BudgetMetric:
     exact: Callable[[Any, Mapping[str, int]], float]
     table: Any = None
 
-    @property
-    def arch_key(self) -> str:
-        """The arch file's block for this unit (``flops`` for MACs, ``params``, ``latency``)."""
-        return self.name
-
 
 def _table(latency_table: Any, space: Any) -> Any:
     from .latency_build import load_table

@@ -20,6 +20,8 @@ from .schedule import MARKOV_SCHEDULES
 __all__ = ["SearchOptions", "DeriveOptions", "BUDGET_METRICS", "RESUME_FREE"]
 
 BUDGET_METRICS = ("flops", "params", "latency")  # "flops" counts MACs (one multiply-add per MAC)
+#: ``slimmable``: sliced sub-nets, masked ones, or the faster of the two on the device
+SLIMMABLE_CHOICES = (True, False, "auto")
 #: search options that may change when a run is resumed (they change no result)
 RESUME_FREE = ("log_interval",)
 
@@ -144,7 +146,7 @@ class SearchOptions(Options):
             ("label_smoothing", float_in(0.0, 1.0, high_open=True)), ("calib_batches", int_in(0)),
             ("markov_schedule", one_of(MARKOV_SCHEDULES)), ("markov_decay", float_in(0.0, 1.0, low_open=True)),
             ("markov_prob_final", float_in(0.0, 1.0)), ("alpha_init", one_of(ALPHA_INITS)),
-            ("bn_stats", one_of(BN_STATS)), ("slimmable", one_of((True, False, "auto"))), ("amp", one_of(AMP_CHOICES)),
+            ("bn_stats", one_of(BN_STATS)), ("slimmable", one_of(SLIMMABLE_CHOICES)), ("amp", one_of(AMP_CHOICES)),
             ("channels_last", boolean), ("seed", int_in(0)), ("log_interval", int_in(1)),
         ]
 

@@ -1,5 +1,5 @@
 """What a DMCP search reports: :class:`SearchResult`, the running means of its step
-statistics, and the budget check that runs before the first step.
+statistics (the budget check before the first step is :func:`dmcpfx.search.metric.resolve_budget`).
 
 Budget numbers are in the unit of ``budget_metric``: MACs per image (``"flops"``),
 parameters (``"params"``) or milliseconds per batch (``"latency"``).
@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 
 from .budget import human
-from .metric import resolve_budget
 
-__all__ = ["RunningMeans", "SearchResult", "check_budget", "human"]
+__all__ = ["RunningMeans", "SearchResult", "human"]
 
 
 class RunningMeans:
@@ -62,11 +61,3 @@ class SearchResult:
     @property
     def expected_flops(self) -> float:
         return self.expected
-
-
-def check_budget(space: Any, target: int | float | str, budget_metric: str,
-                 latency_table: Any = None) -> tuple[float, float]:
-    """``(absolute target, full amount)`` in the unit of ``budget_metric``; the target must lie
-    between the smallest and the full sub-net (see :func:`dmcpfx.search.metric.resolve_budget`)."""
-    target_abs, metric = resolve_budget(space, target, budget_metric, latency_table)
-    return target_abs, metric.full

@@ -60,8 +60,7 @@ class SearchRun:
         self._build(space, opts)
         self.expected_fn = metric.expected
         self.start_epoch, self.step, self.history = 0, 0, []
-        self.files = RunFiles(None, checkpoint="checkpoint.pt", metrics="metrics.jsonl", fmt=CHECKPOINT_FORMAT,
-                              what="search checkpoint", ctx=ctx)
+        self.files = self._run_files(None)
 
     def _build(self, space: nn.Module, o: SearchOptions) -> None:
         """The space on its device, both optimizers and schedules, the sub-net generator, the step."""
@@ -117,10 +116,14 @@ class SearchRun:
             return float(self.expected_fn(self.space))
 
     # --- files and resume
+    def _run_files(self, run_dir: str | os.PathLike | None) -> RunFiles:
+        """``run_dir/checkpoint.pt`` and ``run_dir/metrics.jsonl`` (None: no files)."""
+        return RunFiles(run_dir, checkpoint="checkpoint.pt", metrics="metrics.jsonl", fmt=CHECKPOINT_FORMAT,
+                        what="search checkpoint", ctx=self.ctx)
+
     def start_or_resume(self, run_dir: str | os.PathLike | None, resume: bool) -> None:
         """Resume from ``run_dir/checkpoint.pt`` (``resume`` must be set), or start afresh."""
-        files = self.files = RunFiles(run_dir, checkpoint="checkpoint.pt", metrics="metrics.jsonl",
-                                      fmt=CHECKPOINT_FORMAT, what="search checkpoint", ctx=self.ctx)
+        files = self.files = self._run_files(run_dir)
         if files.has_checkpoint():
             if not resume:
                 raise ConfigError(f"{files.checkpoint_path} already exists; pass resume=True to continue it or "

@@ -26,8 +26,9 @@ from torch import nn
 
 from ..amp import amp_dtype, autocast
 from .bn import BN_STATS, FrozenStats
-from .budget import budget_loss, expected_flops, expected_params
+from .budget import budget_loss
 from .metric import BudgetMetric
+from .metric import budget_metric as resolve_metric
 from ..errors import ConfigError
 from ..labels import checked_loss
 from .slimmable import SlicedRunner
@@ -55,9 +56,6 @@ def restore_gate_state(space: Any, state: Mapping[str, tuple[str, int]]) -> None
         g.set_mode(mode, width if mode == "width" else None)
 
 
-SLIMMABLE_CHOICES = (True, False, "auto")
-
-
 def slimmable_choice(slimmable: bool | str, device: torch.device) -> tuple[bool, str | None]:
     """``(try sliced sub-nets, why not)`` for the ``slimmable`` option on ``device``.
 
@@ -67,7 +65,7 @@ def slimmable_choice(slimmable: bool | str, device: torch.device) -> tuple[bool,
     (measured on an H200: ResNet-50 11.0x sliced against 8.9x masked, MobileNetV2 66x against 5.3x).
     Masked and sliced sub-nets compute the same function (the slimmable check verifies it).
     """
-    if slimmable not in SLIMMABLE_CHOICES or isinstance(slimmable, int) and not isinstance(slimmable, bool):
+    if not (isinstance(slimmable, bool) or slimmable == "auto"):
         raise ConfigError(f"slimmable must be true, false or 'auto', got {slimmable!r}")
     if slimmable == "auto":
         if torch.device(device).type == "cuda":
@@ -111,9 +109,6 @@ class SearchStep:
     ):
         if bn_stats not in BN_STATS:
             raise ConfigError(f"bn_stats must be one of {', '.join(BN_STATS)}, got {bn_stats!r}")
-        if not isinstance(budget_metric, BudgetMetric) and budget_metric not in ("flops", "params"):
-            raise ConfigError(f"budget_metric must be 'flops', 'params' or a BudgetMetric (a latency budget: "
-                              f"dmcpfx.search.metric.budget_metric(space, 'latency', table)), got {budget_metric!r}")
         self.space = space
         self.net = net if net is not None else space
         self.weight_optimizer = weight_optimizer
@@ -122,10 +117,8 @@ class SearchStep:
         self.device = device
         self.budget_weight = float(budget_weight)
         self.budget_band = float(budget_band)
-        if isinstance(budget_metric, BudgetMetric):
-            self.expected = budget_metric.expected
-        else:
-            self.expected = expected_flops if budget_metric == "flops" else expected_params
+        metric = budget_metric if isinstance(budget_metric, BudgetMetric) else resolve_metric(space, budget_metric)
+        self.expected = metric.expected
         self.num_random = int(num_random)
         self.temperature = float(distill_temperature)
         self.label_smoothing = float(label_smoothing)
