@@ -15,6 +15,7 @@ from ..amp import AMP_CHOICES
 from ..options import MAX_EPOCHS, Options, boolean, fail, float_in, int_in, one_of
 from .alpha_init import ALPHA_INITS
 from .bn import BN_STATS
+from .latency_measure import BACKENDS
 from .schedule import MARKOV_SCHEDULES
 
 __all__ = ["SearchOptions", "DeriveOptions", "BUDGET_METRICS", "RESUME_FREE"]
@@ -140,7 +141,7 @@ class SearchOptions(Options):
             ("arch_momentum", float_in(0.0, 1.0, high_open=True)),
             ("budget_weight", float_in(0.0)), ("budget_band", float_in(0.0, 1.0, low_open=True)),
             ("budget_metric", one_of(BUDGET_METRICS)), ("latency_table", _table_path(self.budget_metric)),
-            ("latency_backend", one_of(("ort-cpu", "cuda"))), ("latency_batch", int_in(1, 4096)),
+            ("latency_backend", one_of(BACKENDS)), ("latency_batch", int_in(1, 4096)),
             ("latency_threads", int_in(1, 256)), ("num_random", int_in(0)),
             ("distill_temperature", float_in(0.0, low_open=True)),
             ("label_smoothing", float_in(0.0, 1.0, high_open=True)), ("calib_batches", int_in(0)),
