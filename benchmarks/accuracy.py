@@ -63,13 +63,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dmcpfx  # noqa: E402
-from dmcpfx.counting import count_flops, count_params  # noqa: E402
+from dmcpfx.counting import count_flops  # noqa: E402
 from accuracy_arms import (  # noqa: E402
-    dmcp_search, fresh_model, make_data, random_compact, tp_compact, train_and_score, uniform_compact,
+    dmcp_search, fresh_model, group_widths, make_data, random_compact, record_arm, tp_compact, train_and_score,
+    train_arm, uniform_compact,
 )
+from accuracy_latency import ADDON_SETTINGS, add_latency_arm, latency_arm, latency_share, measure_latency_table  # noqa: E402
 from accuracy_report import (  # noqa: E402
-    ARMS, PROTOCOLS, TOLERANCE, Arm, fashion_goal_lines, gap_rows, plot_wider, random_lines, supernet_lines, table,
-    verdict,
+    ARMS, PROTOCOLS, TOLERANCE, Arm, fashion_goal_lines, gap_rows, latency_lines, plot_wider, random_lines,
+    supernet_lines, table, verdict,
 )
 from dmcpfx.fileio import write_text_atomic  # noqa: E402
 from dmcpfx.search.holdout import split_holdout  # noqa: E402
@@ -82,7 +84,7 @@ TASKS: dict[str, dict[str, Any]] = {
                           noise=0.0, image_size=28, width=10, random_archs=3),
 }
 # settings that do not change a seed's results, left out of a saved seed's record
-NOT_RECORDED = ("seeds", "threads", "data_root", "device")
+NOT_RECORDED = ("seeds", "threads", "data_root", "device", "latency_table")
 
 
 @dataclass(frozen=True)
@@ -109,12 +111,9 @@ class Settings:
     data_root: str | None = None
     device: str = "cpu"
     alpha_init: str = "budget"
-
-
-def _record(arm: Arm, model, x, ids) -> None:
-    arm.macs.append(count_flops(model, x))
-    arm.params.append(count_params(model))
-    arm.widths.append([int(model.get_submodule(g).out_channels) for g in ids])
+    latency: str | None = None  # backend of the DMCP latency arm (None: no such arm)
+    latency_batch: int = 16
+    latency_table: str | None = None  # its table's JSON file, measured once by main()
 
 
 def run_seed(s: Settings, seed: int) -> dict[str, Any]:
@@ -130,13 +129,13 @@ def run_seed(s: Settings, seed: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     full = fresh_model(s, seed)
     top1 = train_and_score(full, data, s, seed, init="scratch")
-    _record(arms[("full", None)], full, x, ids)
+    record_arm(arms[("full", None)], full, x, ids)
     for p in PROTOCOLS:
         arms[("full", None)].top1[p].append(top1)
     full = full.cpu().eval()
     plain = fresh_model(s, seed)
     plain_top1 = train_and_score(plain, data, s, seed, init="scratch", epochs=s.search_epochs)
-    _record(arms[("plain_s", None)], plain, x, ids)
+    record_arm(arms[("plain_s", None)], plain, x, ids)
     for p in PROTOCOLS:
         arms[("plain_s", None)].top1[p].append(plain_top1)
     log(f"unpruned {top1:.2f}%, plain {s.search_epochs} epochs {plain_top1:.2f}% ({time.perf_counter() - t0:.0f}s)")
@@ -146,8 +145,8 @@ def run_seed(s: Settings, seed: int) -> dict[str, Any]:
         out = dmcp_search(s, data, search_train, holdout, seed, target, x)
         derived = count_flops(out.expected, x)
         supernet.append(dict(target=target, own=out.own_bn_top1, recal=out.recal_top1, plain=plain_top1,
-                             expected_widths=out.expected_widths, e_ratio=out.expected_macs / (target * space.full_flops),
-                             derive_change=(derived - out.expected_macs) / out.expected_macs))
+                             expected_widths=out.expected_widths, e_ratio=out.expected_cost / (target * space.full_flops),
+                             derive_change=(derived - out.expected_cost) / out.expected_cost))
         log(f"search {target:.0%}: max width own BN {out.own_bn_top1:.2f}%, re-estimated {out.recal_top1:.2f}%, "
             f"E/T {supernet[-1]['e_ratio']:.3f}, derive(expected) {supernet[-1]['derive_change']:+.2%} from E "
             f"({time.perf_counter() - t0:.0f}s)")
@@ -157,28 +156,27 @@ def run_seed(s: Settings, seed: int) -> dict[str, Any]:
         draw = torch.Generator().manual_seed(1000 * seed + round(100 * target))
         compacts = list(compacts.items()) + [("random", random_compact(space, full, target, x, draw))
                                              for _ in range(s.random_archs)]
+        if s.latency:
+            uniform = dict(zip(ids, group_widths(dict(compacts)["uniform"], ids)))
+            compacts += [latency_arm(s, data, search_train, holdout, seed, target, x, uniform, log)]
         for kind, compact in compacts:
             arm = arms.setdefault((kind, target), Arm(kind, target))
-            _record(arm, compact, x, ids)
-            for protocol in PROTOCOLS:
-                t1 = time.perf_counter()
-                if protocol == "paper" and kind == "tp":  # TP-L1 always fine-tunes: same as inherit
-                    arm.top1["paper"].append(arm.top1["inherit"][-1])
-                    continue
-                init = "inherit" if protocol == "inherit" else "scratch"
-                model = compact if protocol == "paper" else _copy(compact)
-                score = train_and_score(model, data, s, seed, init=init)
-                arm.top1[protocol].append(score)
-                log(f"{arm.label} [{protocol}]: {arm.macs[-1] / space.full_flops:.2%} MACs, top-1 {score:.2f}% "
-                    f"({time.perf_counter() - t1:.0f}s)")
+            record_arm(arm, compact, x, ids)
+            if s.latency:
+                arm.latency.append(latency_share(s.latency_table, dict(zip(ids, arm.widths[-1]))))
+            train_arm(arm, compact, data, s, seed, int(space.full_flops), log)
     # plain data only: a spawned worker's classes live in __mp_main__, which the parent cannot unpickle
     return {"arms": [dataclasses.asdict(a) for a in arms.values()], "supernet": supernet}
 
 
-def _run_and_save(job: tuple[Settings, int, Path | None]) -> tuple[int, dict[str, Any]]:
-    s, seed, seed_dir = job
-    res = run_seed(s, seed)
-    res["settings"] = seed_settings(s)
+def _run_and_save(job: tuple[Settings, int, Path | None, dict | None]) -> tuple[int, dict[str, Any]]:
+    """Run one seed, or (with a saved result) add the latency arm to it; save it in the seed folder."""
+    s, seed, seed_dir, saved = job
+    if saved is None:
+        res = run_seed(s, seed)
+        res["settings"] = seed_settings(s)
+    else:
+        res = add_latency_arm(s, seed, saved)
     if seed_dir is not None:
         seed_dir.mkdir(parents=True, exist_ok=True)
         tmp = seed_dir / f"seed{seed}.pt.tmp"
@@ -202,18 +200,15 @@ def load_seed(path: Path, s: Settings) -> dict[str, Any]:
         raise SystemExit(f"{path}: no settings record (an older accuracy.py wrote it); delete it to run that seed again")
     # records written before --task / --alpha-init existed: digits runs with the official (zero) start
     got = {"task": "digits", "alpha_init": "zero", **got}
+    if got.get("latency") is None or not s.latency:  # without the latency arm: main() adds it (or it is not wanted)
+        for key in ADDON_SETTINGS:
+            got[key] = want[key]
     diff = sorted((k != "task", k) for k in set(want) | set(got) if want.get(k) != got.get(k))  # task first
     if diff:
         k = diff[0][1]
         raise SystemExit(f"{path}: run with {k}={got.get(k)!r}, this run has {k}={want.get(k)!r}; "
                          "use another --seed-dir or delete the file")
     return res
-
-
-def _copy(model):
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def merge(results: Sequence[Mapping[str, Any]]) -> tuple[dict[tuple, Arm], list[dict]]:
@@ -226,6 +221,7 @@ def merge(results: Sequence[Mapping[str, Any]]) -> tuple[dict[tuple, Arm], list[
             into.macs += arm["macs"]
             into.params += arm["params"]
             into.widths += arm["widths"]
+            into.latency += arm.get("latency", [])
             for p in PROTOCOLS:
                 into.top1[p] += arm["top1"][p]
         supernet += res["supernet"]
@@ -269,6 +265,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None, tuple
     ap.add_argument("--random-archs", type=int, metavar="N",
                     help="also N random in-band architectures per seed and target (leading channels of the "
                          "trained unpruned model, both protocols): how much the architecture matters (task)")
+    ap.add_argument("--latency-arm", choices=("ort-cpu", "cuda"), default=None,
+                    help="also DMCP with a latency budget on that backend (table at batch --latency-batch, "
+                         "threads --threads), at the uniform arm's predicted latency of each target")
+    ap.add_argument("--latency-batch", type=int, default=16)
     ap.add_argument("--smoke", action="store_true", help="tiny run for the test")
     a = ap.parse_args(argv)
     for key, value in TASKS[a.task].items():
@@ -283,7 +283,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None, tuple
         batch_size=a.batch_size, train_subset=a.train_subset or None, augment=a.augment, noise=a.noise,
         image_size=a.image_size, width=a.width, val_fraction=a.val_fraction, data_seed=a.data_seed,
         threads=a.threads, holdout=a.holdout, random_archs=a.random_archs, task=a.task, data_root=a.data_root,
-        device=a.device, alpha_init=a.alpha_init,
+        device=a.device, alpha_init=a.alpha_init, latency=a.latency_arm, latency_batch=a.latency_batch,
     ), a.markdown, (a.jobs, a.seed_dir, a.report_only)
 
 
@@ -306,16 +306,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f = seed_dir / f"seed{seed}.pt"
             if f.is_file():
                 saved[seed] = load_seed(f, s)
-    todo = [] if report_only else [seed for seed in s.seeds if seed not in saved]
+    todo = [] if report_only else [(seed, None) for seed in s.seeds if seed not in saved]
+    if s.latency and not report_only:  # saved seeds without the latency arm get it added
+        todo += [(seed, res) for seed, res in saved.items() if res["settings"].get("latency") is None]
+    if s.latency and todo:
+        s = dataclasses.replace(s, latency_table=str(measure_latency_table(s, seed_dir)))
+    jobs_list = [(s, seed, seed_dir, res) for seed, res in todo]
     if jobs > 1 and len(todo) > 1:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(jobs) as pool:
-            for seed, res in pool.imap_unordered(_run_and_save, [(s, seed, seed_dir) for seed in todo]):
+            for seed, res in pool.imap_unordered(_run_and_save, jobs_list):
                 saved[seed] = res
     else:
-        for seed in todo:
-            saved[seed] = _run_and_save((s, seed, seed_dir))[1]
+        for job in jobs_list:
+            saved[job[1]] = _run_and_save(job)[1]
     if not saved:
         raise SystemExit("no seed finished")
     results = [saved[seed] for seed in s.seeds if seed in saved]
@@ -341,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     lines += (fashion_goal_lines(arms, supernet, len(s.seeds)) if s.task == "fashion-mnist"
               else verdict(arms, min(s.targets))) + warn
     lines += ([""] + random_lines(arms, s.targets) if s.random_archs else [])
+    lines += ([""] + latency_lines(ordered, full_macs, s.latency) if s.latency else [])
     lines += ["", "Widths per group (" + ", ".join(ids) + "), per seed:"]
     lines += [f"- {a.label}: " + "; ".join(str(w) for w in a.widths) for a in ordered if a.target is not None]
     text = "\n".join(lines) + "\n"
@@ -349,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         write_text_atomic(markdown, text)
         full = [int(space.groups[g].width) for g in ids]
         plot_wider(arms, ids, full, s.targets, markdown.with_name(markdown.stem + "_widths.png"))
-    return {"arms": {a.label: {"target": a.target, "kind": a.kind, "macs": a.macs, "top1": a.top1,
+    return {"arms": {a.label: {"target": a.target, "kind": a.kind, "macs": a.macs, "top1": a.top1, "latency": a.latency,
                                "within": a.within(full_macs)} for a in ordered}, "supernet": supernet}
 
 

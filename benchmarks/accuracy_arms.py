@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from dmcpfx.data import DataBundle, digits_loaders  # noqa: E402
 from dmcpfx.search.evaluation import evaluate_space  # noqa: E402
 from dmcpfx.accuracy import evaluate  # noqa: E402
 from examples.models import small_resnet  # noqa: E402
+from accuracy_report import PROTOCOLS, Arm  # noqa: E402
 
 # the digits demo's search hyper-parameters (examples/digits_demo.yaml)
 DEMO_SEARCH = dict(lr=0.2, min_lr=0.01, arch_lr=0.5, arch_min_lr=0.1, budget_weight=0.1)
@@ -104,23 +106,25 @@ class SearchOutcome:
     own_bn_top1: float  # max width, the search's own running statistics
     recal_top1: float  # max width, BN re-estimated on 5 training batches
     expected_widths: dict
-    expected_macs: float  # E[MACs] per image at the end of the search
+    expected_cost: float  # E[budget metric] at the end of the search: MACs per image (ms per batch: latency)
 
 
 def dmcp_search(s: Any, data: DataBundle, search_train: DataLoader, holdout: DataLoader, seed: int,
-                target: float, x: torch.Tensor) -> SearchOutcome:
+                target: float, x: torch.Tensor, **budget: Any) -> SearchOutcome:
     """Search (official schedule, BN isolation), then derive ``expected`` and ``direct``
-    (ranked on ``holdout``: training images the search never saw) and materialize both."""
+    (ranked on ``holdout``: training images the search never saw) and materialize both.
+    ``budget``: ``budget_metric`` / ``latency_table`` of the search and of both derives
+    (default: a MACs budget)."""
     space = dmcpfx.instrument(fresh_model(s, seed), (x,))
     result = dmcpfx.search(space, search_train, target=target, epochs=s.search_epochs, seed=seed,
                            device=s.device, progress=False, calib_batches=0,  # 0: keep the search's own statistics
-                           alpha_init=s.alpha_init, **DEMO_SEARCH)
+                           alpha_init=s.alpha_init, **DEMO_SEARCH, **budget)
     own = evaluate_space(space, data.val, calib_batches=0)["top1"]
     recal = evaluate_space(space, data.val, calib_loader=search_train, calib_batches=5)["top1"]
     space.eval()
-    expected = dmcpfx.derive(space, "expected", target=target)
+    expected = dmcpfx.derive(space, "expected", target=target, **budget)
     direct = dmcpfx.derive(space, "direct", target=target, samples=5, seed=seed, val_loader=holdout,
-                           calib_loader=search_train, calib_batches=5)
+                           calib_loader=search_train, calib_batches=5, **budget)
     e_widths = {gid: float(g.expected_width().detach()) for gid, g in space.gates().items()}
     space = space.cpu()
     return SearchOutcome(dmcpfx.materialize(space, expected, (x,)), dmcpfx.materialize(space, direct, (x,)),
@@ -195,3 +199,29 @@ def tp_compact(trained: nn.Module, x: torch.Tensor, full_macs: int, target: floa
     goal = target * full_macs
     ratio = bisect_ratio(lambda p: count_flops(tp_prune(trained, x, p), x), goal, increasing=False)
     return tp_prune(trained, x, ratio)
+
+
+def record_arm(arm: Arm, model: nn.Module, x: torch.Tensor, ids: Sequence[str]) -> None:
+    """Append ``model``'s exact MACs and params per image and its group widths to ``arm``."""
+    from dmcpfx.counting import count_params
+
+    arm.macs.append(count_flops(model, x))
+    arm.params.append(count_params(model))
+    arm.widths.append(group_widths(model, ids))
+
+
+def train_arm(arm: Arm, compact: nn.Module, data: DataBundle, s: Any, seed: int, full_macs: int,
+              log: Callable[[str], None]) -> None:
+    """Both protocols for one compact model: inherit (fine-tune a copy of its weights) and paper
+    (from scratch); TP-L1 always fine-tunes, so its paper figure is its inherit figure."""
+    for protocol in PROTOCOLS:
+        t1 = time.perf_counter()
+        if protocol == "paper" and arm.kind == "tp":
+            arm.top1["paper"].append(arm.top1["inherit"][-1])
+            continue
+        init = "inherit" if protocol == "inherit" else "scratch"
+        model = compact if protocol == "paper" else copy.deepcopy(compact)
+        score = train_and_score(model, data, s, seed, init=init)
+        arm.top1[protocol].append(score)
+        log(f"{arm.label} [{protocol}]: {arm.macs[-1] / full_macs:.2%} MACs, top-1 {score:.2f}% "
+            f"({time.perf_counter() - t1:.0f}s)")

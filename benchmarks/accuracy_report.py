@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-ARMS = ("dmcp", "dmcp_direct", "uniform", "tp", "random")
+ARMS = ("dmcp", "dmcp_direct", "dmcp_lat", "uniform", "tp", "random")
 LABELS = {"full": "unpruned", "plain_s": "plain, search epochs", "dmcp": "DMCP expected",
-          "dmcp_direct": "DMCP direct", "uniform": "uniform", "tp": "TP-L1", "random": "random archs"}
-TOLERANCE = {"dmcp": 0.01, "dmcp_direct": 0.01, "uniform": 0.02, "tp": 0.02, "random": 0.01}
+          "dmcp_direct": "DMCP direct", "dmcp_lat": "DMCP latency", "uniform": "uniform", "tp": "TP-L1",
+          "random": "random archs"}
+#: how far an arm's MACs may lie from its target; ``dmcp_lat`` has a latency budget, not a MACs one
+TOLERANCE = {"dmcp": 0.01, "dmcp_direct": 0.01, "dmcp_lat": None, "uniform": 0.02, "tp": 0.02, "random": 0.01}
 PROTOCOLS = ("inherit", "paper")
 
 
@@ -25,13 +27,14 @@ class Arm:
     params: list[int] = field(default_factory=list)
     widths: list[list[int]] = field(default_factory=list)
     top1: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PROTOCOLS})
+    latency: list[float] = field(default_factory=list)  # the latency table's prediction, share of the full model
 
     @property
     def label(self) -> str:
         return LABELS[self.kind] if self.target is None else f"{LABELS[self.kind]} {self.target:.0%}"
 
     def within(self, full_macs: int) -> bool:
-        if self.target is None:
+        if self.target is None or TOLERANCE[self.kind] is None:
             return True
         goal, tol = self.target * full_macs, TOLERANCE[self.kind]
         return all(abs(m - goal) <= tol * goal for m in self.macs)
@@ -78,13 +81,27 @@ def gap_rows(arms: Mapping[tuple, Arm], targets: Sequence[float], seeds: int) ->
     for t in sorted(targets, reverse=True):
         for label, a, b in ((f"unpruned minus uniform {t:.0%}", ("full", None), ("uniform", t)),
                             (f"DMCP expected minus uniform {t:.0%}", ("dmcp", t), ("uniform", t)),
-                            (f"DMCP expected minus random archs (mean) {t:.0%}", ("dmcp", t), ("random", t))):
+                            (f"DMCP expected minus random archs (mean) {t:.0%}", ("dmcp", t), ("random", t)),
+                            (f"DMCP latency minus uniform {t:.0%} (same table latency)", ("dmcp_lat", t), ("uniform", t)),
+                            (f"DMCP latency minus DMCP expected {t:.0%}", ("dmcp_lat", t), ("dmcp", t))):
             diffs = {p: gap(arms, a, b, p, seeds) for p in PROTOCOLS}
             if any(d is None for d in diffs.values()):
                 continue
             per_seed = "; ".join(", ".join(f"{v:+.1f}" for v in diffs[p]) for p in PROTOCOLS)
             rows.append(f"| *{label}* | | | | {fmt(diffs['inherit'], '+')} | {fmt(diffs['paper'], '+')} | {per_seed} |")
     return rows
+
+
+def latency_lines(arms: Sequence[Arm], full_macs: int, backend: str) -> list[str]:
+    """The latency table's prediction per pruned arm (share of the full model, mean ± std over seeds)."""
+    rows = [a for a in arms if a.target is not None and a.latency]
+    if not rows:
+        return []
+    out = [f"Predicted latency ({backend} latency table of the unpruned model; DMCP latency's budget is the "
+           "uniform arm's predicted latency at the same MACs target):"]
+    out += [f"- {a.label}: {fmt([100 * v for v in a.latency])} % of the full latency, "
+            f"{statistics.fmean(a.macs) / full_macs:.1%} of the MACs" for a in rows]
+    return out
 
 
 def supernet_lines(supernet: Sequence[dict]) -> list[str]:

@@ -20,7 +20,8 @@ backend (``ort-cpu``: ONNX Runtime CPU, batch 16, 2 threads; ``--backend cuda`` 
    the benchmark size, then derived there. HONEST LABEL: without a data signal the widths come from
    the budget and the gates, not from accuracy (accuracy is the Fashion-MNIST benchmark's job);
 3. every arm is materialized and its latency measured on the same backend, batch and threads
-   (``dmcpfx.search.latency_measure.time_model``: ONNX export, median of ``--runs`` runs), next to
+   (``dmcpfx.search.latency_measure.time_model``: ONNX export, the lowest of ``--rounds`` medians of
+   ``--runs`` runs), next to
    the table's prediction.
 
 Printed per arm: MACs share, predicted and measured ms, measured vs the latency target, the
@@ -114,7 +115,8 @@ def run_model(name: str, args) -> list[dict]:
     built = time.perf_counter() - started
     print(f"{name}: divisor {divisor}, table {path.name}: {len(table.layers)} layers, {len(table.grids)} grids, "
           f"{built:.0f} s (reused when the file existed), full {table.full_ms:.2f} ms measured at build", flush=True)
-    measure = lambda m: time_model(m, (xb,), backend=args.backend, threads=args.threads, runs=args.runs)  # noqa: E731
+    measure = lambda m: time_model(m, (xb,), backend=args.backend, threads=args.threads, runs=args.runs,  # noqa: E731
+                                   rounds=args.rounds)
     full_ms, full_pred = measure(model), table.latency({})
     rows = [dict(model=name, arm="full", target=1.0, macs=1.0, predicted=full_pred, measured=full_ms, build_s=built)]
     for t in args.targets:
@@ -169,6 +171,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--targets", default="0.5,0.25", help="latency ratios of the full model")
     ap.add_argument("--runs", type=int, default=7, help="timed runs per measured model (median)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of --runs per measured model (lowest median)")
     ap.add_argument("--table-runs", type=int, default=3, help="timed runs per table cell (median)")
     ap.add_argument("--table-dir", default=str(REPO / "benchmarks" / "results" / "latency_tables"))
     ap.add_argument("--search-size", type=int, default=64)
@@ -182,6 +185,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.smoke:
         args.models, args.size, args.batch, args.threads, args.runs, args.table_runs = "small_resnet", 32, 2, 1, 2, 1
+        args.rounds = 1
         args.search_size, args.search_steps, args.search_batch, args.targets = 16, 4, 2, "0.9"
         args.divisor = "1"
         if args.table_dir == str(REPO / "benchmarks" / "results" / "latency_tables"):

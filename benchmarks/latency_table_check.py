@@ -3,7 +3,7 @@
 Builds ``dmcpfx.latency_table`` for torchvision's ResNet-50 at 224 px (``divisor=16``) on ONNX
 Runtime CPU, batch 16, 2 threads, every candidate pair, 3 timed runs each; then materializes two
 uniform archs and compares the table's prediction with the measured latency of the compact model
-(median of 5 runs, the same session options). The table is cached in ``--table``.
+(the lowest of 3 medians of 7 runs, the same session options). The table is cached in ``--table``.
 
     .venv/bin/python benchmarks/latency_table_check.py --table /tmp/lt_r50.json
 """
@@ -34,12 +34,12 @@ def main() -> None:
     print(f"table: {time.time() - t0:.0f} s, {len(table.layers)} layers, {len(table.grids)} shared grids, "
           f"skipped {len(table.skipped)}", flush=True)
     print(f"full measured {table.full_ms:.1f} ms, layer sum {table.layers_full_ms:.1f} ms, "
-          f"calibration {table.calibration:.3f}", flush=True)
+          f"fit: {table.overhead_ms:+.2f} ms + {table.calibration:.3f} x the layer sum", flush=True)
     for frac in (0.6, 0.35):
         widths = {g: info.candidates[round(frac * (len(info.candidates) - 1))] for g, info in space.groups.items()}
         compact = dmcpfx.materialize(model, widths, x)
         measured = time_model(compact, (torch.randn(args.batch, 3, 224, 224),), backend="ort-cpu",
-                              threads=args.threads, runs=5)
+                              threads=args.threads, runs=7, rounds=3)
         predicted = table.latency(widths)
         print(f"uniform at {frac:.0%} of the candidate range: MACs {space.flops(widths) / space.full_flops:.1%}, "
               f"predicted {predicted:.1f} ms, measured {measured:.1f} ms, error {predicted / measured - 1:+.1%}")

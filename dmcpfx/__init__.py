@@ -12,13 +12,13 @@ from .analysis.channel_graph import ChannelGraph
 from .arch import Arch
 from .errors import AnalysisError, ArchError, ConfigError, DmcpfxError, NonFiniteError, TraceError
 from .materialize import MaterializeError, materialize
+from .product.latency import latency_table
 from .product.onnx_export import OnnxExportError, export_onnx
 from .product.retrain import RetrainResult, retrain
 from .product.retrain_options import RetrainOptions
 from .product.run_dir import load
 from .search.derive import derive
 from .search.instrument import instrument
-from .search.latency_build import latency_table
 from .search.latency_table import LatencyTable
 from .search.loop import search
 from .search.options import DeriveOptions, SearchOptions

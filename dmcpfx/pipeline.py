@@ -56,7 +56,7 @@ from .product.run_dir import ONNX_NAME, SLICE_NAME, WEIGHTS_NAME, apply_weights,
 from .search.derive import derive
 from .search.holdout import split_holdout
 from .search.instrument import instrument
-from .search.latency_build import latency_table
+from .product.latency import latency_table
 from .search.metric import BudgetMetric, resolve_budget
 from .search.loop import search
 from .training import MetricsWriter, distributed_context, load_checked

@@ -15,21 +15,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import accuracy  # noqa: E402
 
 EXPECTED = ["unpruned", "plain, search epochs"] + [
-    f"{name} {t}" for t in ("50%", "25%") for name in ("DMCP expected", "DMCP direct", "uniform", "TP-L1", "random archs")
+    f"{name} {t}" for t in ("50%", "25%")
+    for name in ("DMCP expected", "DMCP direct", "DMCP latency", "uniform", "TP-L1", "random archs")
 ]
 
 
 @pytest.mark.slow  # 33 s; the slow set keeps the benchmark runnable (the default run stays under 10 min)
 def test_accuracy_smoke(tmp_path, capsys, one_thread):
     out = tmp_path / "accuracy.md"
-    results = accuracy.main(["--smoke", "--random-archs", "1", "--markdown", str(out)])
+    results = accuracy.main(["--smoke", "--random-archs", "1", "--latency-arm", "ort-cpu", "--latency-batch", "2",
+                             "--seed-dir", str(tmp_path / "seeds"), "--markdown", str(out)])
     arms = results["arms"]
     assert list(arms) == EXPECTED
     full = arms["unpruned"]["macs"][0]
     for label, row in arms.items():
         for protocol in ("inherit", "paper"):
             assert len(row["top1"][protocol]) == 1 and 0.0 <= row["top1"][protocol][0] <= 100.0, label
-        if row["target"] is not None:
+        if row["kind"] == "dmcp_lat":  # a latency budget: the uniform arm's predicted latency at that target
+            uniform = arms[label.replace("DMCP latency", "uniform")]["latency"][0]
+            assert row["latency"][0] <= min(uniform, 0.99) * 1.02, label  # smoke timings are noise: the cap, 2%
+        elif row["target"] is not None:
             ratio = row["macs"][0] / full
             tol = 0.01 if row["kind"].startswith("dmcp") else 0.02
             assert abs(ratio - row["target"]) <= tol * row["target"], f"{label}: {ratio:.2%} of the full MACs"
@@ -42,7 +47,8 @@ def test_accuracy_smoke(tmp_path, capsys, one_thread):
     text = out.read_text(encoding="utf-8")
     for label in EXPECTED:
         assert f"| {label} |" in printed and f"| {label} |" in text
-    for phrase in ("own BN statistics", "re-estimated", "Goal at 25% MACs [inherit]", "Goal at 25% MACs [paper]",
+    assert (tmp_path / "seeds" / "latency_table_ort-cpu_b2_t1.json").is_file()
+    for phrase in ("Predicted latency (ort-cpu", "DMCP latency minus uniform 25% (same table latency)", "own BN statistics", "re-estimated", "Goal at 25% MACs [inherit]", "Goal at 25% MACs [paper]",
                    "Random archs at 25% MACs [paper]: 1 archs"):
         assert phrase in text
     assert "off target" not in text
@@ -136,3 +142,31 @@ def test_saved_seed_before_alpha_init_is_a_zero_start(tmp_path):
     assert accuracy.load_seed(path, zero)["settings"] == old
     with pytest.raises(SystemExit, match=r"seed3\.pt: run with alpha_init='zero', this run has alpha_init='budget'"):
         accuracy.load_seed(path, budget)
+
+
+@pytest.mark.slow  # 3 fashion-mnist smoke runs, about 80 s
+def test_latency_arm_added_to_saved_seeds_equals_a_run_with_it(tmp_path, one_thread):
+    """--latency-arm on seeds saved without it adds the arm (the other arms stay as saved), and
+    gives what a run with the arm from the start gives, on the same latency table."""
+    import shutil
+
+    from fake_idx import write_fake
+
+    write_fake(tmp_path / "fm", train=80, test=20, side=28, gz=False)
+    common = ["--task", "fashion-mnist", "--data-root", str(tmp_path / "fm"), "--smoke", "--device", "cpu"]
+    plain = accuracy.main(common + ["--seed-dir", str(tmp_path / "a")])["arms"]
+    lat = ["--latency-arm", "ort-cpu", "--latency-batch", "2"]
+    added = accuracy.main(common + lat + ["--seed-dir", str(tmp_path / "a")])["arms"]
+    (tmp_path / "b").mkdir()
+    table = "latency_table_ort-cpu_b2_t1.json"
+    shutil.copy(tmp_path / "a" / table, tmp_path / "b" / table)
+    fresh = accuracy.main(common + lat + ["--seed-dir", str(tmp_path / "b")])["arms"]
+    assert [k for k in added if k not in plain] == ["DMCP latency 25%", "DMCP latency 10%"]
+    for label, row in plain.items():
+        assert added[label]["top1"] == row["top1"] and added[label]["macs"] == row["macs"], label
+    for label, row in fresh.items():
+        assert added[label]["top1"] == row["top1"] and added[label]["macs"] == row["macs"], label
+        if row["target"] is not None:
+            assert added[label]["latency"] == pytest.approx(row["latency"]) and 0 < row["latency"][0] <= 1, label
+    again = accuracy.main(common + lat + ["--seed-dir", str(tmp_path / "a"), "--report-only"])["arms"]
+    assert again["DMCP latency 10%"]["top1"] == added["DMCP latency 10%"]["top1"]

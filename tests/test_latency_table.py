@@ -153,3 +153,32 @@ def test_real_measurement_with_onnx_runtime():
         assert all(v > 0 for v in measured), g
     # a model this small takes microseconds: its ordering is noise, only the plumbing is checked
     assert 0 < table.latency({gid: info.candidates[0] for gid, info in space.groups.items()}) < float("inf")
+
+
+@pytest.mark.parametrize("factor, fitted", [(1.5, True), (0.9, True), (0.01, False)])
+def test_constant_and_slope_fit_the_full_and_the_thin_model(monkeypatch, factor, fitted):
+    """With a compact model, the table is exact at the full and at the thin model (``factor``: the
+    thin model's time over the proportional prediction; below 1 the constant is negative); a fit
+    that would need a constant below minus half the thin time keeps the proportional calibration."""
+    monkeypatch.setattr(latency_build, "time_layer", fake_time)
+    monkeypatch.setattr(latency_build, "time_model", lambda model, x, **kw: 5.0)
+    space = next(spaces())
+    thin = latency_build.thin_widths(space)
+    thin_ms = factor * latency_table(space, "ort-cpu", 4).latency(thin)  # proportional prediction
+    full_params = sum(p.numel() for p in space.to_model().parameters())
+    monkeypatch.setattr(latency_build, "time_model", lambda model, x, **kw: 5.0 if sum(
+        p.numel() for p in model.parameters()) == full_params else thin_ms)
+    table = latency_table(space, "ort-cpu", 4, compact=lambda w: dmcpfx.materialize(space, w, space.example_inputs))
+    assert table.latency({}) == pytest.approx(5.0)
+    assert "thin_model" in table.meta
+    if fitted:
+        assert (table.overhead_ms > 0) is (factor > 1)
+        assert table.latency(thin) == pytest.approx(thin_ms)
+        for gid, gate in space.gates().items():  # hard marginals at the thin widths: expected == latency
+            k = gate.candidates.index(thin[gid])
+            with torch.no_grad():
+                gate.alpha.fill_(-40.0)
+                gate.alpha[:k].fill_(40.0)
+        assert float(table.expected(space.gates()).detach()) == pytest.approx(thin_ms, rel=1e-6)
+    else:  # proportional: whole model / its layers at full width
+        assert table.overhead_ms == 0.0 and table.calibration == pytest.approx(5.0 / table.layers_full_ms)

@@ -98,8 +98,8 @@ def _latency_budget_lines(summary: dict, full_model: nn.Module, compact: nn.Modu
     if backend == "cuda" and not torch.cuda.is_available():
         return [f"Latency budget ({where}): not measured here (no CUDA device).", ""]
     xb = x[:1].repeat(batch, *([1] * (x.dim() - 1)))
-    full_ms = time_model(full_model, (xb,), backend=backend, threads=threads)
-    pruned_ms = time_model(compact, (xb,), backend=backend, threads=threads)
+    full_ms = time_model(full_model, (xb,), backend=backend, threads=threads, rounds=3)
+    pruned_ms = time_model(compact, (xb,), backend=backend, threads=threads, rounds=3)
     predicted, target = float(summary["pruned_latency_ms"]), float(summary["target_latency_ms"])
     summary.update(measured_full_latency_ms=full_ms, measured_pruned_latency_ms=pruned_ms)
     return [f"Latency budget ({where}): target {target:.3f} ms; the latency table predicts {predicted:.3f} ms "

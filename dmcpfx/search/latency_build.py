@@ -4,7 +4,7 @@
 (:mod:`dmcpfx.search.latency_measure`) at each pair of its gates' candidate widths (or a
 sampled grid of ``grid`` points per side, interpolated bilinearly), and the whole model at full
 width once. Layers of the same geometry share one measurement. The table is saved as JSON
-(format ``dmcpfx-latency/1``) with the backend, batch, threads, dtype, library versions, the
+(format ``dmcpfx-latency/2``) with the backend, batch, threads, dtype, library versions, the
 machine and the groups' candidate widths, and reused from that file only when all of those
 match; any difference is a one-line error naming it and the file.
 """
@@ -27,7 +27,7 @@ from .latency_table import Grid, LatencyTable, LayerEntry, side_widths
 
 __all__ = ["TABLE_FORMAT", "latency_table", "load_table", "save_table"]
 
-TABLE_FORMAT = "dmcpfx-latency/1"
+TABLE_FORMAT = "dmcpfx-latency/2"  # /2: ort-cpu cells are kernel times (profiler)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -144,9 +144,40 @@ def _plan(space: Any, points: int | None) -> tuple[dict[str, LayerEntry], dict[s
     return entries, plans, skipped
 
 
+#: the keep ratio of the thin model that fits the table's overhead and slope (LatencyTable)
+THIN_RATIO = 0.25
+
+
+def thin_widths(space: Any) -> dict[str, int]:
+    """Every group at the candidate nearest :data:`THIN_RATIO` of its width."""
+    return {gid: min(info.candidates, key=lambda c: abs(c - THIN_RATIO * info.width))
+            for gid, info in space.groups.items()}
+
+
+def _fit(table: LatencyTable, widths: dict[str, int], thin_ms: float) -> None:
+    """Set the table's constant and slope from its full model and a thin model measured at
+    ``widths`` (``thin_ms``). The constant may be negative (thin layers cost relatively less
+    inside the network than alone), down to minus half the thin model's time, so that every
+    sub-net from the thin one up is predicted above half its share; a fit outside that, or with
+    a slope that is not positive, keeps the proportional calibration (constant 0)."""
+    full_sum = table.layers_full_ms
+    table.overhead_ms = 0.0
+    thin_sum = table.latency(widths) / table.calibration
+    if full_sum - thin_sum <= 0:
+        return
+    slope = (table.full_ms - thin_ms) / (full_sum - thin_sum)
+    overhead = table.full_ms - slope * full_sum
+    if slope > 0 and overhead >= -0.5 * thin_ms:
+        table.overhead_ms = overhead
+    table.meta["thin_model"] = {"keep_ratio": THIN_RATIO, "measured_ms": thin_ms, "layers_ms": thin_sum}
+
+
 def measure_table(space: Any, backend: str = "ort-cpu", batch: int = 16, *, threads: int = 1, dtype: str = "bf16",
-                  grid: int | None = None, runs: int = 7, progress: Callable[[str], None] | None = None) -> LatencyTable:
-    """Time every layer of ``space`` (see the module docstring); returns the table, unsaved."""
+                  grid: int | None = None, runs: int = 7, progress: Callable[[str], None] | None = None,
+                  compact: Callable[[dict[str, int]], nn.Module] | None = None) -> LatencyTable:
+    """Time every layer of ``space`` (see the module docstring); returns the table, unsaved.
+    ``compact(widths)``: the compact model of ``space`` at ``widths`` (``dmcpfx.materialize``),
+    for the thin model that fits the table's constant and slope (None: proportional)."""
     check_backend(backend)
     if dtype not in _DTYPES:
         raise ConfigError(f"latency dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
@@ -164,18 +195,24 @@ def measure_table(space: Any, backend: str = "ort-cpu", batch: int = 16, *, thre
             grids[key] = Grid(cin, cout, [[time_layer(geo, i, o, **kw) for o in cout] for i in cin])
     x = tuple(t.repeat(batch, *([1] * (t.dim() - 1)))[:batch] for t in space.example_inputs)
     full_ms = time_model(space.to_model().cpu().eval(), x, backend=backend, threads=threads, dtype=_DTYPES[dtype],
-                         runs=runs)
+                         runs=max(runs, 7), rounds=3)
     meta = {"format": TABLE_FORMAT, "backend": backend, "batch": batch, "threads": threads,
             "dtype": dtype if backend == "cuda" else "float32", "grid": grid, "versions": _versions(backend),
             "machine": _machine(backend), "input_shape": [list(t.shape[1:]) for t in space.example_inputs],
             "groups": {gid: list(info.candidates) for gid, info in space.groups.items()}}
-    return LatencyTable(entries, grids, meta, full_ms, skipped)
+    table = LatencyTable(entries, grids, meta, full_ms, skipped)
+    if compact is not None:
+        widths = thin_widths(space)
+        thin_ms = time_model(compact(widths).cpu().eval(), x, backend=backend, threads=threads,
+                             dtype=_DTYPES[dtype], runs=max(runs, 7), rounds=3)
+        _fit(table, widths, thin_ms)
+    return table
 
 
 def save_table(table: LatencyTable, path: str | os.PathLike) -> None:
     """Write the table as JSON, atomically."""
     write_json_atomic(Path(path), {
-        "meta": table.meta, "full_ms": table.full_ms, "skipped": table.skipped,
+        "meta": table.meta, "full_ms": table.full_ms, "overhead_ms": table.overhead_ms, "skipped": table.skipped,
         "layers": {m: asdict(e) for m, e in table.layers.items()},
         "grids": {k: asdict(g) for k, g in table.grids.items()},
     })
@@ -187,15 +224,16 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         if doc["meta"]["format"] != TABLE_FORMAT:
-            raise ValueError(f"format {doc['meta']['format']!r}, expected {TABLE_FORMAT!r}")
+            raise ValueError(f"format {doc['meta']['format']!r}, expected {TABLE_FORMAT!r}: delete it to measure again")
         table = LatencyTable(
             layers={m: LayerEntry(**e) for m, e in doc["layers"].items()},
             grids={k: Grid(**g) for k, g in doc["grids"].items()},
             meta=dict(doc["meta"]), full_ms=float(doc["full_ms"]), skipped=dict(doc.get("skipped", {})),
+            overhead_ms=float(doc.get("overhead_ms", 0.0)),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: not a readable latency table ({type(exc).__name__}: {exc})") from None
-    values = [table.full_ms] + [v for g in table.grids.values() for row in g.ms for v in row]
+    values = [table.full_ms, abs(table.overhead_ms)] + [v for g in table.grids.values() for row in g.ms for v in row]
     if not all(v == v and 0.0 <= v < float("inf") for v in values):
         raise ConfigError(f"{path}: the latency table holds a negative or non-finite time")
     return table
@@ -203,14 +241,16 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
 
 def latency_table(space: Any, backend: str = "ort-cpu", batch: int = 16, *, threads: int = 1, dtype: str = "bf16",
                   grid: int | None = None, runs: int = 7, path: str | os.PathLike | None = None,
-                  progress: Callable[[str], None] | None = None) -> LatencyTable:
+                  progress: Callable[[str], None] | None = None,
+                  compact: Callable[[dict[str, int]], nn.Module] | None = None) -> LatencyTable:
     """The latency table of ``space`` on ``backend`` at ``batch`` images (ms per batch).
 
     With ``path``: an existing file is reused when it was measured for the same backend,
     batch, threads, dtype, grid, library versions, machine, input shape and candidate widths
     (a difference is a :class:`ConfigError` naming it and the file); else the table is measured
     and written there. ``grid``: measure that many widths per side, evenly spread over the
-    candidates (None: every candidate).
+    candidates (None: every candidate). ``compact``: see :func:`measure_table`
+    (``dmcpfx.latency_table`` passes ``dmcpfx.materialize``).
     """
     if path is not None and Path(path).exists():
         table = load_table(path)
@@ -223,7 +263,8 @@ def latency_table(space: Any, backend: str = "ort-cpu", batch: int = 16, *, thre
                 raise ConfigError(f"{path}: the latency table was measured with {key}={table.meta.get(key)!r}, "
                                   f"this run has {value!r}; delete the file or give another path to measure again")
         return table
-    table = measure_table(space, backend, batch, threads=threads, dtype=dtype, grid=grid, runs=runs, progress=progress)
+    table = measure_table(space, backend, batch, threads=threads, dtype=dtype, grid=grid, runs=runs, progress=progress,
+                          compact=compact)
     if path is not None:
         save_table(table, path)
     return table

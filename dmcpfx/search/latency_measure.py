@@ -8,6 +8,8 @@ channel counts: the kernel, stride, padding, dilation, grouping and the input's 
 - ``"ort-cpu"``: one ONNX node (``Conv`` or ``Gemm``) built with ``onnx.helper`` (no torch
   export), run by ONNX Runtime's CPU provider with ``threads`` intra-op threads, sequential
   execution, graph optimizations ALL, and the worker threads' spinning stopped between runs;
+  the figure is the compute node's kernel time from ORT's profiler (without the layout
+  reorders and the call overhead that a layer alone pays and a network does not);
 - ``"cuda"``: the PyTorch module in ``dtype`` (bf16 or fp16), channels_last, timed with CUDA
   events around each call.
 
@@ -143,14 +145,38 @@ def _onnx_layer(geo: LayerGeometry, c_in: int, c_out: int, batch: int) -> bytes:
 
 def _time_ort(geo: LayerGeometry, c_in: int, c_out: int, batch: int, threads: int, runs: int,
               warmup: int) -> float:
+    """Median kernel time (ms) of the layer's compute node, read from ONNX Runtime's profiler.
+
+    Timed alone, a layer pays what it does not pay inside a network: the ``session.run`` call
+    and, with ORT's NCHWc layout, a reorder of its input and of its output (for a depthwise or a
+    1x1 conv these cost more than the conv). Inside a network the reorders happen once at its
+    ends, so only the compute node's own kernel time is the layer's share; the rest of the
+    network's time is the table's calibration.
+    """
+    import json
+    import tempfile
+    from pathlib import Path
+
     import numpy as np
     import onnxruntime as ort
 
-    session = ort.InferenceSession(_onnx_layer(geo, c_in, c_out, batch), sess_options=ort_session_options(threads),
-                                   providers=["CPUExecutionProvider"])
-    shape = [batch * geo.hw[0], c_in] if geo.kind == "linear" else [batch, c_in, *geo.hw]
-    feed = {"x": np.random.default_rng(1).standard_normal(shape, dtype=np.float32)}
-    return _median_ms(lambda: session.run(None, feed), runs, warmup)
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort_session_options(threads)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "layer")
+        session = ort.InferenceSession(_onnx_layer(geo, c_in, c_out, batch), sess_options=so,
+                                       providers=["CPUExecutionProvider"])
+        shape = [batch * geo.hw[0], c_in] if geo.kind == "linear" else [batch, c_in, *geo.hw]
+        feed = {"x": np.random.default_rng(1).standard_normal(shape, dtype=np.float32)}
+        for _ in range(warmup + runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    times = [e["dur"] / 1e3 for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+             and not str(e.get("args", {}).get("op_name", "")).startswith("Reorder")]
+    if len(times) < warmup + runs:  # one compute node per run; anything else is not a timing we understand
+        raise RuntimeError(f"ONNX Runtime's profile holds {len(times)} kernel times for {warmup + runs} runs of "
+                           f"a {geo.key} layer")
+    return statistics.median(times[-runs:])
 
 
 def torch_layer(geo: LayerGeometry, c_in: int, c_out: int) -> nn.Module:
@@ -207,11 +233,15 @@ def _onnx_bytes(model: nn.Module, inputs: tuple) -> bytes:
 
 
 def time_model(model: nn.Module, inputs: tuple, *, backend: str, threads: int = 1,
-               dtype: torch.dtype = torch.bfloat16, runs: int = 7, warmup: int = 2) -> float:
+               dtype: torch.dtype = torch.bfloat16, runs: int = 7, warmup: int = 5, rounds: int = 1) -> float:
     """Latency in ms of one forward of a whole model at ``inputs`` (their batch) on ``backend``.
 
-    ``ort-cpu``: exported to ONNX and run like :func:`time_layer`'s layers; ``cuda``: a copy in
-    ``dtype``, channels_last. The caller's model is not changed.
+    ``ort-cpu``: exported to ONNX and run with :func:`ort_session_options` (wall time of
+    ``session.run``); ``cuda``: a copy in ``dtype``, channels_last (CUDA events). The figure is
+    the lowest of ``rounds`` medians of ``runs`` calls each, after ``warmup`` untimed calls (a new
+    ONNX Runtime session's first calls grow its memory arena): on a shared machine, other work only
+    ever adds time, so the lowest median is the most repeatable one. The caller's model is not
+    changed.
     """
     import copy
 
@@ -224,11 +254,11 @@ def time_model(model: nn.Module, inputs: tuple, *, backend: str, threads: int = 
         session = ort.InferenceSession(_onnx_bytes(model, inputs), sess_options=ort_session_options(threads),
                                        providers=["CPUExecutionProvider"])
         feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
-        return _median_ms(lambda: session.run(None, feed), runs, warmup)
+        return min(_median_ms(lambda: session.run(None, feed), runs, warmup) for _ in range(max(1, rounds)))
     model = model.to("cuda", dtype).to(memory_format=torch.channels_last)
     xs = [t.to("cuda", dtype if t.is_floating_point() else t.dtype) for t in inputs]
     xs = [t.to(memory_format=torch.channels_last) if t.dim() == 4 else t for t in xs]
-    return _cuda_median_ms(lambda: model(*xs), runs, warmup)
+    return min(_cuda_median_ms(lambda: model(*xs), runs, warmup) for _ in range(max(1, rounds)))
 
 
 #: the channel multiple of CUDA's tensor cores for bf16/fp16 convolutions and matrix products

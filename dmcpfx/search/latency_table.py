@@ -14,9 +14,13 @@ is every candidate width of the two gates, so the Markov candidates are measured
   are the same group (a depthwise conv) sums ``P(c = i) LUT[i, i]``. A side made of several
   pruned groups (a concatenation) enters with its expected width (an approximation).
 
-Both are scaled by ``calibration`` = measured whole model / sum of the full-width layers, so
-that the non-layer time (activations, additions, pooling, memory reorders) is counted in
-proportion to the layers' time, and a prediction is in the runtime's milliseconds. Layers that
+Both are ``overhead_ms + calibration * (sum of the layers)``, in the runtime's milliseconds. A
+layer inside a network costs more than alone (activations and additions fused into it, the
+dispatch of each node), and relatively more when it is thin, so the two numbers are fitted on
+two whole models measured on the backend: the full model and a uniformly thin one (about 25%
+of every width); the constant may be negative (see ``latency_build._fit``). Without the thin
+model, ``overhead_ms`` is 0 and ``calibration`` is measured whole model / sum of its full-width
+layers. Layers that
 are not ``nn.Conv2d`` / ``nn.Linear`` modules are not in the table (their time, like the rest,
 is in that proportion), and each is listed with the reason.
 """
@@ -129,6 +133,7 @@ class LatencyTable:
     meta: dict[str, Any]
     full_ms: float
     skipped: dict[str, str] = field(default_factory=dict)
+    overhead_ms: float = 0.0  # the constant of the fit (ms; may be negative, see the module doc)
 
     # --- sums -------------------------------------------------------------------------
     @property
@@ -138,9 +143,9 @@ class LatencyTable:
 
     @property
     def calibration(self) -> float:
-        """Whole model over the sum of its layers, both at full width."""
+        """Milliseconds of the whole model per millisecond of its layers timed alone (the slope)."""
         total = self.layers_full_ms
-        return self.full_ms / total if total > 0 else 1.0
+        return (self.full_ms - self.overhead_ms) / total if total > 0 else 1.0
 
     def latency(self, widths: Mapping[str, int]) -> float:
         """Predicted latency (ms per batch) at integer ``widths`` (missing groups: full)."""
@@ -148,7 +153,7 @@ class LatencyTable:
         for entry in self.layers.values():
             c_in, c_out = (_side_width(entry.side(role), widths) for role in ("in", "out"))
             total += self.grids[entry.key].at(c_in, c_out)
-        return total * self.calibration
+        return self.overhead_ms + total * self.calibration
 
     def expected(self, gates: Mapping[str, Any]) -> torch.Tensor:
         """Expected latency (ms per batch) under the gates' chains: a 0-dim float64 tensor,
@@ -161,7 +166,7 @@ class LatencyTable:
             lut = self._lut(entry.key, tuple(x_in), tuple(x_out), diagonal).to(p_in.device)
             term = (p_in * lut).sum() if diagonal else p_in @ lut @ p_out
             total = total.to(term.device) + term
-        return total * self.calibration
+        return self.overhead_ms + total * self.calibration
 
     def _lut(self, key: str, x_in: tuple, x_out: tuple, diagonal: bool) -> torch.Tensor:
         """The grid read at the candidate widths (a vector on the diagonal), float64; computed once
