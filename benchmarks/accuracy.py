@@ -312,6 +312,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if s.latency and todo:
         s = dataclasses.replace(s, latency_table=str(measure_latency_table(s, seed_dir)))
     jobs_list = [(s, seed, seed_dir, res) for seed, res in todo]
+    added = sum(res is not None for _, res in todo)
+    reused = (f" ({len(todo) - added} seeds run, {added} given the latency arm, {len(saved) - added} reused)"
+              if saved else "")
     if jobs > 1 and len(todo) > 1:
         import multiprocessing as mp
 
@@ -341,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"search {s.search_epochs} epochs (demo hyper-parameters, alpha_init {s.alpha_init}, official Markov "
         f"schedule, BN isolated), "
         f"{s.holdout} training images held out for direct; torch {torch.__version__}, device {s.device}, "
-        f"threads {s.threads} x jobs {jobs}, wall {(time.perf_counter() - started) / 60:.1f} min", "",
+        f"threads {s.threads} x jobs {jobs}, wall {(time.perf_counter() - started) / 60:.1f} min{reused}", "",
     ] + table(ordered, full_macs) + gap_rows(arms, s.targets, len(s.seeds)) + [""] + supernet_lines(supernet) + [""]
     lines += (fashion_goal_lines(arms, supernet, len(s.seeds)) if s.task == "fashion-mnist"
               else verdict(arms, min(s.targets))) + warn
