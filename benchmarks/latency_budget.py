@@ -20,9 +20,9 @@ backend (``ort-cpu``: ONNX Runtime CPU, batch 16, 2 threads; ``--backend cuda`` 
    the benchmark size, then derived there. HONEST LABEL: without a data signal the widths come from
    the budget and the gates, not from accuracy (accuracy is the Fashion-MNIST benchmark's job);
 3. every arm is materialized and its latency measured on the same backend, batch and threads
-   (``dmcpfx.search.latency_measure.time_model``: ONNX export, the lowest of ``--rounds`` medians of
-   ``--runs`` runs), next to
-   the table's prediction.
+   (``dmcpfx.search.latency_measure.time_models``: ONNX export; the full model and all arms in
+   ``--rounds`` interleaved rounds, each a new session and a median of ``--runs`` runs; the lowest
+   median per model), next to the table's prediction.
 
 Printed per arm: MACs share, predicted and measured ms, measured vs the latency target, the
 prediction error, and the speed-up (measured full / measured arm). The goal lines are issue 20's:
@@ -47,7 +47,7 @@ from torch import nn
 
 import dmcpfx
 from dmcpfx.data import synthetic_loaders
-from dmcpfx.search.latency_measure import runtime_divisor, time_model
+from dmcpfx.search.latency_measure import runtime_divisor, time_models
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -115,10 +115,9 @@ def run_model(name: str, args) -> list[dict]:
     built = time.perf_counter() - started
     print(f"{name}: divisor {divisor}, table {path.name}: {len(table.layers)} layers, {len(table.grids)} grids, "
           f"{built:.0f} s (reused when the file existed), full {table.full_ms:.2f} ms measured at build", flush=True)
-    measure = lambda m: time_model(m, (xb,), backend=args.backend, threads=args.threads, runs=args.runs,  # noqa: E731
-                                   rounds=args.rounds)
-    full_ms, full_pred = measure(model), table.latency({})
-    rows = [dict(model=name, arm="full", target=1.0, macs=1.0, predicted=full_pred, measured=full_ms, build_s=built)]
+    full_pred = table.latency({})
+    rows = [dict(model=name, arm="full", target=1.0, macs=1.0, predicted=full_pred, build_s=built)]
+    models = [model]
     for t in args.targets:
         arms = {
             "dmcp-lat": derive_at_size(space, short_search(model, divisor, args, target=t, budget_metric="latency",
@@ -128,9 +127,15 @@ def run_model(name: str, args) -> list[dict]:
             "uniform": uniform_at_latency(space, table, t * full_pred),
         }
         for arm, widths in arms.items():
-            compact = dmcpfx.materialize(model, widths, (x,))
+            models.append(dmcpfx.materialize(model, widths, (x,)))
             rows.append(dict(model=name, arm=arm, target=t, macs=space.flops(widths) / space.full_flops,
-                             predicted=table.latency(widths), measured=measure(compact), build_s=built))
+                             predicted=table.latency(widths), build_s=built))
+    # every arm and the full model in the same interleaved rounds (a slow spell hits them alike)
+    measured = time_models(dict(enumerate(models)), (xb,), backend=args.backend, threads=args.threads, runs=args.runs,
+                           rounds=args.rounds)
+    full_ms = measured[0]
+    for i, r in enumerate(rows):
+        r["measured"] = measured[i]
     for r in rows:
         r.update(full_measured=full_ms, full_predicted=full_pred)
     return rows
@@ -171,7 +176,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--targets", default="0.5,0.25", help="latency ratios of the full model")
     ap.add_argument("--runs", type=int, default=7, help="timed runs per measured model (median)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of --runs per measured model (lowest median)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="interleaved rounds of --runs per measured model (lowest median)")
     ap.add_argument("--table-runs", type=int, default=3, help="timed runs per table cell (median)")
     ap.add_argument("--table-dir", default=str(REPO / "benchmarks" / "results" / "latency_tables"))
     ap.add_argument("--search-size", type=int, default=64)

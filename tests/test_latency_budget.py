@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture
 def fake_timer(monkeypatch):
     monkeypatch.setattr(latency_build, "time_layer", fake_time)
-    monkeypatch.setattr(latency_build, "time_model", lambda model, x, **kw: 5.0)
+    monkeypatch.setattr(latency_build, "time_models", lambda models, x, **kw: dict.fromkeys(models, 5.0))
 
 
 def _space(width: int = 8):

@@ -30,7 +30,7 @@ def fake_time(geo, c_in, c_out, **kw):
 @pytest.fixture
 def fake_timer(monkeypatch):
     monkeypatch.setattr(latency_build, "time_layer", fake_time)
-    monkeypatch.setattr(latency_build, "time_model", lambda model, x, **kw: 5.0)
+    monkeypatch.setattr(latency_build, "time_models", lambda models, x, **kw: dict.fromkeys(models, 5.0))
 
 
 class DepthwiseNet(nn.Module):
@@ -155,19 +155,39 @@ def test_real_measurement_with_onnx_runtime():
     assert 0 < table.latency({gid: info.candidates[0] for gid, info in space.groups.items()}) < float("inf")
 
 
+def test_models_are_timed_in_interleaved_rounds_keeping_each_ones_lowest_median(monkeypatch):
+    """Round r of every model runs before round r + 1 of any (a slow spell of the machine hits
+    all models alike); each ort-cpu round is a new session; a model's figure is its lowest median."""
+    from dmcpfx.search import latency_measure
+
+    calls = []
+    medians = {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 6.0, 4.0])}
+
+    def fake_timer(model, inputs, threads):
+        key = model.name
+        return lambda runs, warmup: calls.append(key) or next(medians[key])
+
+    monkeypatch.setattr(latency_measure, "_ort_timer", fake_timer)
+    models = {key: nn.Linear(2, 2) for key in "ab"}
+    for key, m in models.items():
+        m.name = key
+    got = latency_measure.time_models(models, (torch.randn(1, 2),), backend="ort-cpu", rounds=3)
+    assert got == {"a": 1.0, "b": 4.0} and calls == ["a", "b"] * 3
+
+
 @pytest.mark.parametrize("factor, fitted", [(1.5, True), (0.9, True), (0.01, False)])
 def test_constant_and_slope_fit_the_full_and_the_thin_model(monkeypatch, factor, fitted):
     """With a compact model, the table is exact at the full and at the thin model (``factor``: the
     thin model's time over the proportional prediction; below 1 the constant is negative); a fit
     that would need a constant below minus half the thin time keeps the proportional calibration."""
     monkeypatch.setattr(latency_build, "time_layer", fake_time)
-    monkeypatch.setattr(latency_build, "time_model", lambda model, x, **kw: 5.0)
+    monkeypatch.setattr(latency_build, "time_models", lambda models, x, **kw: dict.fromkeys(models, 5.0))
     space = next(spaces())
     thin = latency_build.thin_widths(space)
     thin_ms = factor * latency_table(space, "ort-cpu", 4).latency(thin)  # proportional prediction
     full_params = sum(p.numel() for p in space.to_model().parameters())
-    monkeypatch.setattr(latency_build, "time_model", lambda model, x, **kw: 5.0 if sum(
-        p.numel() for p in model.parameters()) == full_params else thin_ms)
+    monkeypatch.setattr(latency_build, "time_models", lambda models, x, **kw: {
+        key: 5.0 if sum(p.numel() for p in m.parameters()) == full_params else thin_ms for key, m in models.items()})
     table = latency_table(space, "ort-cpu", 4, compact=lambda w: dmcpfx.materialize(space, w, space.example_inputs))
     assert table.latency({}) == pytest.approx(5.0)
     assert "thin_model" in table.meta

@@ -91,15 +91,15 @@ def _latency_budget_lines(summary: dict, full_model: nn.Module, compact: nn.Modu
     latency on the table's backend, batch and threads (``summary`` gets the measured figures)."""
     if "target_latency_ms" not in summary:
         return []
-    from ..search.latency_measure import time_model
+    from ..search.latency_measure import time_models
 
     backend, batch, threads = summary["latency_backend"], int(summary["latency_batch"]), int(summary["latency_threads"])
     where = f"{backend}, batch {batch}, {threads} thread(s)"
     if backend == "cuda" and not torch.cuda.is_available():
         return [f"Latency budget ({where}): not measured here (no CUDA device).", ""]
     xb = x[:1].repeat(batch, *([1] * (x.dim() - 1)))
-    full_ms = time_model(full_model, (xb,), backend=backend, threads=threads, rounds=3)
-    pruned_ms = time_model(compact, (xb,), backend=backend, threads=threads, rounds=3)
+    ms = time_models({"full": full_model, "pruned": compact}, (xb,), backend=backend, threads=threads, rounds=3)
+    full_ms, pruned_ms = ms["full"], ms["pruned"]
     predicted, target = float(summary["pruned_latency_ms"]), float(summary["target_latency_ms"])
     summary.update(measured_full_latency_ms=full_ms, measured_pruned_latency_ms=pruned_ms)
     return [f"Latency budget ({where}): target {target:.3f} ms; the latency table predicts {predicted:.3f} ms "

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..fileio import write_json_atomic
-from .latency_measure import LayerGeometry, check_backend, time_layer, time_model
+from .latency_measure import LayerGeometry, check_backend, time_layer, time_models
 from .latency_table import Grid, LatencyTable, LayerEntry, side_widths
 
 __all__ = ["TABLE_FORMAT", "latency_table", "load_table", "save_table"]
@@ -194,18 +194,17 @@ def measure_table(space: Any, backend: str = "ort-cpu", batch: int = 16, *, thre
         else:
             grids[key] = Grid(cin, cout, [[time_layer(geo, i, o, **kw) for o in cout] for i in cin])
     x = tuple(t.repeat(batch, *([1] * (t.dim() - 1)))[:batch] for t in space.example_inputs)
-    full_ms = time_model(space.to_model().cpu().eval(), x, backend=backend, threads=threads, dtype=_DTYPES[dtype],
-                         runs=max(runs, 7), rounds=3)
+    models = {"full": space.to_model().cpu().eval()}
+    if compact is not None:  # the thin model of the fit, timed in the same rounds as the full one
+        models["thin"] = compact(thin_widths(space)).cpu().eval()
+    ms = time_models(models, x, backend=backend, threads=threads, dtype=_DTYPES[dtype], runs=max(runs, 7), rounds=3)
     meta = {"format": TABLE_FORMAT, "backend": backend, "batch": batch, "threads": threads,
             "dtype": dtype if backend == "cuda" else "float32", "grid": grid, "versions": _versions(backend),
             "machine": _machine(backend), "input_shape": [list(t.shape[1:]) for t in space.example_inputs],
             "groups": {gid: list(info.candidates) for gid, info in space.groups.items()}}
-    table = LatencyTable(entries, grids, meta, full_ms, skipped)
+    table = LatencyTable(entries, grids, meta, ms["full"], skipped)
     if compact is not None:
-        widths = thin_widths(space)
-        thin_ms = time_model(compact(widths).cpu().eval(), x, backend=backend, threads=threads,
-                             dtype=_DTYPES[dtype], runs=max(runs, 7), rounds=3)
-        _fit(table, widths, thin_ms)
+        _fit(table, thin_widths(space), ms["thin"])
     return table
 
 

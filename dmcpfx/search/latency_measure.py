@@ -20,7 +20,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Hashable, Mapping, TypeVar
 
 import torch
 from torch import nn
@@ -28,9 +28,11 @@ from torch import nn
 from ..errors import ConfigError
 
 __all__ = ["BACKENDS", "CUDA_CHANNEL_MULTIPLE", "LayerGeometry", "check_backend", "ort_session_options", "runtime_divisor",
-           "time_layer", "time_model", "torch_layer"]
+           "time_layer", "time_model", "time_models",
+           "torch_layer"]
 
 BACKENDS = ("ort-cpu", "cuda")
+K = TypeVar("K", bound=Hashable)
 
 
 def check_backend(backend: str) -> None:
@@ -232,33 +234,62 @@ def _onnx_bytes(model: nn.Module, inputs: tuple) -> bytes:
         return path.read_bytes()
 
 
-def time_model(model: nn.Module, inputs: tuple, *, backend: str, threads: int = 1,
-               dtype: torch.dtype = torch.bfloat16, runs: int = 7, warmup: int = 5, rounds: int = 1) -> float:
-    """Latency in ms of one forward of a whole model at ``inputs`` (their batch) on ``backend``.
+def _ort_timer(model: nn.Module, inputs: tuple, threads: int) -> Callable[[int, int], float]:
+    """``timer(runs, warmup)``: a median (ms) in a new ONNX Runtime session of ``model``, exported once."""
+    import onnxruntime as ort
+
+    onnx = _onnx_bytes(model, inputs)
+    feed_values = [t.numpy() for t in inputs]
+
+    def timer(runs: int, warmup: int) -> float:
+        session = ort.InferenceSession(onnx, sess_options=ort_session_options(threads), providers=["CPUExecutionProvider"])
+        feed = {i.name: v for i, v in zip(session.get_inputs(), feed_values)}
+        return _median_ms(lambda: session.run(None, feed), runs, warmup)
+    return timer
+
+
+def _cuda_timer(model: nn.Module, inputs: tuple, dtype: torch.dtype) -> Callable[[int, int], float]:
+    """``timer(runs, warmup)``: a median (ms) of ``model`` in ``dtype``, channels_last (CUDA events)."""
+    model = model.to("cuda", dtype).to(memory_format=torch.channels_last)
+    xs = [t.to("cuda", dtype if t.is_floating_point() else t.dtype) for t in inputs]
+    xs = [t.to(memory_format=torch.channels_last) if t.dim() == 4 else t for t in xs]
+    return lambda runs, warmup: _cuda_median_ms(lambda: model(*xs), runs, warmup)
+
+
+def time_models(models: Mapping[K, nn.Module], inputs: tuple, *, backend: str, threads: int = 1,
+                dtype: torch.dtype = torch.bfloat16, runs: int = 7, warmup: int = 5, rounds: int = 1) -> dict[K, float]:
+    """Latency in ms of one forward of each whole model at ``inputs`` (their batch) on ``backend``.
 
     ``ort-cpu``: exported to ONNX and run with :func:`ort_session_options` (wall time of
-    ``session.run``); ``cuda``: a copy in ``dtype``, channels_last (CUDA events). The figure is
-    the lowest of ``rounds`` medians of ``runs`` calls each, after ``warmup`` untimed calls (a new
-    ONNX Runtime session's first calls grow its memory arena): on a shared machine, other work only
-    ever adds time, so the lowest median is the most repeatable one. The caller's model is not
-    changed.
+    ``session.run``); ``cuda``: a copy in ``dtype``, channels_last (CUDA events). A model's
+    figure is the lowest of ``rounds`` medians of ``runs`` calls each, after ``warmup`` untimed
+    calls (a new ONNX Runtime session's first calls grow its memory arena). The rounds are
+    interleaved (round 1 of every model, then round 2, ...) and each ort-cpu round opens a new
+    session: on a shared machine a slow spell (another tenant on the host) lasts seconds and
+    slows whatever runs in it, and other work only ever adds time, so the lowest median over
+    rounds spread in time is the most repeatable figure, and models compared with each other
+    are measured over the same stretch of time. The callers' models are not changed.
     """
     import copy
 
     check_backend(backend)
-    model = copy.deepcopy(model).eval()
     inputs = tuple(t.detach().cpu() for t in inputs)
-    if backend == "ort-cpu":
-        import onnxruntime as ort
+    timers = {}
+    for key, model in models.items():
+        model = copy.deepcopy(model).eval()
+        timers[key] = _ort_timer(model, inputs, threads) if backend == "ort-cpu" else _cuda_timer(model, inputs, dtype)
+    best = {key: float("inf") for key in timers}
+    for _ in range(max(1, rounds)):
+        for key, timer in timers.items():
+            best[key] = min(best[key], timer(runs, warmup))
+    return best
 
-        session = ort.InferenceSession(_onnx_bytes(model, inputs), sess_options=ort_session_options(threads),
-                                       providers=["CPUExecutionProvider"])
-        feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
-        return min(_median_ms(lambda: session.run(None, feed), runs, warmup) for _ in range(max(1, rounds)))
-    model = model.to("cuda", dtype).to(memory_format=torch.channels_last)
-    xs = [t.to("cuda", dtype if t.is_floating_point() else t.dtype) for t in inputs]
-    xs = [t.to(memory_format=torch.channels_last) if t.dim() == 4 else t for t in xs]
-    return min(_cuda_median_ms(lambda: model(*xs), runs, warmup) for _ in range(max(1, rounds)))
+
+def time_model(model: nn.Module, inputs: tuple, *, backend: str, threads: int = 1,
+               dtype: torch.dtype = torch.bfloat16, runs: int = 7, warmup: int = 5, rounds: int = 1) -> float:
+    """Latency in ms of one forward of one whole model: :func:`time_models` of ``{0: model}``."""
+    return time_models({0: model}, inputs, backend=backend, threads=threads, dtype=dtype, runs=runs, warmup=warmup,
+                       rounds=rounds)[0]
 
 
 #: the channel multiple of CUDA's tensor cores for bf16/fp16 convolutions and matrix products
