@@ -26,6 +26,7 @@ import copy
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +87,7 @@ def conv_width_costs(channels: int, size: int, batch: int, device: torch.device,
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="small_resnet", help="small_resnet or a torchvision model name")
     ap.add_argument("--size", type=int, default=32, help="input height = width")
@@ -103,23 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--conv-widths", type=int, default=0, metavar="C",
                     help="also time one 3x3 conv at each width of the 10%% grid of C channels "
                          "(at the input size halved twice, the last stage of the small ResNet)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = build_model(args.model, args.num_classes).eval()
-    example = (torch.randn(1, 3, args.size, args.size),)
-    space = dmcpfx.instrument(copy.deepcopy(model), example)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=fmt).train()
-    space = space.to(device, memory_format=fmt).train()
-    x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=fmt)
-    y = torch.randint(args.num_classes, (args.batch,), device=device)
-    dtype = amp_dtype(args.amp)
 
-    # plain training of the original model
+def plain_stepper(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                  dtype: torch.dtype | None) -> Callable[[], None]:
+    """One plain training step of the original model (SGD, the amp of the search)."""
     opt = torch.optim.SGD(param_groups(model, 4e-5), lr=0.01, momentum=0.9, nesterov=True)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
@@ -135,24 +125,27 @@ def main(argv: list[str] | None = None) -> None:
         else:
             loss.backward()
             opt.step()
+    return plain_step
 
-    # the search steps, with masked and with sliced sub-nets
-    target = parse_target(args.target, space.full_flops)
 
+def search_steppers(space: Any, target: float, device: torch.device, amp: str | None) -> dict[str, SearchStep]:
+    """The search step with masked and with sliced sub-nets."""
     def stepper_for(slimmable: bool) -> SearchStep:
         return SearchStep(
             space,
             weight_optimizer=torch.optim.SGD(param_groups(space.weight_parameters(), 4e-5), lr=0.01, momentum=0.9,
                                              nesterov=True),
             arch_optimizer=torch.optim.SGD(space.arch_parameters(), lr=0.5, momentum=0.9, nesterov=True),
-            target=target, device=device, amp=args.amp, slimmable=slimmable,
+            target=target, device=device, amp=amp, slimmable=slimmable,
             generator=torch.Generator().manual_seed(0),
         )
+    return {"masked": stepper_for(False), "sliced": stepper_for(True)}
 
-    steppers = {"masked": stepper_for(False), "sliced": stepper_for(True)}
-    if not steppers["sliced"].slimmable:
-        print(f"note: slimmable execution unavailable for this model: {steppers['sliced'].slimmable_reason}")
 
+def time_search_steps(steppers: dict[str, SearchStep], x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace,
+                      device: torch.device) -> tuple[list, dict[str, dict[str, float]]]:
+    """Rows ``(step, sub-nets, s/step)`` of the warm-up and arch-phase steps, and the arch-phase
+    step's time per phase (s/step) for each mode."""
     def warm_step(stepper: SearchStep) -> None:
         stepper.weight_step(x, y, markov_prob=0.0)
 
@@ -160,9 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         stepper.weight_step(x, y, markov_prob=0.5)
         stepper.arch_step(x, y)
 
-    plain = time_steps(plain_step, args.steps, args.warmup, device)
-    rows = [("plain", "-", plain)]
-    phases: dict[str, dict[str, float]] = {}
+    rows, phases = [], {}
     for name, fn in (("warm-up step", warm_step), ("arch-phase step", arch_step)):
         for mode, stepper in steppers.items():
             for _ in range(args.warmup):
@@ -172,7 +163,11 @@ def main(argv: list[str] | None = None) -> None:
             if name == "arch-phase step":
                 phases[mode] = {k: v / args.steps for k, v in stepper.timings.items()}
             stepper.timings = None
+    return rows, phases
 
+
+def table_lines(args: argparse.Namespace, space: Any, device: torch.device, rows: list,
+                phases: dict[str, dict[str, float]], plain: float) -> list[str]:
     lines = [
         f"model={args.model} input={args.batch}x3x{args.size}x{args.size} device={device} amp={args.amp} "
         f"channels_last={args.channels_last} full={space.full_flops / 1e6:.1f} MMACs groups={len(space.groups)} "
@@ -197,7 +192,30 @@ def main(argv: list[str] | None = None) -> None:
         lines += ["", f"One 3x3 conv, {args.batch}x{args.conv_widths}x{size}x{size}, forward + backward, at the widths "
                   "of a 10% grid (what a sliced sub-net's layer costs):", ""]
         lines += conv_width_costs(args.conv_widths, size, args.batch, device, args.steps)
-    text = "\n".join(lines)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_model(args.model, args.num_classes).eval()
+    example = (torch.randn(1, 3, args.size, args.size),)
+    space = dmcpfx.instrument(copy.deepcopy(model), example)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=fmt).train()
+    space = space.to(device, memory_format=fmt).train()
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(args.num_classes, (args.batch,), device=device)
+    plain_step = plain_stepper(model, x, y, device, amp_dtype(args.amp))
+    steppers = search_steppers(space, parse_target(args.target, space.full_flops), device, args.amp)
+    if not steppers["sliced"].slimmable:
+        print(f"note: slimmable execution unavailable for this model: {steppers['sliced'].slimmable_reason}")
+    plain = time_steps(plain_step, args.steps, args.warmup, device)
+    rows, phases = time_search_steps(steppers, x, y, args, device)
+    text = "\n".join(table_lines(args, space, device, [("plain", "-", plain)] + rows, phases, plain))
     print(text)
     if args.markdown:
         write_text_atomic(args.markdown, text + "\n")
