@@ -17,7 +17,13 @@ run says FAIL with the reason, and the script goes on):
 4. ``step cost <model>``: ``benchmarks/search_overhead.py`` at 224 px, batch 64, bf16,
    channels_last, the default TF32: arch-phase step / plain step <= 3.5 (ResNet-50) or 4
    (MobileNetV2), warm-up step / plain step <= 2.5 (ResNet-50).
-5. the GPU latency table of ``benchmarks/latency.py --device cuda`` (figures, no goal here).
+5. ``latency budget``: ``benchmarks/latency_budget.py --backend cuda`` on ResNet-50, bf16, batch
+   256, a 50% latency budget: the table built on the GPU, then dmcp-lat / dmcp-macs / uniform
+   measured; PASS when its speed-up goal line (issue 20: >= 1.8x) says MET.
+6. the GPU latency table of ``benchmarks/latency.py --device cuda`` (figures, no goal here).
+
+A full GPU run takes about 12-15 minutes; ``--only`` splits it into calls that fit a time limit
+(for example ``--only strict,analysis,recipes`` then ``--only steps,budget,latency``).
 
 ``--cpu-smoke`` runs the same plumbing on the CPU with tiny models, inputs and runs (the test
 suite's smoke test); its PASS lines say nothing about a GPU.
@@ -46,6 +52,7 @@ class Settings:
     recipe_overrides: tuple[str, ...]
     overhead: tuple[str, ...]
     latency: tuple[str, ...] | None
+    budget: tuple[str, ...]
     limits: dict
 
 
@@ -59,7 +66,8 @@ GPU = Settings(
               "--steps", "25", "--warmup", "40"),
     latency=("--device", "cuda", "--amp", "bf16", "--models", "resnet50,mobilenet_v2", "--batches", "256",
              "--arms", "full,dmcp d8,uniform d8", "--repeats", "10"),
-    limits={"recipe": 150, "overhead": 120, "latency": 150},
+    budget=("--backend", "cuda", "--batch", "256", "--models", "resnet50", "--targets", "0.5", "--rounds", "3"),
+    limits={"recipe": 150, "overhead": 120, "latency": 150, "budget": 300},
 )
 CPU_SMOKE = Settings(
     device="cpu", models=("resnet18",), size=32, batches=(1, 2),
@@ -72,7 +80,8 @@ CPU_SMOKE = Settings(
                       "run.threads=1"),
     overhead=("--size", "32", "--batch", "2", "--device", "cpu", "--steps", "2", "--warmup", "1", "--threads", "1"),
     latency=None,
-    limits={"recipe": 300, "overhead": 300, "latency": 0},
+    budget=("--smoke",),
+    limits={"recipe": 300, "overhead": 300, "latency": 0, "budget": 300},
 )
 RECIPES = ("imagenet_resnet50", "imagenet_mobilenet_v2")
 STEP_GOALS = {"resnet50": {"arch": 3.5, "warm-up": 2.5}, "mobilenet_v2": {"arch": 4.0}}
@@ -201,6 +210,19 @@ def check_step_cost(s: Settings, model: str) -> bool:
     return report(f"step cost {model}", ok, detail + ("" if s.device == "cuda" else " (CPU smoke: no goal)"))
 
 
+def check_latency_budget(s: Settings, out: Path) -> bool:
+    """``latency_budget.py`` on the device's backend; its table and results go to ``out``."""
+    cmd = [sys.executable, "benchmarks/latency_budget.py", *s.budget, "--table-dir", str(out / "latency_tables"),
+           "--markdown", str(out / "latency_budget.md")]
+    rc, text = _run(cmd, s.limits["budget"])
+    print(text.strip(), flush=True)
+    goals = [line for line in text.splitlines() if line.startswith("Goal: speed-up")]
+    if rc != 0 or not goals:
+        return report("latency budget", False, f"rc {rc}: {_last_line(text)}")
+    ok = s.device != "cuda" or ": MET" in goals[0]
+    return report("latency budget", ok, goals[0][len("Goal: "):] + ("" if s.device == "cuda" else " (CPU smoke: no goal)"))
+
+
 def latency_figures(s: Settings) -> None:
     if not s.latency:
         return
@@ -213,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny settings on the CPU (tests the plumbing)")
     ap.add_argument("--out", default="runs/gpu_check", help="where the recipe runs go")
-    ap.add_argument("--only", default=None, help="comma-separated: strict,analysis,recipes,steps,latency")
+    ap.add_argument("--only", default=None, help="comma-separated: strict,analysis,recipes,steps,budget,latency")
     args = ap.parse_args(argv)
     s = CPU_SMOKE if args.cpu_smoke else GPU
     import torch
@@ -221,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if s.device == "cuda" and not torch.cuda.is_available():
         print("FAIL gpu: no CUDA device visible to torch (use --cpu-smoke to test the plumbing on the CPU)")
         return 2
-    only = set(args.only.split(",")) if args.only else {"strict", "analysis", "recipes", "steps", "latency"}
+    only = set(args.only.split(",")) if args.only else {"strict", "analysis", "recipes", "steps", "budget", "latency"}
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     who = torch.cuda.get_device_name(0) if s.device == "cuda" else "CPU (smoke)"
@@ -230,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = [("strict", lambda: check_strict(s)), ("analysis", lambda: check_analysis(s))]
     checks += [("recipes", lambda r=r: check_recipe(s, r, out)) for r in RECIPES]
     checks += [("steps", lambda m=m: check_step_cost(s, m)) for m in (s.models if args.cpu_smoke else STEP_GOALS)]
+    checks += [("budget", lambda: check_latency_budget(s, out))]
     for key, check in checks:
         if key in only:
             try:

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU check of dmcpfx in one run (issue 17): PASS/FAIL lines, the step-cost tables and the
 # GPU latency table. For a machine with an NVIDIA GPU and no network: it uses the torch installed
-# there and installs dmcpfx itself without dependencies. Should finish in under 8 minutes.
+# there and installs dmcpfx itself without dependencies. Takes 12-15 minutes; --only splits it.
 #   bash benchmarks/gpu_check.sh                 # the GPU checks
 #   bash benchmarks/gpu_check.sh --cpu-smoke     # the same plumbing, tiny, on the CPU
-# Extra arguments go to benchmarks/gpu_check.py (--out DIR, --only strict,analysis,recipes,steps,latency).
+# Extra arguments go to benchmarks/gpu_check.py (--out DIR, --only strict,analysis,recipes,steps,budget,latency).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
