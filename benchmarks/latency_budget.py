@@ -136,11 +136,8 @@ def run_model(name: str, args) -> list[dict]:
     # every arm and the full model in the same interleaved rounds (a slow spell hits them alike)
     measured = time_models(dict(enumerate(models)), (xb,), backend=args.backend, threads=args.threads, runs=args.runs,
                            rounds=args.rounds)
-    full_ms = measured[0]
     for i, r in enumerate(rows):
-        r["measured"] = measured[i]
-    for r in rows:
-        r.update(full_measured=full_ms, full_predicted=full_pred)
+        r.update(measured=measured[i], full_measured=measured[0], full_predicted=full_pred)
     return rows
 
 

@@ -194,9 +194,9 @@ def measure_table(space: Any, backend: str = "ort-cpu", batch: int = 16, *, thre
         else:
             grids[key] = Grid(cin, cout, [[time_layer(geo, i, o, **kw) for o in cout] for i in cin])
     x = tuple(t.repeat(batch, *([1] * (t.dim() - 1)))[:batch] for t in space.example_inputs)
-    models = {"full": space.to_model().cpu().eval()}
+    models, thin = {"full": space.to_model().cpu().eval()}, thin_widths(space)
     if compact is not None:  # the thin model of the fit, timed in the same rounds as the full one
-        models["thin"] = compact(thin_widths(space)).cpu().eval()
+        models["thin"] = compact(thin).cpu().eval()
     ms = time_models(models, x, backend=backend, threads=threads, dtype=_DTYPES[dtype], runs=max(runs, 7), rounds=3)
     meta = {"format": TABLE_FORMAT, "backend": backend, "batch": batch, "threads": threads,
             "dtype": dtype if backend == "cuda" else "float32", "grid": grid, "versions": _versions(backend),
@@ -204,7 +204,7 @@ def measure_table(space: Any, backend: str = "ort-cpu", batch: int = 16, *, thre
             "groups": {gid: list(info.candidates) for gid, info in space.groups.items()}}
     table = LatencyTable(entries, grids, meta, ms["full"], skipped)
     if compact is not None:
-        _fit(table, thin_widths(space), ms["thin"])
+        _fit(table, thin, ms["thin"])
     return table
 
 

@@ -28,8 +28,7 @@ from torch import nn
 from ..errors import ConfigError
 
 __all__ = ["BACKENDS", "CUDA_CHANNEL_MULTIPLE", "LayerGeometry", "check_backend", "ort_session_options", "runtime_divisor",
-           "time_layer", "time_model", "time_models",
-           "torch_layer"]
+           "time_layer", "time_model", "time_models", "torch_layer"]
 
 BACKENDS = ("ort-cpu", "cuda")
 K = TypeVar("K", bound=Hashable)
@@ -242,7 +241,8 @@ def _ort_timer(model: nn.Module, inputs: tuple, threads: int) -> Callable[[int, 
     feed_values = [t.numpy() for t in inputs]
 
     def timer(runs: int, warmup: int) -> float:
-        session = ort.InferenceSession(onnx, sess_options=ort_session_options(threads), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(onnx, sess_options=ort_session_options(threads),
+                                       providers=["CPUExecutionProvider"])
         feed = {i.name: v for i, v in zip(session.get_inputs(), feed_values)}
         return _median_ms(lambda: session.run(None, feed), runs, warmup)
     return timer
