@@ -1,10 +1,11 @@
 """Measure, save and reuse a search space's latency table (DESIGN.md section 4, latency budget).
 
-:func:`latency_table` times every conv / linear layer of a search space alone on a backend
+:func:`latency_table` times every conv / linear layer of a search space alone, with its elementwise
+tail in the network (:mod:`dmcpfx.search.latency_epilogue`), on a backend
 (:mod:`dmcpfx.search.latency_measure`) at each pair of its gates' candidate widths (or a
 sampled grid of ``grid`` points per side, interpolated bilinearly) in two passes over the table
 (each cell keeps its lower median), and the whole model at full width once. Layers of the same geometry share one measurement. The table is saved as JSON
-(format ``dmcpfx-latency/2``) with the backend, batch, threads, dtype, library versions, the
+(format ``dmcpfx-latency/3``) with the backend, batch, threads, dtype, library versions, the
 machine and the groups' candidate widths, and reused from that file only when all of those
 match; any difference is a one-line error naming it and the file.
 """
@@ -22,12 +23,13 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..fileio import write_json_atomic
+from .latency_epilogue import layer_epilogues
 from .latency_measure import LayerGeometry, check_backend, time_layer, time_models
 from .latency_table import Grid, LatencyTable, LayerEntry, side_widths
 
 __all__ = ["TABLE_FORMAT", "latency_table", "load_table", "save_table"]
 
-TABLE_FORMAT = "dmcpfx-latency/2"  # /2: ort-cpu cells are kernel times (profiler)
+TABLE_FORMAT = "dmcpfx-latency/3"  # /2: ort-cpu cells are kernel times (profiler); /3: a cell times its layer's tail
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -54,11 +56,11 @@ def _versions(backend: str) -> dict[str, str]:
     return out
 
 
-def _geometry(module: nn.Module, kind: str, shape: tuple[int, ...]) -> LayerGeometry | str:
-    """The layer's geometry from its module and input shape, or the reason it is not timed."""
+def _geometry(module: nn.Module, kind: str, shape: tuple[int, ...], tail: tuple[str, ...]) -> LayerGeometry | str:
+    """The layer's geometry from its module, input shape and tail, or the reason it is not timed."""
     if isinstance(module, nn.Linear):
         rows = max(1, int(torch.Size(shape).numel()) // (shape[0] * module.in_features)) if len(shape) > 1 else 1
-        return LayerGeometry(kind="linear", hw=(rows, 1), bias=module.bias is not None)
+        return LayerGeometry(kind="linear", hw=(rows, 1), bias=module.bias is not None, tail=tail)
     if not isinstance(module, nn.Conv2d) or len(shape) != 4:
         return f"a {type(module).__name__} call, not an nn.Conv2d / nn.Linear module: its time is in the calibration"
     k, d = tuple(module.kernel_size), tuple(module.dilation)
@@ -73,7 +75,7 @@ def _geometry(module: nn.Module, kind: str, shape: tuple[int, ...]) -> LayerGeom
         pad = (ph, pw, ph, pw)
     return LayerGeometry(kind=kind if kind in ("dwconv", "gconv") else "conv", kernel=k, stride=tuple(module.stride),
                          padding=pad, dilation=d, groups=module.groups if kind == "gconv" else 1,
-                         hw=(int(shape[2]), int(shape[3])), bias=module.bias is not None)
+                         hw=(int(shape[2]), int(shape[3])), bias=module.bias is not None, tail=tail)
 
 
 def _input_shapes(model: nn.Module, names: set[str], example_inputs: tuple) -> dict[str, tuple[int, ...]]:
@@ -115,6 +117,7 @@ def _plan(space: Any, points: int | None) -> tuple[dict[str, LayerEntry], dict[s
     shapes = _input_shapes(model, {r.module for r in records}, space.example_inputs)
     modules = dict(model.named_modules())
     gates = space.gates()
+    tails = layer_epilogues(space.graph.graph_modules["eval"])
     entries, plans, skipped = {}, {}, {}
     for rec in records:
         if rec.spatial_layout is not None:
@@ -123,7 +126,7 @@ def _plan(space: Any, points: int | None) -> tuple[dict[str, LayerEntry], dict[s
         if rec.module not in modules or rec.module not in shapes or rec.module in entries:
             skipped.setdefault(rec.module, "no module of that name runs once in the forward: its time is in the calibration")
             continue
-        geo = _geometry(modules[rec.module], rec.kind, shapes[rec.module])
+        geo = _geometry(modules[rec.module], rec.kind, shapes[rec.module], tails.get(rec.module, ()))
         if isinstance(geo, str):
             skipped[rec.module] = geo
             continue

@@ -1,15 +1,19 @@
 """Timing one layer on a runtime, for the latency table (DESIGN.md section 4, latency budget).
 
 A :class:`LayerGeometry` is everything that fixes a conv's or a linear's cost except its two
-channel counts: the kernel, stride, padding, dilation, grouping and the input's spatial size
-(or, for a linear, its rows per image). :func:`time_layer` builds that layer alone at
-``(c_in, c_out)`` channels and returns its latency in milliseconds per call at ``batch``:
+channel counts: the kernel, stride, padding, dilation, grouping, the input's spatial size (or,
+for a linear, its rows per image) and the layer's elementwise tail inside its network (its
+BatchNorm, residual add and activation, :mod:`dmcpfx.search.latency_epilogue`).
+:func:`time_layer` builds that layer with its tail at ``(c_in, c_out)`` channels
+(:func:`torch_layer`) and returns its latency in milliseconds per call at ``batch``:
 
-- ``"ort-cpu"``: one ONNX node (``Conv`` or ``Gemm``) built with ``onnx.helper`` (no torch
-  export), run by ONNX Runtime's CPU provider with ``threads`` intra-op threads, sequential
-  execution, graph optimizations ALL, and the worker threads' spinning stopped between runs;
-  the figure is the compute node's kernel time from ORT's profiler (without the layout
-  reorders and the call overhead that a layer alone pays and a network does not);
+- ``"ort-cpu"``: the module exported to ONNX by the exporter that exports the whole model, run
+  by ONNX Runtime's CPU provider with ``threads`` intra-op threads, sequential execution, graph
+  optimizations ALL (which fold the BatchNorm and fuse what the runtime fuses; a residual add is
+  left out, since the runtime fuses it into the conv in a network but cannot alone), and the worker
+  threads' spinning stopped between runs; the figure is the sum of the kernel times of its
+  compute nodes from ORT's profiler, without the NCHWc layout reorders and the call overhead
+  that a layer alone pays and a network does not;
 - ``"cuda"``: the PyTorch module in ``dtype`` (bf16 or fp16), channels_last, timed with CUDA
   events around each call.
 
@@ -26,9 +30,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .latency_epilogue import LayerCell
 
-__all__ = ["BACKENDS", "CUDA_CHANNEL_MULTIPLE", "LayerGeometry", "check_backend", "ort_session_options", "runtime_divisor",
-           "time_layer", "time_model", "time_models", "torch_layer"]
+__all__ = ["BACKENDS", "CUDA_CHANNEL_MULTIPLE", "LayerGeometry", "check_backend", "layer_inputs", "ort_session_options",
+           "runtime_divisor", "time_layer", "time_model", "time_models", "torch_layer"]
 
 BACKENDS = ("ort-cpu", "cuda")
 K = TypeVar("K", bound=Hashable)
@@ -60,13 +65,15 @@ class LayerGeometry:
     groups: int = 1
     hw: tuple[int, int] = (1, 1)
     bias: bool = False
+    tail: tuple[str, ...] = ()  # the layer's elementwise tail in its network (latency_epilogue)
 
     @property
     def key(self) -> str:
         """A stable text key: layers with the same key share one measurement."""
         k, s, p, d, hw = self.kernel, self.stride, self.padding, self.dilation, self.hw
         return (f"{self.kind} k{k[0]}x{k[1]} s{s[0]}x{s[1]} p{'.'.join(map(str, p))} d{d[0]}x{d[1]} "
-                f"g{self.groups} in{hw[0]}x{hw[1]}{' bias' if self.bias else ''}")
+                f"g{self.groups} in{hw[0]}x{hw[1]}{' bias' if self.bias else ''}"
+                + (f" +{'+'.join(self.tail)}" if self.tail else ""))
 
     def conv_groups(self, c_in: int) -> int:
         return c_in if self.kind == "dwconv" else self.groups
@@ -113,93 +120,80 @@ def _cuda_median_ms(run: Callable[[], object], runs: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def _onnx_layer(geo: LayerGeometry, c_in: int, c_out: int, batch: int) -> bytes:
-    """A one-node ONNX model of the layer at ``(c_in, c_out)``; returns its serialized bytes."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    if geo.kind == "linear":
-        rows = batch * geo.hw[0]
-        w = numpy_helper.from_array(rng.standard_normal((c_out, c_in), dtype=np.float32), "w")
-        b = numpy_helper.from_array(np.zeros(c_out, np.float32), "b")
-        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
-        x_shape, y_shape, inits = [rows, c_in], [rows, c_out], [w, b]
-    else:
-        g = geo.conv_groups(c_in)
-        w = numpy_helper.from_array(
-            rng.standard_normal((c_out, c_in // g, *geo.kernel), dtype=np.float32), "w")
-        inputs, inits = ["x", "w"], [w]
-        if geo.bias:
-            inits.append(numpy_helper.from_array(np.zeros(c_out, np.float32), "b"))
-            inputs.append("b")
-        node = helper.make_node("Conv", inputs, ["y"], kernel_shape=list(geo.kernel), strides=list(geo.stride),
-                                pads=[geo.padding[0], geo.padding[1], geo.padding[2], geo.padding[3]],
-                                dilations=list(geo.dilation), group=g)
-        x_shape, y_shape = [batch, c_in, *geo.hw], None
-    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+def layer_inputs(geo: LayerGeometry, c_in: int, batch: int, cell: nn.Module) -> tuple[torch.Tensor, ...]:
+    """Random inputs of :func:`torch_layer`'s module: ``x`` at ``batch`` images, and ``skip`` (the
+    output's shape) when its tail adds a residual."""
+    gen = torch.Generator().manual_seed(1)
+    shape = (batch * geo.hw[0], c_in) if geo.kind == "linear" else (batch, c_in, *geo.hw)
+    x = torch.randn(shape, generator=gen)
+    if not getattr(cell, "has_add", False):
+        return (x,)
+    with torch.no_grad():
+        out_shape = cell.layer(x[:1]).shape[1:]
+    return x, torch.randn((x.shape[0], *out_shape), generator=gen)
 
 
 def _time_ort(geo: LayerGeometry, c_in: int, c_out: int, batch: int, threads: int, runs: int,
               warmup: int) -> float:
-    """Median kernel time (ms) of the layer's compute node, read from ONNX Runtime's profiler.
+    """Median time (ms) of one run's compute nodes (every kernel but the layout reorders), read
+    from ONNX Runtime's profiler.
 
     Timed alone, a layer pays what it does not pay inside a network: the ``session.run`` call
     and, with ORT's NCHWc layout, a reorder of its input and of its output (for a depthwise or a
     1x1 conv these cost more than the conv). Inside a network the reorders happen once at its
-    ends, so only the compute node's own kernel time is the layer's share; the rest of the
-    network's time is the table's calibration.
+    ends, so only the compute nodes' kernel time is the layer's share; the rest of the network's
+    time is the table's calibration.
     """
     import json
     import tempfile
     from pathlib import Path
 
-    import numpy as np
     import onnxruntime as ort
 
+    cell = torch_layer(geo, c_in, c_out, residual=False).eval()  # ORT fuses the add in a network
+    inputs = layer_inputs(geo, c_in, batch, cell)
+    onnx = _onnx_bytes(cell, inputs)
     with tempfile.TemporaryDirectory() as tmp:
         so = ort_session_options(threads)
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "layer")
-        session = ort.InferenceSession(_onnx_layer(geo, c_in, c_out, batch), sess_options=so,
-                                       providers=["CPUExecutionProvider"])
-        shape = [batch * geo.hw[0], c_in] if geo.kind == "linear" else [batch, c_in, *geo.hw]
-        feed = {"x": np.random.default_rng(1).standard_normal(shape, dtype=np.float32)}
+        session = ort.InferenceSession(onnx, sess_options=so, providers=["CPUExecutionProvider"])
+        feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
         for _ in range(warmup + runs):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
     times = [e["dur"] / 1e3 for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
              and not str(e.get("args", {}).get("op_name", "")).startswith("Reorder")]
-    if len(times) < warmup + runs:  # one compute node per run; anything else is not a timing we understand
+    per_run, left = divmod(len(times), warmup + runs)
+    if per_run < 1 or left:  # the same compute nodes in every run; anything else is not a timing we understand
         raise RuntimeError(f"ONNX Runtime's profile holds {len(times)} kernel times for {warmup + runs} runs of "
                            f"a {geo.key} layer")
-    return statistics.median(times[-runs:])
+    return statistics.median(sum(times[i:i + per_run]) for i in range(warmup * per_run, len(times), per_run))
 
 
-def torch_layer(geo: LayerGeometry, c_in: int, c_out: int) -> nn.Module:
-    """The layer as a PyTorch module at ``(c_in, c_out)`` (random weights)."""
+def torch_layer(geo: LayerGeometry, c_in: int, c_out: int, residual: bool = True) -> nn.Module:
+    """The layer with its tail as a PyTorch module at ``(c_in, c_out)`` (random weights, a
+    :class:`~dmcpfx.search.latency_epilogue.LayerCell`; ``residual=False``: without the tail's
+    residual add; its inputs: :func:`layer_inputs`)."""
     if geo.kind == "linear":
-        return nn.Linear(c_in, c_out, bias=True)
+        return LayerCell(nn.Linear(c_in, c_out, bias=True), geo.tail, c_out, linear=True, residual=residual)
     top, left, bottom, right = geo.padding
     pad = nn.ZeroPad2d((left, right, top, bottom)) if (top, left) != (bottom, right) else None
     conv = nn.Conv2d(c_in, c_out, geo.kernel, geo.stride, (0, 0) if pad else (top, left), geo.dilation,
                      groups=geo.conv_groups(c_in), bias=geo.bias)
-    return nn.Sequential(pad, conv) if pad else conv
+    return LayerCell(nn.Sequential(pad, conv) if pad else conv, geo.tail, c_out, linear=False, residual=residual)
 
 
 def _time_cuda(geo: LayerGeometry, c_in: int, c_out: int, batch: int, dtype: torch.dtype, runs: int,
                warmup: int) -> float:
-    layer = torch_layer(geo, c_in, c_out).to("cuda", dtype).eval()
-    if geo.kind == "linear":
-        x = torch.randn(batch * geo.hw[0], c_in, device="cuda", dtype=dtype)
-    else:
-        layer = layer.to(memory_format=torch.channels_last)
-        x = torch.randn(batch, c_in, *geo.hw, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
-    return _cuda_median_ms(lambda: layer(x), runs, warmup)
+    cell = torch_layer(geo, c_in, c_out).eval()
+    xs = [t.to("cuda", dtype) for t in layer_inputs(geo, c_in, batch, cell)]
+    cell = cell.to("cuda", dtype)
+    if geo.kind != "linear":
+        cell = cell.to(memory_format=torch.channels_last)
+        xs = [t.to(memory_format=torch.channels_last) for t in xs]
+    with torch.no_grad():
+        return _cuda_median_ms(lambda: cell(*xs), runs, warmup)
 
 
 def time_layer(geo: LayerGeometry, c_in: int, c_out: int, *, backend: str, batch: int, threads: int = 1,
