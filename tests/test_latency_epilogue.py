@@ -103,3 +103,23 @@ def test_layers_of_one_geometry_share_a_cell_only_with_the_same_tail(monkeypatch
     assert keys["a"] != keys["b"] and keys["a"].split(" +")[0] == keys["b"].split(" +")[0]
     assert " +bn+add+relu " in keys["b"] and " bias " in keys["d"] and "+" not in keys["d"]
     assert {("bn",), ("bn", "add", "relu"), ("silu",), ("gelu:none",)} <= set(seen)
+
+
+@pytest.mark.parametrize("kind", ["conv", "dwconv", "linear"])
+def test_the_cuda_cell_runs_its_whole_tail_in_the_timed_dtype_and_layout(kind):
+    """The logic of the cuda backend's cell, on the CPU: bf16 weights and inputs, channels_last for a
+    conv, and the residual add kept (eager PyTorch runs it as a kernel of its own)."""
+    from dmcpfx.search.latency_measure import device_cell
+
+    geo = LayerGeometry(kind, kernel=(1, 1) if kind != "dwconv" else (3, 3),
+                        padding=(0, 0, 0, 0) if kind != "dwconv" else (1, 1, 1, 1), hw=(5, 5) if kind != "linear" else (3, 1),
+                        tail=("bn", "add", "silu"))
+    cell, xs = device_cell(geo, 8, 8, 2, torch.bfloat16, device="cpu")
+    assert cell.has_add and len(xs) == 2
+    assert all(p.dtype == torch.bfloat16 for p in cell.parameters()) and all(x.dtype == torch.bfloat16 for x in xs)
+    if kind != "linear":
+        assert all(x.is_contiguous(memory_format=torch.channels_last) for x in xs)
+    with torch.no_grad():
+        out = cell(*xs)
+        reference = F.silu(cell.norm(cell.layer(xs[0])) + xs[1])
+    assert out.shape == xs[1].shape and torch.equal(out, reference)

@@ -32,7 +32,7 @@ from torch import nn
 from ..errors import ConfigError
 from .latency_epilogue import LayerCell
 
-__all__ = ["BACKENDS", "CUDA_CHANNEL_MULTIPLE", "LayerGeometry", "check_backend", "layer_inputs", "ort_session_options",
+__all__ = ["BACKENDS", "CUDA_CHANNEL_MULTIPLE", "LayerGeometry", "check_backend", "device_cell", "layer_inputs", "ort_session_options",
            "runtime_divisor", "time_layer", "time_model", "time_models", "torch_layer"]
 
 BACKENDS = ("ort-cpu", "cuda")
@@ -184,14 +184,23 @@ def torch_layer(geo: LayerGeometry, c_in: int, c_out: int, residual: bool = True
     return LayerCell(nn.Sequential(pad, conv) if pad else conv, geo.tail, c_out, linear=False, residual=residual)
 
 
-def _time_cuda(geo: LayerGeometry, c_in: int, c_out: int, batch: int, dtype: torch.dtype, runs: int,
-               warmup: int) -> float:
+def device_cell(geo: LayerGeometry, c_in: int, c_out: int, batch: int, dtype: torch.dtype,
+                device: str = "cuda") -> tuple[nn.Module, list[torch.Tensor]]:
+    """The cuda backend's cell (the layer with its whole tail, residual add included, since eager
+    PyTorch runs each op as its own kernel) and its inputs, in ``dtype`` on ``device``, a conv
+    channels_last; the CPU tests call it with ``device="cpu"``."""
     cell = torch_layer(geo, c_in, c_out).eval()
-    xs = [t.to("cuda", dtype) for t in layer_inputs(geo, c_in, batch, cell)]
-    cell = cell.to("cuda", dtype)
+    xs = [t.to(device, dtype) for t in layer_inputs(geo, c_in, batch, cell)]
+    cell = cell.to(device, dtype)
     if geo.kind != "linear":
         cell = cell.to(memory_format=torch.channels_last)
-        xs = [t.to(memory_format=torch.channels_last) for t in xs]
+        xs = [t.contiguous(memory_format=torch.channels_last) for t in xs]
+    return cell, xs
+
+
+def _time_cuda(geo: LayerGeometry, c_in: int, c_out: int, batch: int, dtype: torch.dtype, runs: int,
+               warmup: int) -> float:
+    cell, xs = device_cell(geo, c_in, c_out, batch, dtype)
     with torch.no_grad():
         return _cuda_median_ms(lambda: cell(*xs), runs, warmup)
 
