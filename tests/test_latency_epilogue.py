@@ -13,8 +13,8 @@ from torch import nn
 import dmcpfx
 from dmcpfx.search import latency_build
 from dmcpfx.search.latency_build import latency_table
-from dmcpfx.search.latency_epilogue import ACTIVATIONS, layer_epilogues
-from dmcpfx.search.latency_measure import LayerGeometry, _onnx_bytes, layer_inputs, torch_layer
+from dmcpfx.search.latency_epilogue import ACTIVATIONS, activation_module, layer_epilogues
+from dmcpfx.search.latency_measure import LayerGeometry, onnx_bytes, layer_inputs, torch_layer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,24 +74,22 @@ def test_the_cell_module_is_the_layer_followed_by_its_tail(tail, ops):
                  "gelu:tanh": lambda v: F.gelu(v, approximate="tanh")}[act](y)
     with torch.no_grad():
         torch.testing.assert_close(cell(*inputs), reference.detach(), rtol=0, atol=0)
-    kinds = {n.op_type for n in onnx.load(io.BytesIO(_onnx_bytes(cell, inputs))).graph.node}
+    kinds = {n.op_type for n in onnx.load(io.BytesIO(onnx_bytes(cell, inputs))).graph.node}
     assert ops <= kinds and "Conv" in kinds
     if "add" in tail:  # ORT fuses a residual add into its conv in a network: timed without it
         alone = torch_layer(geo, 4, 8, residual=False)
         assert len(layer_inputs(geo, 4, 2, alone)) == 1
-        assert "Add" not in {n.op_type for n in onnx.load(io.BytesIO(_onnx_bytes(alone, (inputs[0],)))).graph.node}
+        assert "Add" not in {n.op_type for n in onnx.load(io.BytesIO(onnx_bytes(alone, (inputs[0],)))).graph.node}
 
 
 def test_every_activation_token_builds_a_module():
-    from dmcpfx.search.latency_epilogue import _activation_module
-
     x = torch.linspace(-8, 8, 33)
     for op in ACTIVATIONS:
         fn = getattr(torch.ops.aten, op).default
         graph = torch.fx.symbolic_trace(nn.Identity()).graph
         node = graph.call_function(fn, (graph.placeholder("y"),))
         token = ACTIVATIONS[op](node)
-        assert torch.isfinite(_activation_module(token)(x)).all(), op
+        assert torch.isfinite(activation_module(token)(x)).all(), op
 
 
 def test_layers_of_one_geometry_share_a_cell_only_with_the_same_tail(monkeypatch):

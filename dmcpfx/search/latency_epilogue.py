@@ -19,12 +19,14 @@ table is keyed by ATen op). Any other op, or an output with several users, ends 
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import fx, nn
 
-__all__ = ["ACTIVATIONS", "LayerCell", "layer_epilogues"]
+from ..analysis.rules.common import module_path
+
+__all__ = ["ACTIVATIONS", "LayerCell", "activation_module", "layer_epilogues"]
 
 _LAYER_OPS = {"conv2d", "convolution", "linear"}
 _NORM_OPS = {"batch_norm", "_native_batch_norm_legit_no_training"}
@@ -60,7 +62,7 @@ ACTIVATIONS: dict[str, Callable[[fx.Node], str]] = {
 }
 
 
-def _activation_module(token: str) -> nn.Module:
+def activation_module(token: str) -> nn.Module:
     """The PyTorch module of a tail token (see :data:`ACTIVATIONS`)."""
     name, *args = token.split(":")
     simple = {"relu": nn.ReLU, "silu": nn.SiLU, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
@@ -83,8 +85,8 @@ def _op(node: fx.Node) -> str:
     return getattr(packet, "__name__", "")
 
 
-def _shape(node: Any) -> tuple | None:
-    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+def _shape(node: fx.Node) -> tuple | None:
+    val = node.meta.get("val")
     return tuple(val.shape) if isinstance(val, torch.Tensor) else None
 
 
@@ -102,11 +104,10 @@ def _tail(call: fx.Node, order: dict[fx.Node, int]) -> tuple[str, ...]:
         op = _op(user)
         if op in _NORM_OPS and not tokens and user.args and user.args[0] is cur:
             tokens.append("bn")
-            if _op(user) == "_native_batch_norm_legit_no_training":  # a tuple: take its output
-                getters = [u for u in user.users if u.target is operator.getitem and u.args[1] == 0]
-                if len(getters) != 1 or len(user.users) != 1:
+            if op == "_native_batch_norm_legit_no_training":  # a tuple: its only reader must take the output
+                user = _only_user(user)
+                if user is None or user.target is not operator.getitem or user.args[1] != 0:
                     break
-                user = getters[0]
             cur = user
         elif op in ("add", "add_") and "add" not in tokens and _is_residual(user, cur, order):
             tokens.append("add")
@@ -131,8 +132,6 @@ def _is_residual(add: fx.Node, cur: fx.Node, order: dict[fx.Node, int]) -> bool:
 def layer_epilogues(graph_module: fx.GraphModule) -> dict[str, tuple[str, ...]]:
     """``{module name: tail tokens}`` of every conv / linear call in an analysis graph (the
     first call of a module called several times); a layer without a tail maps to ``()``."""
-    from ..analysis.rules.common import module_path
-
     tails: dict[str, tuple[str, ...]] = {}
     order = {node: i for i, node in enumerate(graph_module.graph.nodes)}
     for node in graph_module.graph.nodes:
@@ -155,7 +154,7 @@ class LayerCell(nn.Module):
         self.norm = (nn.BatchNorm1d(c_out) if linear else nn.BatchNorm2d(c_out)) if "bn" in tail else nn.Identity()
         self.has_add = residual and "add" in tail
         acts = [t for t in tail if t not in ("bn", "add")]
-        self.act = _activation_module(acts[0]) if acts else nn.Identity()
+        self.act = activation_module(acts[0]) if acts else nn.Identity()
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         y = self.norm(self.layer(x))

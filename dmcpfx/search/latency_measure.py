@@ -32,8 +32,9 @@ from torch import nn
 from ..errors import ConfigError
 from .latency_epilogue import LayerCell
 
-__all__ = ["BACKENDS", "CUDA_CHANNEL_MULTIPLE", "LayerGeometry", "check_backend", "device_cell", "layer_inputs", "ort_session_options",
-           "runtime_divisor", "time_layer", "time_model", "time_models", "torch_layer"]
+__all__ = ["BACKENDS", "CUDA_CHANNEL_MULTIPLE", "LayerGeometry", "check_backend", "device_cell", "layer_inputs",
+           "onnx_bytes", "ort_session_options", "runtime_divisor", "time_layer", "time_model", "time_models",
+           "torch_layer"]
 
 BACKENDS = ("ort-cpu", "cuda")
 K = TypeVar("K", bound=Hashable)
@@ -152,7 +153,7 @@ def _time_ort(geo: LayerGeometry, c_in: int, c_out: int, batch: int, threads: in
 
     cell = torch_layer(geo, c_in, c_out, residual=False).eval()  # ORT fuses the add in a network
     inputs = layer_inputs(geo, c_in, batch, cell)
-    onnx = _onnx_bytes(cell, inputs)
+    onnx = onnx_bytes(cell, inputs)
     with tempfile.TemporaryDirectory() as tmp:
         so = ort_session_options(threads)
         so.enable_profiling = True
@@ -216,7 +217,7 @@ def time_layer(geo: LayerGeometry, c_in: int, c_out: int, *, backend: str, batch
     raise AssertionError("unreachable")
 
 
-def _onnx_bytes(model: nn.Module, inputs: tuple) -> bytes:
+def onnx_bytes(model: nn.Module, inputs: tuple) -> bytes:
     """The model in ONNX at the inputs' static shapes, for timing only (TorchScript exporter,
     else the dynamo one); torch's export chatter is kept off the user's terminal."""
     import contextlib
@@ -240,7 +241,7 @@ def _ort_timer(model: nn.Module, inputs: tuple, threads: int) -> Callable[[int, 
     """``timer(runs, warmup)``: a median (ms) in a new ONNX Runtime session of ``model``, exported once."""
     import onnxruntime as ort
 
-    onnx = _onnx_bytes(model, inputs)
+    onnx = onnx_bytes(model, inputs)
     feed_values = [t.numpy() for t in inputs]
 
     def timer(runs: int, warmup: int) -> float:
