@@ -3,12 +3,16 @@
 Two modes, both returning ``{group id: width}`` for every prunable group and meeting the
 budget (exact count ``<= target * (1 + tolerance)``):
 
-- ``"expected"`` (official): round each gate's ``E[c]`` to the nearest multiple of its
-  group's divisor (the official code writes ``round(E[c])``; divisor 1 is exactly that),
-  clamped to ``[min_ch, C]``. When the exact count misses the band
+- ``"expected"``: round each gate's ``E[c]`` down or up to a neighbouring multiple of its
+  group's divisor, clamped to ``[min_ch, C]``, choosing the side per group so that the exact
+  count lands closest to the search's expectation E (clamped into the band;
+  :func:`dmcpfx.search.rounding.round_to_count`). The official code rounds every group to its
+  nearest width (``round(E[c])``), which on small widths moved the count up to 4.4% from E;
+  this rounding keeps it at E up to the grid's granularity (``rounding="nearest"``: the official
+  one). When the exact count misses the band
   ``[target * (1 - tolerance), target * (1 + tolerance)]``, make the SMALLEST change that
   meets it: moves of one divisor step in one group, each time the move that lands in the
-  band (closest to the rounded widths, then to the target) or else the one that brings
+  band (closest to E clamped into the band, then to the rounded widths) or else the one that brings
   the count furthest towards the band without jumping over it -- so as few channels as
   possible move;
 - ``"direct"``: draw Markov samples from the gates (official rejection sampling) until
@@ -38,8 +42,9 @@ from .budget import exact_flops, expected_width_values, human, parse_target
 from .evaluation import evaluate_space
 from .metric import BudgetMetric, budget_metric
 from .options import DeriveOptions
+from .rounding import round_expected, round_to_count, valid_widths
 
-__all__ = ["derive", "fit_widths", "valid_widths"]
+__all__ = ["derive", "fit_widths", "round_expected", "valid_widths"]
 
 
 class _Adjuster:
@@ -105,32 +110,15 @@ class _Adjuster:
         return widths, f
 
 
-def _valid_widths(info: Any) -> list[int]:
-    """Multiples of the group's divisor in ``[min_ch, C]``, plus ``C`` itself (sorted)."""
-    d = max(1, int(info.divisor))
-    lo, full = int(info.candidates[0]), int(info.width)
-    out = list(range(((lo + d - 1) // d) * d, full + 1, d))
-    if not out or out[-1] != full:
-        out.append(full)
-    return out
-
-
-def round_expected(space: Any, expected: Mapping[str, float]) -> dict[str, int]:
-    """``E[c]`` of every group rounded to the nearest valid width (ties: the wider)."""
-    widths = {}
-    for gid, info in space.groups.items():
-        valid = _valid_widths(info)
-        widths[gid] = min(valid, key=lambda w: (abs(w - expected[gid]), -w))
-    return widths
-
-
 class _SmallestChange:
     """Moves of one divisor step in one group towards the band (see the module docstring)."""
 
-    def __init__(self, space: Any, count: Callable[[Any, Mapping[str, int]], int], target: float, tolerance: float):
+    def __init__(self, space: Any, count: Callable[[Any, Mapping[str, int]], int], target: float, tolerance: float,
+                 aim: float | None = None):
         self.space, self.count, self.target = space, count, target
         self.lo, self.hi = target * (1.0 - tolerance), target * (1.0 + tolerance)
-        self.valid = {gid: _valid_widths(info) for gid, info in space.groups.items()}
+        self.aim = target if aim is None else min(max(aim, self.lo), self.hi)  # in-band landing point
+        self.valid = valid_widths(space)
         self.full = {gid: int(info.width) for gid, info in space.groups.items()}
 
     def run(self, widths: dict[str, int]) -> tuple[dict[str, int], int]:
@@ -162,7 +150,7 @@ class _SmallestChange:
                 break
             inside = [m for m in moves if self.lo <= m[0] <= self.hi]
             if inside:
-                f, _, widths = min(inside, key=lambda m: (m[1], abs(m[0] - self.target)))
+                f, _, widths = min(inside, key=lambda m: (abs(m[0] - self.aim), m[1]))
                 break
             short = [m for m in moves if (m[0] > self.hi if direction < 0 else m[0] < self.lo)]
             if short:  # the biggest step that does not jump over the band
@@ -182,11 +170,6 @@ def fit_widths(space: Any, widths: Mapping[str, int], target: float, tolerance: 
     return _SmallestChange(space, count, float(target), tolerance).run(dict(widths))
 
 
-def valid_widths(space: Any) -> dict[str, list[int]]:
-    """``{group id: its valid widths}``: multiples of the divisor in ``[min_ch, C]``, plus ``C``."""
-    return {gid: _valid_widths(info) for gid, info in space.groups.items()}
-
-
 def derive(
     space: Any,
     mode: str | None = None,
@@ -203,14 +186,15 @@ def derive(
 
     Args:
         space: a searched SearchSpace.
-        mode: ``"expected"`` (``E[c]`` rounded to the divisor + the smallest change that
-            meets the band; official) or ``"direct"`` (Markov samples within tolerance,
-            best on held-out training data); None: the options' (default expected).
+        mode: ``"expected"`` (``E[c]`` rounded down or up to the divisor so that the count
+            tracks E, + the smallest change that meets the band) or ``"direct"`` (Markov samples
+            within tolerance, best on held-out training data); None: the options' (default expected).
         options: a :class:`~dmcpfx.search.options.DeriveOptions` (the config's ``derive:``
             section), updated by ``option_values``: ``target`` (required: the search's
             budget, absolute or a ratio, :func:`dmcpfx.search.budget.parse_target`; MACs of one
             forward on the example input, a parameter count when ``budget_metric="params"``;
-            ``target_flops=`` still works with a DeprecationWarning), ``tolerance`` (relative
+            ``target_flops=`` still works with a DeprecationWarning), ``rounding`` (expected:
+            ``"count"``, the default, or the official ``"nearest"``), ``tolerance`` (relative
             band; the result never exceeds ``target * (1 + tolerance)``; official 0.01),
             ``samples``/``max_draws`` (direct: distinct in-band samples to collect, draws
             before the closest sample is adjusted greedily with a warning), ``val_batches``,
@@ -239,8 +223,13 @@ def derive(
     adjuster = _Adjuster(space, count, target, o.tolerance, preferred)
 
     if o.mode == "expected":
-        widths, derived = _SmallestChange(space, count, target, o.tolerance).run(round_expected(space, preferred))
-        _warn_far_from_expected(space, derived, target, metric)
+        with torch.no_grad():
+            expected = float(metric.expected(space))
+        fill = _SmallestChange(space, count, target, o.tolerance, aim=expected)
+        rounded = (round_expected(space, preferred) if o.rounding == "nearest"
+                   else round_to_count(space, preferred, count, fill.aim, (fill.lo, fill.hi)))
+        widths, derived = fill.run(rounded)
+        _warn_far_from_expected(expected, derived, target, metric)
     else:
         widths = _direct(space, count, adjuster, samples=o.samples, max_draws=o.max_draws, seed=o.seed,
                          val_loader=val_loader, val_batches=o.val_batches, calib_loader=calib_loader,
@@ -268,11 +257,9 @@ def _latency_block(space: Any, metric: BudgetMetric, widths: Mapping[str, int], 
             "threads": meta.get("threads")}
 
 
-def _warn_far_from_expected(space: Any, derived: float, target: float, metric: BudgetMetric) -> None:
+def _warn_far_from_expected(expected: float, derived: float, target: float, metric: BudgetMetric) -> None:
     """Warn when the derived count lies more than 2% from the searched expectation: the widths then
     come from the band fill, not from the marginals (the search did not reach its budget)."""
-    with torch.no_grad():
-        expected = float(metric.expected(space))
     move = derived / expected - 1.0
     if abs(move) > EXPECTED_MOVE_LIMIT:
         warnings.warn(

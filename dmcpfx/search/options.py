@@ -171,15 +171,18 @@ class SearchOptions(Options):
 class DeriveOptions(Options):
     """Concrete widths from a searched space.
 
-    ``mode``: expected (``E[c]`` rounded + the smallest change that meets the band; official) |
+    ``mode``: expected (``E[c]`` rounded + the smallest change that meets the band) |
     direct (``samples`` in-band Markov samples ranked on ``holdout_images`` training images held
     out of the search, never the reported split; at most ``max_draws`` draws; ``val_batches``:
-    batches of that held-out loader per sample, null: all). ``tolerance``: relative band around
-    the target. ``target``, ``seed``, ``calib_batches``, ``budget_metric``, ``latency_table``: null
+    batches of that held-out loader per sample, null: all). ``rounding`` (expected): count (each
+    ``E[c]`` down or up to a neighbouring valid width so that the count tracks the search's E;
+    deviation) | nearest (each to its nearest valid width, the official ``round(E[c])``).
+    ``tolerance``: relative band around the target. ``target``, ``seed``, ``calib_batches``, ``budget_metric``, ``latency_table``: null
     takes the search's (``SearchOptions``) value.
     """
 
     mode: str = "expected"
+    rounding: str = "count"
     tolerance: float = 0.01
     samples: int = 5
     holdout_images: int = 256
@@ -196,7 +199,7 @@ class DeriveOptions(Options):
 
     def rules(self) -> list:
         return [
-            ("mode", one_of(("expected", "direct"))), ("tolerance", float_in(0.0, 1.0, low_open=True, high_open=True)),
+            ("mode", one_of(("expected", "direct"))), ("rounding", one_of(("count", "nearest"))), ("tolerance", float_in(0.0, 1.0, low_open=True, high_open=True)),
             ("samples", int_in(1)), ("holdout_images", int_in(0)), ("max_draws", int_in(1)),
             ("val_batches", int_in(1, optional=True)),
             ("target", lambda k, v: None if v is None else _target(k, v)),
