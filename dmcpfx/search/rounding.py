@@ -15,6 +15,8 @@ A group's valid widths are the multiples of its divisor in ``[min_ch, C]``, plus
 """
 from __future__ import annotations
 
+import bisect
+import heapq
 from typing import Any, Callable, Mapping
 
 __all__ = ["round_expected", "round_to_count", "valid_widths"]
@@ -98,9 +100,16 @@ def _best_pair(space: Any, count: Callable, widths: Mapping[str, int], f: float,
     exact count scores best, if better than ``f``'s; the ``verify`` pairs with the summed changes
     closest to ``aim`` are counted exactly (a change depends on the neighbours' widths)."""
     need = aim - f
-    pairs = sorted(((abs(a[2] + b[2] - need), i, j) for i, a in enumerate(flips) for j, b in enumerate(flips) if i < j))
+    order = sorted(range(len(flips)), key=lambda k: flips[k][2])
+    changes = [flips[k][2] for k in order]
+    pairs = set()
+    for i, (_, _, d, _) in enumerate(flips):  # partners whose change is nearest need - d: O(G log G)
+        at = bisect.bisect_left(changes, need - d)
+        for pos in (at - 1, at, at + 1):
+            if 0 <= pos < len(order) and order[pos] != i:
+                pairs.add((min(i, order[pos]), max(i, order[pos])))
     best = None
-    for _, i, j in pairs[:verify]:
+    for _, i, j in heapq.nsmallest(verify, ((abs(flips[i][2] + flips[j][2] - need), i, j) for i, j in pairs)):
         change = {flips[i][0]: flips[i][1], flips[j][0]: flips[j][1]}
         key = (*score(float(count(space, {**widths, **change}))), flips[i][3] + flips[j][3])
         if key[:2] < score(f) and (best is None or key < best[:3]):
