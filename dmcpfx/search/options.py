@@ -177,8 +177,8 @@ class DeriveOptions(Options):
     batches of that held-out loader per sample, null: all). ``rounding`` (expected): count (each
     ``E[c]`` down or up to a neighbouring valid width so that the count tracks the search's E;
     deviation) | nearest (each to its nearest valid width, the official ``round(E[c])``).
-    ``tolerance``: relative band around the target. ``target``, ``seed``, ``calib_batches``, ``budget_metric``, ``latency_table``: null
-    takes the search's (``SearchOptions``) value.
+    ``tolerance``: relative band around the target. ``target``, ``seed``, ``calib_batches``,
+    ``budget_metric``, ``latency_table``: null takes the search's (``SearchOptions``) value.
     """
 
     mode: str = "expected"
@@ -199,7 +199,8 @@ class DeriveOptions(Options):
 
     def rules(self) -> list:
         return [
-            ("mode", one_of(("expected", "direct"))), ("rounding", one_of(("count", "nearest"))), ("tolerance", float_in(0.0, 1.0, low_open=True, high_open=True)),
+            ("mode", one_of(("expected", "direct"))), ("rounding", one_of(("count", "nearest"))),
+            ("tolerance", float_in(0.0, 1.0, low_open=True, high_open=True)),
             ("samples", int_in(1)), ("holdout_images", int_in(0)), ("max_draws", int_in(1)),
             ("val_batches", int_in(1, optional=True)),
             ("target", lambda k, v: None if v is None else _target(k, v)),
