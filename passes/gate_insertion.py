@@ -8,6 +8,14 @@ rather than the producers makes a hard mask exactly equivalent to removing the
 channels, whatever sits in between (sigmoid gates, biases, residual adds): a
 removed channel's values still flow through per-channel ops but no layer that
 mixes channels ever reads them.
+
+Where the consumer is a convolution with ``groups == 1`` or a linear layer, a HARD mask
+(``min``/``width`` modes: constants) multiplies the consumer's weight along its input-channel
+dim instead of the input activation: ``conv(x * m, W) == conv(x, W * m)``, the same zeros,
+the same gradients, at the cost of the (small) weight rather than of the (large) activation.
+A SOFT mask (``expected`` mode, which carries the alphas' gradient) stays on the
+activation, where its gradient costs an elementwise product rather than a weight-gradient
+convolution.
 """
 from __future__ import annotations
 
@@ -44,6 +52,22 @@ def apply_channel_mask(x: torch.Tensor, spec: MaskSpec, *masks) -> torch.Tensor:
     shape = [1] * x.ndim
     shape[spec[0]] = -1
     return x * mask.view(shape)
+
+
+def _soft(masks) -> bool:
+    """True when a mask carries a gradient (``expected`` mode under autograd)."""
+    return any(m is not None and m.requires_grad for m in masks)
+
+
+def mask_consumer_input(x: torch.Tensor, spec: MaskSpec, *masks) -> torch.Tensor:
+    """The input of a weight-masked consumer: masked only by a soft mask (see the module doc)."""
+    return apply_channel_mask(x, spec, *masks) if _soft(masks) else x
+
+
+def mask_consumer_weight(weight: torch.Tensor, spec: MaskSpec, *masks) -> torch.Tensor:
+    """The weight of a weight-masked consumer: a hard mask along ``spec``'s dim (the weight's
+    input-channel dim), identity for a soft mask or when every channel is kept."""
+    return weight if _soft(masks) else apply_channel_mask(weight, spec, *masks)
 
 
 def width_aware_layer_norm(x, spec: MaskSpec, weight, bias, eps: float, *masks):
@@ -128,7 +152,13 @@ def _instrument_graph(gm: fx.GraphModule, channel_graph, keys: dict[str, str], t
         spec, gate_args = _mask_spec(channel_graph, site.layout, keys, gate_node)
         if not gate_args:
             continue
-        if site.kind == "consumer":
+        if site.kind == "consumer" and _weight_maskable(node, site):
+            with graph.inserting_before(node):
+                masked = graph.call_function(mask_consumer_input, (node.args[0], spec, *gate_args))
+                weight = graph.call_function(mask_consumer_weight, (node.args[1], (1, *spec[1:]), *gate_args))
+            node.update_arg(0, masked)
+            node.update_arg(1, weight)
+        elif site.kind == "consumer":
             with graph.inserting_before(node):
                 masked = graph.call_function(apply_channel_mask, (node.args[site.arg], spec, *gate_args))
             node.update_arg(site.arg, masked)
@@ -136,6 +166,39 @@ def _instrument_graph(gm: fx.GraphModule, channel_graph, keys: dict[str, str], t
             _replace_layer_norm(gm, node, spec, gate_args)
     graph.lint()
     gm.recompile()
+
+
+#: consumers whose input-channel mask may move onto the weight, keyed by op:
+#: (spatial dims of the input, index of ``groups`` in the args or None, index of ``transposed``
+#: or None). Every weight here is ``(out, in, *kernel)``: its input-channel dim is 1.
+_WEIGHT_MASKED = {
+    torch.ops.aten.conv1d.default: (1, 6, None),
+    torch.ops.aten.conv2d.default: (2, 6, None),
+    torch.ops.aten.conv3d.default: (3, 6, None),
+    torch.ops.aten.convolution.default: (None, 8, 6),
+    torch.ops.aten.linear.default: (0, None, None),
+}
+
+
+def _weight_maskable(node: fx.Node, site) -> bool:
+    """True when ``site`` masks the input (arg 0) of a :data:`_WEIGHT_MASKED` op along its channel
+    dim, with one group and a weight node; anything else keeps the activation mask."""
+    rule = _WEIGHT_MASKED.get(node.target) if node.op == "call_function" else None
+    if rule is None or site.arg != 0 or node.kwargs or len(node.args) < 2:
+        return False
+    spatial, groups_at, transposed_at = rule
+    x, weight = node.args[0], node.args[1]
+    val, wval = getattr(x, "meta", {}).get("val"), getattr(weight, "meta", {}).get("val")
+    if not isinstance(weight, fx.Node) or not isinstance(val, torch.Tensor) or not isinstance(wval, torch.Tensor):
+        return False
+    if groups_at is not None and len(node.args) > groups_at and node.args[groups_at] != 1:
+        return False
+    if transposed_at is not None and (len(node.args) <= transposed_at or node.args[transposed_at] is not False):
+        return False
+    if spatial is None:
+        spatial = wval.ndim - 2
+    channel_dim = val.ndim - 1 - spatial
+    return site.layout.dim == channel_dim and wval.ndim == spatial + 2 and wval.shape[1] == val.shape[channel_dim]
 
 
 def _mask_spec(channel_graph, layout, keys, gate_node):

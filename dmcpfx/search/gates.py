@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 MODES = ("max", "min", "width", "expected", "off")
@@ -104,8 +105,11 @@ class MarkovGate(nn.Module):
         if sorted(order.tolist()) != list(range(split.width)):
             raise ValueError("gate order must be a permutation of the group's channels")
         self.register_buffer("order", order.clone().long(), persistent=False)
+        # on the gate's device, so that no step copies a host list to the GPU (a stream sync)
+        self.register_buffer("block_sizes", torch.tensor(split.blocks, dtype=torch.int64), persistent=False)
         self.mode = "max"
         self.hard_width = split.width
+        self._hard_masks: dict[tuple[int, torch.device], torch.Tensor] = {}  # see forward()
 
     # --- the chain (DESIGN.md section 3) -------------------------------------------
     @property
@@ -125,7 +129,7 @@ class MarkovGate(nn.Module):
         return torch.cumprod(self.transitions(), dim=0)
 
     def _block_sizes(self) -> torch.Tensor:
-        return torch.tensor(self.split.blocks, dtype=self.alpha.dtype, device=self.alpha.device)
+        return self.block_sizes.to(device=self.alpha.device, dtype=self.alpha.dtype)
 
     def expected_width(self) -> torch.Tensor:
         """``E[c] = min_ch + sum_k g_k P_k`` (channels; ``g_k = g`` but for a short tail)."""
@@ -170,19 +174,29 @@ class MarkovGate(nn.Module):
         if self.mode == "expected":
             marg = self.marginals()
             head = torch.ones(self.split.min_ch, device=device, dtype=marg.dtype)
-            sizes = torch.tensor(self.split.blocks, device=device)
-            return torch.cat([head, marg.repeat_interleave(sizes)])
+            sizes = self.block_sizes.to(device)
+            tail = marg.repeat_interleave(sizes, output_size=self.split.width - self.split.min_ch)  # no size sync
+            return torch.cat([head, tail])
         keep = self.current_width()
         mask = torch.zeros(self.split.width, device=device)
         mask[:keep] = 1.0
         return mask
 
     def forward(self) -> torch.Tensor | None:
-        mask = self.logical_mask()
-        if mask is None:
+        """The physical mask: a fresh, differentiable tensor in ``expected`` mode; in the hard
+        modes a constant built once per ``(width, device)`` and reused (callers never write
+        into it), so a sub-net pays no mask-building kernels after its first run. (Not under
+        ``inference_mode``: autograd could not save such a tensor later.)"""
+        if self.mode in ("max", "off"):
             return None
-        physical = torch.empty_like(mask)
-        physical = physical.index_copy(0, self.order.to(mask.device), mask)
+        hard = self.mode != "expected" and not torch.is_inference_mode_enabled()  # an inference tensor
+        key = (self.current_width(), self.alpha.device)
+        if hard and key in self._hard_masks:
+            return self._hard_masks[key]
+        mask = self.logical_mask()
+        physical = torch.empty_like(mask).index_copy(0, self.order.to(mask.device), mask)
+        if hard:
+            self._hard_masks[key] = physical
         return physical
 
     def kept_indices(self, width: int) -> torch.Tensor:
@@ -192,3 +206,40 @@ class MarkovGate(nn.Module):
     def extra_repr(self) -> str:
         s = self.split
         return f"C={s.width}, min_ch={s.min_ch}, g={s.g}, n={s.n}, mode={self.mode}"
+
+
+class StackedExpectedWidths:
+    """``E[c]`` of many gates at once: a ``(G,)`` float64 tensor in ``gates`` order, differentiable
+    wrt every alpha, in a handful of kernels however many gates there are.
+
+    Equal to ``torch.stack([g.expected_width() for g in gates])`` (to float64 rounding): the
+    marginals ``P_k = prod_{i<=k} sigmoid(alpha_i)`` are ``exp`` of a cumulative sum of
+    ``logsigmoid(alpha)`` over the concatenated alphas, minus its value before each gate's first
+    alpha. The index tensors are built once per device.
+    """
+
+    def __init__(self, gates):
+        self.gates = list(gates)
+        owner, first, sizes = [], [], []
+        for i, gate in enumerate(self.gates):
+            start = len(owner)
+            owner += [i] * gate.alpha.numel()
+            first += [start] * gate.alpha.numel()
+            sizes += gate.split.blocks
+        self._cpu = (torch.tensor(owner, dtype=torch.int64), torch.tensor(first, dtype=torch.int64),
+                     torch.tensor(sizes, dtype=torch.float64),
+                     torch.tensor([float(g.split.min_ch) for g in self.gates], dtype=torch.float64))
+        self._on: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def __call__(self) -> torch.Tensor:
+        if not self.gates:
+            return torch.zeros(0, dtype=torch.float64)
+        alphas = torch.cat([g.alpha.reshape(-1) for g in self.gates]).double()
+        if alphas.device not in self._on:
+            self._on[alphas.device] = tuple(t.to(alphas.device) for t in self._cpu)
+        owner, first, sizes, min_ch = self._on[alphas.device]
+        log_p = F.logsigmoid(alphas)
+        running = log_p.cumsum(0)
+        before = (running - log_p)[first]  # the running sum before each gate's first alpha
+        marginals = torch.exp(running - before)
+        return min_ch.index_add(0, owner, sizes * marginals)
