@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 from typing import Any, Mapping
 
 import torch
 
 from ..errors import ConfigError
+from .count_poly import CountPolynomial
+from .gates import StackedExpectedWidths
 
 __all__ = [
     "budget_loss",
@@ -122,6 +125,40 @@ def min_widths(space: Any) -> dict[str, int]:
     return {gid: int(info.candidates[0]) for gid, info in space.groups.items()}
 
 
+class _ExpectedCounts:
+    """A space's counts as polynomials of its stacked ``E[c]`` (:mod:`.count_poly`), built once."""
+
+    def __init__(self, space: Any):
+        gates = space.gates()
+        self.widths = StackedExpectedWidths(gates.values())
+        self.ids = list(gates)
+        self.graph = space.graph
+        self.polys: dict[str, CountPolynomial | None] = {}
+
+    def __call__(self, space: Any, kind: str) -> torch.Tensor:
+        if kind not in self.polys:
+            try:
+                self.polys[kind] = CountPolynomial(getattr(self.graph, kind), self.ids)
+            except TypeError:  # a count that is not a polynomial of the widths: count per step
+                self.polys[kind] = None
+        poly = self.polys[kind]
+        if poly is None:
+            return torch.as_tensor(getattr(space, kind)(expected_widths(space)))
+        return poly(self.widths())
+
+
+_COUNTS: "weakref.WeakKeyDictionary[Any, _ExpectedCounts]" = weakref.WeakKeyDictionary()
+
+
+def _expected_count(space: Any, kind: str) -> torch.Tensor:
+    if not hasattr(space, "graph"):  # a stand-in space (tests): the graph-free definition
+        return torch.as_tensor(getattr(space, kind)(expected_widths(space)))
+    counts = _COUNTS.get(space)
+    if counts is None:
+        counts = _COUNTS[space] = _ExpectedCounts(space)
+    return counts(space, kind)
+
+
 def expected_flops(space: Any) -> torch.Tensor:
     """Expected MACs under the gates' Markov chains (DESIGN.md section 4).
 
@@ -129,13 +166,15 @@ def expected_flops(space: Any) -> torch.Tensor:
     (``min_ch + g * sum_k P_k``, section 3); computed in float64 so that the value
     matches the exact integer count to ~1e-12 relative when every marginal is 0 or 1.
     Returns a 0-dim float64 tensor on the alphas' device, differentiable wrt every alpha.
+    Evaluated as the count's polynomial in the stacked ``E[c]`` (:mod:`.count_poly`): a few
+    kernels per step instead of one per layer and gate.
     """
-    return torch.as_tensor(space.flops(expected_widths(space)))
+    return _expected_count(space, "flops")
 
 
 def expected_params(space: Any) -> torch.Tensor:
     """Expected parameter count (same construction as :func:`expected_flops`)."""
-    return torch.as_tensor(space.params(expected_widths(space)))
+    return _expected_count(space, "params")
 
 
 def _int_widths(space: Any, widths: Mapping[str, Any]) -> dict[str, int]:
