@@ -110,6 +110,25 @@ class ExpandAsGates(nn.Module):
         return self.head(a + x.new_ones(1, 1, 1, 1).expand_as(a))  # broadcast: takes a's channels
 
 
+class ExpandAsFromOther(nn.Module):
+    """``expand_as`` whose result takes its channels from ``other``: a one-channel map and
+    parameters (one value, one per channel, one per pixel) broadcast to a tracked activation,
+    then concatenated with it or multiplied into it."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.one = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 1, 1)
+        self.scalar, self.per_channel = nn.Parameter(torch.randn(1, 1, 1, 1)), nn.Parameter(torch.randn(1, 8, 1, 1))
+        self.per_pixel = nn.Parameter(torch.randn(1, 1, 16, 16))
+        self.head = nn.Conv2d(32, 5, 1)
+
+    def forward(self, x):
+        a = F.relu(self.c1(x))
+        a = a * self.per_pixel.expand_as(a)
+        parts = [a, self.one(a).expand_as(a), self.scalar.expand_as(a), self.per_channel.expand_as(a)]
+        return self.head(torch.cat(parts, 1))
+
+
 class ActivationProducts(nn.Module):
     """Products of two activations: a global-context pooling (channels as rows), a Gram
     matrix contracting the channels with themselves, and a product over two channel dims."""
@@ -221,7 +240,7 @@ class PatchMerging(nn.Module):
 
 @pytest.mark.parametrize(
     "factory", [BNActNet, SplitBranches, ChunkAndSlice, ParamMatmulAndGroupNorm, StackedHeads, SizeReadElsewhere,
-                ExpandAsGates, ActivationProducts, ChannelsLastPad, PatchMerging,
+                ExpandAsGates, ExpandAsFromOther, ActivationProducts, ChannelsLastPad, PatchMerging,
                 FreshTensors, LiteralScale],
     ids=lambda f: f.__name__)
 def test_aten_wiring_is_equivalent(factory):
@@ -315,3 +334,9 @@ def test_macs_are_per_image_whatever_the_batch():
     assert dmcpfx.analyze(model, four).full_flops == dmcpfx.analyze(model, one).full_flops == count_flops(model, one)
     space = dmcpfx.instrument(model, four)
     assert space.full_flops == count_flops(model, one)
+
+
+def test_expand_as_takes_the_channels_of_other():
+    graph = dmcpfx.analyze(ExpandAsFromOther(), X)
+    assert graph.groups["c1"].prunable, graph.groups["c1"].frozen_reasons
+    assert any(m.tensor == "per_channel" for m in graph.groups["c1"].members)  # sliced with the channels

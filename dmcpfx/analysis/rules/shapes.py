@@ -132,25 +132,21 @@ def expand(ctx: RuleContext, call: Call):
 
 
 def expand_as(ctx: RuleContext, call: Call):
-    """``self.expand_as(other)``: the result takes ``other``'s shape, so a tracked channel
-    dim is coupled with ``other``'s (or is ``other``'s, where ``self`` broadcasts)."""
-    x, xi, oi, result = call.v["self"], call.i["self"], call.i["other"], call.result
+    """``self.expand_as(other)``: the result takes ``other``'s shape, so where ``other`` has
+    tracked channels the op is a broadcast of ``self`` against them (:func:`pointwise_operands`:
+    coupled, sliced along with them, or frozen); where it has none, the result's extent is
+    fixed and a tracked ``self`` that it repeats or fixes is frozen."""
+    x, xi, other, oi, result = call.v["self"], call.i["self"], call.v["other"], call.i["other"], call.result
+    if isinstance(oi, Layout):
+        return pointwise_operands(ctx, call, [(x, xi), (other, oi)], result)
     shift = result.ndim - x.ndim
     if isinstance(xi, ParamRef):
         dims = (None,) * shift + tuple(d if x.shape[t] == result.shape[t + shift] else None for t, d in enumerate(xi.dims))
         return ParamRef(xi.target, dims)
     if isinstance(xi, Layout):
-        out = xi.at(xi.dim + shift)
-        if result.shape[out.dim] != x.shape[xi.dim]:
-            ctx.b.freeze(xi, f"aten.{call.op} {ctx.where(call)} repeats channels")
-            return OPAQUE
-        if isinstance(oi, Layout) and oi.dim == out.dim and oi.extent == out.extent:
-            ctx.b.unify(out, oi, f"aten.{call.op} {ctx.where(call)}")
-            return out
-        ctx.b.freeze(xi, f"aten.{call.op} {ctx.where(call)} takes its shape from an untracked tensor")
+        why = "repeats channels" if result.shape[xi.dim + shift] != x.shape[xi.dim] else "takes its shape from an untracked tensor"
+        ctx.b.freeze(xi, f"aten.{call.op} {ctx.where(call)} {why}")
         return OPAQUE
-    if isinstance(oi, Layout) and (oi.dim < shift or x.shape[oi.dim - shift] == 1):
-        return oi  # self broadcasts along other's channel dim: the result has other's channels
     return opaque_like(result)
 
 
