@@ -129,6 +129,25 @@ class ExpandAsFromOther(nn.Module):
         return self.head(torch.cat(parts, 1))
 
 
+_SHIFT = torch.randn(8, 1, 1, generator=torch.Generator().manual_seed(1))  # a global the model does not own
+
+
+class LiftedConstants(nn.Module):
+    """Per-channel tensors that export lifts out of the forward (``lifted_tensor_0``): a global
+    and one that a forward hook closes over. Nothing can slice them: their channels freeze."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 6, 1), nn.Conv2d(8, 6, 1)
+        self.mid, self.head = nn.Conv2d(6, 7, 1), nn.Conv2d(7, 5, 1)
+        scale = torch.rand(1, 6, 1, 1) + 0.5
+        self.c2.register_forward_hook(lambda module, args, out: out * scale)
+
+    def forward(self, x):
+        a = F.relu(self.c1(x)) + _SHIFT
+        return self.head(F.relu(self.mid(F.relu(self.c3(a)) + self.c2(x))))
+
+
 class ActivationProducts(nn.Module):
     """Products of two activations: a global-context pooling (channels as rows), a Gram
     matrix contracting the channels with themselves, and a product over two channel dims."""
@@ -240,7 +259,7 @@ class PatchMerging(nn.Module):
 
 @pytest.mark.parametrize(
     "factory", [BNActNet, SplitBranches, ChunkAndSlice, ParamMatmulAndGroupNorm, StackedHeads, SizeReadElsewhere,
-                ExpandAsGates, ExpandAsFromOther, ActivationProducts, ChannelsLastPad, PatchMerging,
+                ExpandAsGates, ExpandAsFromOther, LiftedConstants, ActivationProducts, ChannelsLastPad, PatchMerging,
                 FreshTensors, LiteralScale],
     ids=lambda f: f.__name__)
 def test_aten_wiring_is_equivalent(factory):
@@ -340,3 +359,10 @@ def test_expand_as_takes_the_channels_of_other():
     graph = dmcpfx.analyze(ExpandAsFromOther(), X)
     assert graph.groups["c1"].prunable, graph.groups["c1"].frozen_reasons
     assert any(m.tensor == "per_channel" for m in graph.groups["c1"].members)  # sliced with the channels
+
+
+def test_constants_from_outside_the_model_freeze_their_channels():
+    graph = dmcpfx.analyze(LiftedConstants(), X)
+    assert graph.groups["mid"].prunable
+    for gid in ("c1", "c3"):  # c3 is c2's group (the residual add)
+        assert graph.groups[gid].frozen and "untracked tensor" in graph.groups[gid].frozen_reasons[0]

@@ -46,7 +46,11 @@ def apply(ctx: RuleContext, n: fx.Node, args, kwargs, ainfo, kinfo, result):
     if n.op == "placeholder":
         return opaque_like(result)
     if n.op == "get_attr":
-        return ParamRef(str(n.target), tuple(range(result.ndim))) if isinstance(result, torch.Tensor) else None
+        if not isinstance(result, torch.Tensor):
+            return None
+        if not ctx.owns(str(n.target)):
+            return opaque_like(result)  # a constant from outside the model: untracked, never sliced
+        return ParamRef(str(n.target), tuple(range(result.ndim)))
     if n.op == "output":
         for layout in iter_layouts(ainfo):
             ctx.b.freeze(layout, "model output")

@@ -105,6 +105,16 @@ class RuleContext:
         self.tag = tag
         self.batch = batch
         self.modules = dict(root.named_modules())
+        self.root = root
+
+    def owns(self, target: str) -> bool:
+        """True when the model holds a tensor at ``target`` (a parameter, buffer or tensor
+        attribute); False for a constant that export lifted from outside the model (a global
+        tensor or one a hook closes over: ``lifted_tensor_0``), which no slicing can reach."""
+        obj = self.root
+        for part in target.split("."):
+            obj = getattr(obj, part, None)
+        return isinstance(obj, torch.Tensor)
 
     def owner(self, tensor: str) -> tuple[str, nn.Module | None]:
         """(module name, module) owning a qualified parameter/buffer name."""
