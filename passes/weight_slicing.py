@@ -22,16 +22,32 @@ def owner_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 def _set_tensor(owner: nn.Module, attr: str, new: torch.Tensor) -> None:
     old = getattr(owner, attr)
-    if isinstance(old, nn.Parameter):
-        setattr(owner, attr, nn.Parameter(new, requires_grad=old.requires_grad))
-    elif attr in owner._buffers:
-        owner._buffers[attr] = new
+    _put(owner, attr, nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new)
+
+
+def _put(owner: nn.Module, attr: str, value: torch.Tensor) -> None:
+    if attr in owner._buffers:
+        owner._buffers[attr] = value
     else:
-        setattr(owner, attr, new)
+        setattr(owner, attr, value)
+
+
+def _aliases(model: nn.Module) -> dict[int, tuple[torch.Tensor, list[str]]]:
+    """Every qualified name of each parameter / buffer, keyed by the tensor's identity (tied
+    weights have several; ``named_parameters()`` alone would show only the first). The entry
+    holds the tensor, so that no identity is reused while the dict lives."""
+    names: dict[int, tuple[torch.Tensor, list[str]]] = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        names.setdefault(id(t), (t, []))[1].append(name)
+    return names
 
 
 def slice_model(model: nn.Module, channel_graph, widths: dict[str, int]) -> None:
-    """Slice ``model`` (whose analysis is ``channel_graph``) in place to ``widths``."""
+    """Slice ``model`` (whose analysis is ``channel_graph``) in place to ``widths``. A tensor
+    held under several names (tied weights) gets its sliced copy under every name, so it stays
+    tied: the analysis saw one tensor, under the one name that export gave it."""
+    aliases = _aliases(model)
+    tied_modules: dict[str, str] = {}  # a module holding a tied copy -> the module the analysis saw
     for spec in channel_graph.slices:
         owner, attr = owner_of(model, spec.tensor)
         tensor = getattr(owner, attr)
@@ -44,8 +60,21 @@ def slice_model(model: nn.Module, channel_graph, widths: dict[str, int]) -> None
         with torch.no_grad():
             new = tensor.detach().index_select(spec.dim, idx.to(tensor.device)).clone()
         _set_tensor(owner, attr, new)
+        names = aliases.get(id(tensor), (tensor, [spec.tensor]))[1]
+        made = getattr(owner, attr)
+        aliases[id(made)] = (made, names)
+        for alias in names:
+            if alias != spec.tensor:
+                alias_owner, alias_attr = owner_of(model, alias)
+                _put(alias_owner, alias_attr, made)
+                tied_modules[alias.rpartition(".")[0]] = spec.tensor.rpartition(".")[0]
     for edit in channel_graph.edits.values():
         update_attributes(model.get_submodule(edit.module), edit, channel_graph, widths)
+    for module, seen in tied_modules.items():  # same class, same tensor: the same attribute edit
+        edit = channel_graph.edits.get(seen)
+        if module not in channel_graph.edits and edit is not None and \
+                type(model.get_submodule(module)) is type(model.get_submodule(seen)):
+            update_attributes(model.get_submodule(module), edit, channel_graph, widths)
 
 
 def update_attributes(m: nn.Module, edit, channel_graph, widths) -> None:

@@ -85,13 +85,23 @@ def analyze(model: nn.Module, example_inputs, *, model_name: str | None = None,
         with torch.no_grad():
             for tag in ("eval", "train"):
                 _ChannelInterpreter(graph_modules[tag], RuleContext(builder, tag, model, EXPORT_BATCH)).run(*batch)
-    param_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    param_shapes = _param_shapes(model, builder)
     return builder.finalize(
         graph_modules=graph_modules,
         input_shapes=[tuple(t.shape) for t in inputs],
         param_shapes=param_shapes,
         model_name=model_name,
     )
+
+
+def _param_shapes(model: nn.Module, builder: GraphBuilder) -> dict[str, tuple[int, ...]]:
+    """Shape of every parameter, once per tensor, under the name the analysis uses for it: a
+    tied tensor has several names and export picks one, which is the one its slices carry."""
+    names: dict[int, tuple[nn.Parameter, list[str]]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), (p, []))[1].append(name)
+    sliced = {tensor for tensor, _dim in builder.slices}
+    return {next((n for n in aliases if n in sliced), aliases[0]): tuple(p.shape) for p, aliases in names.values()}
 
 
 __all__ = ["analyze"]
