@@ -6,7 +6,7 @@ original class, a compact model or a GraphModule) without using the analysis:
 
 - every convolution: ``out.numel() * (in_channels / groups) * prod(kernel)``;
 - every matrix product (``mm`` / ``addmm`` / ``bmm``, which ``linear`` dispatches to)
-  with an operand stored in one of the model's parameters:
+  with an operand stored in one of the model's parameters or buffers:
   ``out.numel() * contracted_dim``.
 
 Products of two activations (attention scores), biases, norms and activations are
@@ -56,9 +56,9 @@ class _MacCounter(TorchDispatchMode):
 
 
 def count_flops(model: nn.Module, example_inputs) -> int:
-    """MACs per image of convolutions and parameter products in an eval-mode forward."""
+    """MACs per image of convolutions and products with a parameter or buffer, eval-mode forward."""
     inputs = as_tuple(example_inputs)
-    storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     modes = {m: m.training for m in model.modules()}
     counter = _MacCounter(storages)
     inputs = tuple(t[:1] for t in inputs)  # one image: what a batch of 1 costs

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..records import ConstantEntry, ConstantSite, MacRecord, MaskSite, ModuleEdit, SliceSpec
-from ..layout import Layout, ParamRef
+from ..layout import Layout, ParamRef, iter_paramrefs
 from .common import Call, RuleContext, arg_index, is_whole_param, layout_of, module_path, opaque_like, pin_refs, unknown
 
 
@@ -169,10 +169,44 @@ def _input_name(call: Call) -> str:
     return {"linear": "input", "addmm": "mat1", "mm": "self", "matmul": "self", "bmm": "self"}[call.op]
 
 
+def _unsupported_product(ctx: RuleContext, call: Call, what: str):
+    """A product the rules do not prune through: its channels freeze (:func:`unknown`), and
+    when an operand is a parameter or buffer its MACs still count, at full width, as the
+    counter counts them (``result.numel() * contracted size`` per image; an einsum: the
+    product of the sizes of all its indices)."""
+    refs = list(iter_paramrefs(call.i))
+    result = call.result
+    if refs and ctx.tag == "eval" and isinstance(result, torch.Tensor) and result.numel():
+        macs = _einsum_macs(call) if call.op == "einsum" else result.numel() * _contracted(call)
+        if macs:
+            ctx.b.macs.append(MacRecord(_producer_id(ctx, refs[0].target), "linear",
+                                        _per_image(ctx, macs, 1, call.node), 1, 1, 1, 1, None, None))
+    pin_refs(ctx, call, "multiplied by a tensor")
+    return unknown(ctx, call, what)
+
+
+def _contracted(call: Call) -> int:
+    """Size of the contracted dim of a product op: its first matrix operand's last dim."""
+    first = call.v.get("input", call.v.get("mat1", call.v.get("batch1", call.v.get("self"))))
+    return int(first.shape[-1]) if isinstance(first, torch.Tensor) and first.ndim else 0
+
+
+def _einsum_macs(call: Call) -> int:
+    """``prod`` of the sizes of every index of ``einsum(equation, operands)`` (batch included)."""
+    equation = str(call.v["equation"]).replace(" ", "")
+    inputs = equation.split("->")[0].split(",")
+    sizes: dict[str, int] = {}
+    for spec, operand in zip(inputs, call.v["tensors"]):
+        if "." in spec or len(spec) != operand.ndim:
+            return 0  # ellipsis: not counted here
+        sizes.update(zip(spec, (int(d) for d in operand.shape)))
+    return math.prod(sizes.values())
+
+
 def linear(ctx: RuleContext, call: Call):
     x, xi, w, wi = call.v["input"], call.i["input"], call.v["weight"], call.i["weight"]
     if not is_whole_param(wi, w) or w.ndim != 2:
-        return unknown(ctx, call, "linear with a computed weight")
+        return _unsupported_product(ctx, call, "linear with a computed weight")
     return _dense(ctx, call, x, xi, w, wi, in_dim=1, out_dim=0, bias_name="bias")
 
 
@@ -183,15 +217,15 @@ def matmul(ctx: RuleContext, call: Call):
     x, xi, w, wi = call.v[left], call.i[left], call.v[right], call.i[right]
     if isinstance(wi, ParamRef) and w.ndim == 2 and None not in wi.dims and not isinstance(xi, ParamRef):
         if call.op == "addmm" and isinstance(call.i.get("self"), ParamRef) and call.v["self"].ndim != 1:
-            return unknown(ctx, call, "addmm with a 2-d bias")
+            return _unsupported_product(ctx, call, "addmm with a 2-d bias")
         bias = "self" if call.op == "addmm" else None
         if call.op == "addmm" and (call.v.get("beta", 1) != 1 or call.v.get("alpha", 1) != 1):
-            return unknown(ctx, call, "addmm with scaling factors")
+            return _unsupported_product(ctx, call, "addmm with scaling factors")
         return _dense(ctx, call, x, xi, w, wi, in_dim=0, out_dim=1, bias_name=bias)
     if call.op != "addmm" and not isinstance(xi, ParamRef) and not isinstance(wi, ParamRef) and x.ndim >= 2 and w.ndim >= 2:
         return _activation_product(ctx, call, x, xi, w, wi)
-    pin_refs(ctx, call, "multiplied by a tensor")
-    return unknown(ctx, call, f"product aten.{call.op} of two activations")
+    what = "with a parameter" if any(True for _ in iter_paramrefs(call.i)) else "of two activations"
+    return _unsupported_product(ctx, call, f"product aten.{call.op} {what}")
 
 
 def _activation_product(ctx: RuleContext, call: Call, a, ai, b, bi):
@@ -255,6 +289,7 @@ def _activation_product(ctx: RuleContext, call: Call, a, ai, b, bi):
 def rules() -> dict:
     table = {op: conv for op in ("conv1d", "conv2d", "conv3d", "convolution", "_convolution")}
     table.update({"linear": linear, "addmm": matmul, "mm": matmul, "matmul": matmul, "bmm": matmul})
+    table["einsum"] = lambda ctx, call: _unsupported_product(ctx, call, "op aten.einsum")
     table.update({op: (lambda ctx, call, _op=op: unknown(ctx, call, f"transposed convolution aten.{_op}"))
                   for op in ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")})
     return table

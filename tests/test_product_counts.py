@@ -1,0 +1,75 @@
+"""Products the rules do not prune through still count their MACs (DESIGN.md section 4):
+the analysis's full count equals the independent counter's, and a dense product with a
+buffer weight is counted by both. Every network here freezes the product's channels."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dmcpfx
+from dmcpfx.counting import count_flops
+from equivalence import check_properties
+
+X = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+
+
+class _Sandwich(nn.Module):
+    """conv -> ``mid`` (an 8x8 product in the subclass) -> conv -> conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 1), nn.Conv2d(6, 4, 1)
+        self.w = nn.Parameter(torch.randn(8, 8) / 3)
+
+    def forward(self, x):
+        return self.head(F.relu(self.b(self.mid(F.relu(self.a(x))))))
+
+
+class BufferLinear(_Sandwich):
+    def __init__(self):
+        super().__init__()
+        del self.w
+        self.register_buffer("w", torch.randn(8, 8) / 3)
+
+    def mid(self, y):
+        return F.linear(y.permute(0, 2, 3, 1), self.w).permute(0, 3, 1, 2)
+
+
+class EinsumParam(_Sandwich):
+    def mid(self, y):
+        return torch.einsum("bchw,oc->bohw", y, self.w)
+
+
+class BmmExpandedParam(_Sandwich):
+    def mid(self, y):
+        n, _, h, w = y.shape
+        return torch.bmm(self.w.expand(n, 8, 8), y.flatten(2)).view(n, 8, h, w)
+
+
+class AddmmScaled(_Sandwich):
+    def mid(self, y):
+        n, _, h, w = y.shape
+        rows = y.permute(0, 2, 3, 1).reshape(-1, 8)
+        return torch.addmm(self.w[0], rows, self.w, beta=0.5).view(n, h, w, 8).permute(0, 3, 1, 2)
+
+
+class ParamOnTheLeft(_Sandwich):
+    def mid(self, y):
+        n, _, h, w = y.shape
+        return torch.matmul(self.w, y.flatten(2)).view(n, 8, h, w)
+
+
+@pytest.mark.parametrize("factory", [BufferLinear, EinsumParam, BmmExpandedParam, AddmmScaled, ParamOnTheLeft],
+                         ids=lambda f: f.__name__)
+def test_the_analysis_counts_what_the_counter_counts(factory):
+    torch.manual_seed(0)
+    model = factory().eval()
+    graph = dmcpfx.analyze(model, X)
+    assert graph.full_flops == count_flops(model, X)
+    product_macs = 36 * 8 * 8  # per image: 6x6 positions, 8 in, 8 out
+    assert graph.full_flops - product_macs == count_flops(nn.Sequential(model.a, model.b, model.head), X)
+    if factory is BufferLinear:
+        assert graph.groups["a"].prunable  # the buffer is sliced like a weight
+    else:
+        assert graph.groups["a"].frozen and "unsupported" in graph.groups["a"].frozen_reasons[0]
+    check_properties(model, X)  # the groups after the product stay prunable, and counted exactly
