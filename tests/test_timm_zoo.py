@@ -27,10 +27,7 @@ NOTHING_PRUNABLE: dict[str, str] = {
 
 
 #: model -> a known defect (strict xfail: the day it passes, the entry must go)
-KNOWN_DEFECTS: dict[str, str] = {
-    "coat_lite_tiny": "its compact model is the GraphModule fallback, which drops the parameters that "
-                      "the forward never reads (2,810 here); the analytic params count still includes them",
-}
+KNOWN_DEFECTS: dict[str, str] = {}  # coat_lite_tiny left on 2026-12-06: its shared conv rel-pos modules stay tied
 
 
 def _param(name):
