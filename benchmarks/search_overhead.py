@@ -10,14 +10,16 @@ Prints one table (seconds per step, images per second, cost relative to plain tr
 
 Each search step is timed twice: ``masked`` runs the min and random sub-nets with
 channel masks (full-width compute), ``sliced`` with physically sliced weights
-(slimmable execution, :mod:`dmcpfx.search.slimmable`). The max net and the architecture
+(slimmable execution, :mod:`dmcpfx.search.slimmable`), and with ``--slice-buckets K`` a third
+time as ``bucketed``: sliced to ``K`` bucket widths per gate, masked inside the bucket (the
+``slice_buckets`` search option: fewer shapes, for cached GPU plans). The max net and the architecture
 step always run at full width. Data are synthetic (one random batch kept on the
 device), so the numbers measure compute only; the sub-net widths are drawn from the
 same seeded generator in both modes. Examples::
 
     python benchmarks/search_overhead.py                      # CPU, small ResNet, 32x32
     python benchmarks/search_overhead.py --model resnet50 --size 224 --batch 64 \\
-        --amp bf16 --device cuda --steps 50 --channels-last
+        --amp bf16 --device cuda --steps 50 --channels-last --slice-buckets 4
 """
 from __future__ import annotations
 
@@ -101,6 +103,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--target", default="0.5", help="budget for the arch step (ratio or MACs)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--markdown", default=None, help="also write the table to this file")
+    ap.add_argument("--slice-buckets", type=int, default=0, metavar="K",
+                    help="also time sliced sub-nets cut to K bucket widths per gate (0: not timed)")
     ap.add_argument("--conv-widths", type=int, default=0, metavar="C",
                     help="also time one 3x3 conv at each width of the 10%% grid of C channels "
                          "(at the input size halved twice, the last stage of the small ResNet)")
@@ -128,18 +132,22 @@ def plain_stepper(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, devi
     return plain_step
 
 
-def search_steppers(space: Any, target: float, device: torch.device, amp: str | None) -> dict[str, SearchStep]:
-    """The search step with masked and with sliced sub-nets."""
-    def stepper_for(slimmable: bool) -> SearchStep:
+def search_steppers(space: Any, target: float, device: torch.device, amp: str | None,
+                    slice_buckets: int = 0) -> dict[str, SearchStep]:
+    """The search step with masked and with sliced sub-nets (and bucketed ones for ``slice_buckets > 0``)."""
+    def stepper_for(slimmable: bool, buckets: int = 0) -> SearchStep:
         return SearchStep(
             space,
             weight_optimizer=torch.optim.SGD(param_groups(space.weight_parameters(), 4e-5), lr=0.01, momentum=0.9,
                                              nesterov=True),
             arch_optimizer=torch.optim.SGD(space.arch_parameters(), lr=0.5, momentum=0.9, nesterov=True),
-            target=target, device=device, amp=amp, slimmable=slimmable,
+            target=target, device=device, amp=amp, slimmable=slimmable, slice_buckets=buckets,
             generator=torch.Generator().manual_seed(0),
         )
-    return {"masked": stepper_for(False), "sliced": stepper_for(True)}
+    steppers = {"masked": stepper_for(False), "sliced": stepper_for(True)}
+    if slice_buckets:
+        steppers["bucketed"] = stepper_for(True, slice_buckets)
+    return steppers
 
 
 def time_search_steps(steppers: dict[str, SearchStep], x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace,
@@ -179,14 +187,17 @@ def table_lines(args: argparse.Namespace, space: Any, device: torch.device, rows
     for name, mode, sec in rows:
         lines.append(f"| {name} | {mode} | {sec:.4f} | {args.batch / sec:.1f} | {sec / plain:.2f} |")
     by = {(n, m): s for n, m, s in rows}
+    modes = list(phases)
     for name in ("warm-up step", "arch-phase step"):
-        lines.append(f"{name}: sliced / masked = {by[(name, 'sliced')] / by[(name, 'masked')]:.2f}")
+        for mode in modes[1:]:
+            lines.append(f"{name}: {mode} / masked = {by[(name, mode)] / by[(name, 'masked')]:.2f}")
     lines += ["", "Where the time of one arch-phase step goes (forward + backward of each sub-net; "
               "`random` is both random sub-nets, Markov probability 0.5):", "",
-              "| phase | masked s | masked x plain | sliced s | sliced x plain |", "|---|---:|---:|---:|---:|"]
-    for phase in phases.get("sliced", {}):
-        m, sl = phases["masked"].get(phase, 0.0), phases["sliced"][phase]
-        lines.append(f"| {phase} | {m:.4f} | {m / plain:.2f} | {sl:.4f} | {sl / plain:.2f} |")
+              "| phase | " + " | ".join(f"{m} s | {m} x plain" for m in modes) + " |",
+              "|---|" + "---:|---:|" * len(modes)]
+    for phase in phases.get(modes[-1], {}) if modes else ():
+        cells = [phases[m].get(phase, 0.0) for m in modes]
+        lines.append(f"| {phase} | " + " | ".join(f"{c:.4f} | {c / plain:.2f}" for c in cells) + " |")
     if args.conv_widths:
         size = max(1, args.size // 4)
         lines += ["", f"One 3x3 conv, {args.batch}x{args.conv_widths}x{size}x{size}, forward + backward, at the widths "
@@ -210,9 +221,11 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(args.num_classes, (args.batch,), device=device)
     plain_step = plain_stepper(model, x, y, device, amp_dtype(args.amp))
-    steppers = search_steppers(space, parse_target(args.target, space.full_flops), device, args.amp)
-    if not steppers["sliced"].slimmable:
-        print(f"note: slimmable execution unavailable for this model: {steppers['sliced'].slimmable_reason}")
+    steppers = search_steppers(space, parse_target(args.target, space.full_flops), device, args.amp,
+                               args.slice_buckets)
+    for mode in ("sliced", "bucketed"):
+        if mode in steppers and not steppers[mode].slimmable:
+            print(f"note: {mode} execution unavailable for this model: {steppers[mode].slimmable_reason}")
     plain = time_steps(plain_step, args.steps, args.warmup, device)
     rows, phases = time_search_steps(steppers, x, y, args, device)
     text = "\n".join(table_lines(args, space, device, [("plain", "-", plain)] + rows, phases, plain))

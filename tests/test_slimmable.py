@@ -56,15 +56,32 @@ def _snapshot(space) -> dict:
             "attrs": {n: {k: v for k, v in a.items() if isinstance(v, (int, tuple))} for n, a in attrs.items()}}
 
 
-def check_sliced_equals_masked(name: str, seed: int) -> None:
+def _inside_buckets(space, runner: SlicedRunner, widths: dict[str, int]) -> dict[str, int]:
+    """``widths`` with the widest group moved strictly inside a bucket below full width, so that
+    its tensors are sliced AND masked (a group with too few candidates keeps its width)."""
+    widths = dict(widths)
+    for gid in sorted(space.groups, key=lambda g: -space.groups[g].width):
+        grid = runner.grids[gid]
+        inside = [c for c in space.groups[gid].candidates if c < grid[-2] and c not in grid] if len(grid) > 2 else []
+        if inside:
+            widths[gid] = inside[0]
+            break
+    return widths
+
+
+def check_sliced_equals_masked(name: str, seed: int, buckets: int = 0) -> None:
     model, x = _build(name)
     masked = dmcpfx.instrument(model, x[:1])
     if not masked.groups:
         pytest.skip(f"{name}: no prunable group")
     sliced = copy.deepcopy(masked)
-    runner = SlicedRunner(sliced)
+    runner = SlicedRunner(sliced, buckets=buckets)
     assert runner.supported, runner.reason
     widths = random_widths(masked, seed)
+    if buckets:
+        widths = _inside_buckets(masked, runner, widths)
+        cut_to = runner.sliced_widths(widths)
+        assert any(widths[g] < cut_to[g] < masked.groups[g].width for g in widths), "no group sliced and masked"
     assert runner.check(widths), runner.reason
 
     # float64: train-mode BatchNorm over a batch of 2 amplifies float32 rounding in
@@ -108,6 +125,26 @@ def test_sliced_subnet_equals_masked(name):
     check_sliced_equals_masked(name, seed=3)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "regnet_y_400mf", "googlenet", "shufflenet_v2_x0_5",
+                                  "custom_net"])
+def test_bucketed_subnet_equals_masked(name):
+    """Sliced to the gate's bucket and masked inside it: still the masked sub-net, output,
+    gradients and BatchNorm statistics (residual adds, SE, depthwise/grouped, concat, flatten)."""
+    check_sliced_equals_masked(name, seed=4, buckets=3)
+
+
+@pytest.mark.parametrize("buckets,seed", [(3, 0), (4, 1), (5, 2)])
+def test_bucketed_concat_equals_masked(buckets, seed):
+    """Inception concats mix groups cut to their bucket with groups masked inside one."""
+    check_sliced_equals_masked("googlenet", seed=seed, buckets=buckets)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in MODELS if n not in SLOW and n not in FAST])
+def test_bucketed_subnet_equals_masked_zoo(name):
+    check_sliced_equals_masked(name, seed=6, buckets=4)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in MODELS if n not in SLOW and n not in FAST])
 def test_sliced_subnet_equals_masked_zoo(name):
@@ -127,10 +164,11 @@ class _LiteralView(nn.Module):
         return self.fc(x.view(-1, 12 * 4 * 4))
 
 
-def _stepper(space, slimmable: bool) -> SearchStep:
+def _stepper(space, slimmable: bool, slice_buckets: int = 0) -> SearchStep:
     opt = torch.optim.SGD(space.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     return SearchStep(space, weight_optimizer=opt, arch_optimizer=None, target=space.full_flops / 2,
-                      device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), slimmable=slimmable)
+                      device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), slimmable=slimmable,
+                      slice_buckets=slice_buckets)
 
 
 def test_literal_channel_count_is_read_from_the_table():
@@ -171,16 +209,17 @@ def test_a_failing_sliced_check_falls_back_to_masks():
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_weight_step_sliced_equals_masked():
+@pytest.mark.parametrize("slice_buckets", [0, 3])
+def test_weight_step_sliced_equals_masked(slice_buckets):
     """One DMCP weight step (max, min, 2 random sub-nets, SGD step) gives the same losses
-    and the same updated weights with slicing as with masks."""
+    and the same updated weights with slicing (exact or to buckets) as with masks."""
     from examples.models import small_resnet
 
     torch.manual_seed(0)
     model = small_resnet(num_classes=10, width=8)
     space_m = dmcpfx.instrument(model, torch.randn(1, 3, 16, 16)).train()
     space_s = copy.deepcopy(space_m)
-    step_m, step_s = _stepper(space_m, slimmable=False), _stepper(space_s, slimmable=True)
+    step_m, step_s = _stepper(space_m, slimmable=False), _stepper(space_s, slimmable=True, slice_buckets=slice_buckets)
     assert step_s.slimmable and not step_m.slimmable
     g = torch.Generator().manual_seed(1)
     for _ in range(2):
@@ -205,3 +244,50 @@ def test_auto_slices_on_the_cpu_and_masks_on_cuda():
     assert slimmable_choice(False, torch.device("cpu"))[0] is False
     with pytest.raises(ConfigError, match="slimmable must be true, false or 'auto', got 1"):
         slimmable_choice(1, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("n,buckets", [(1, 3), (2, 2), (5, 3), (10, 4), (10, 9), (10, 10), (11, 2), (17, 6), (3, 0)])
+def test_bucket_grid_keeps_min_and_full_and_spreads_the_rest(n, buckets):
+    from dmcpfx.search.slimmable import bucket_grid
+
+    candidates = [3 + 5 * i for i in range(n)]
+    grid = bucket_grid(candidates, buckets)
+    assert grid == sorted(set(grid)) and set(grid) <= set(candidates)
+    assert grid[-1] == candidates[-1]
+    if buckets == 0 or buckets >= n:
+        assert grid == candidates
+    else:
+        assert len(grid) == buckets and grid[0] == candidates[0]
+        steps = [candidates.index(b) - candidates.index(a) for a, b in zip(grid, grid[1:])]
+        assert max(steps) - min(steps) <= 1  # evenly spread by index
+
+
+def test_a_gate_window_is_the_mask_on_the_sliced_channels():
+    """With ``window`` B, the hard mask is the full mask at ``kept_indices(B)``: ones where the
+    width's channels sit among the B sliced ones (also for an interleaved, grouped-conv order)."""
+    from dmcpfx.search.gates import MarkovGate, split_channels
+
+    order = torch.arange(24).view(3, 8).t().reshape(-1)  # 3 conv groups of 8, interleaved
+    gate = MarkovGate(split_channels(24, divisor=3), order=order)
+    for width, window in [(6, 12), (9, 9), (3, 24)]:
+        gate.set_mode("width", width)
+        gate.window = None
+        full = gate()
+        gate.window = window
+        windowed = gate()
+        assert windowed.shape == (window,)
+        assert torch.equal(windowed, full[gate.kept_indices(window)])
+        assert windowed.sum().item() == width
+        kept = gate.kept_indices(window)[windowed.bool()]
+        assert torch.equal(kept, gate.kept_indices(width))
+    gate.window, gate.mode = 12, "expected"  # a soft mask is never windowed
+    assert gate().shape == (24,)
+
+
+@pytest.mark.parametrize("value", [1, -1, True, "4", 2.0])
+def test_a_wrong_slice_buckets_names_the_option(value):
+    from dmcpfx.errors import ConfigError
+    from dmcpfx.search.options import SearchOptions
+
+    with pytest.raises(ConfigError, match="slice_buckets"):
+        SearchOptions(slice_buckets=value).validate()

@@ -109,7 +109,10 @@ class MarkovGate(nn.Module):
         self.register_buffer("block_sizes", torch.tensor(split.blocks, dtype=torch.int64), persistent=False)
         self.mode = "max"
         self.hard_width = split.width
-        self._hard_masks: dict[tuple[int, torch.device], torch.Tensor] = {}  # see forward()
+        #: sliced extent (slimmable execution with buckets): the hard mask covers only the channels
+        #: ``kept_indices(window)`` that a runner sliced the tensors to; None: all ``C`` channels
+        self.window: int | None = None
+        self._hard_masks: dict[tuple[int, int | None, torch.device], torch.Tensor] = {}  # see forward()
 
     # --- the chain (DESIGN.md section 3) -------------------------------------------
     @property
@@ -184,18 +187,25 @@ class MarkovGate(nn.Module):
 
     def forward(self) -> torch.Tensor | None:
         """The physical mask: a fresh, differentiable tensor in ``expected`` mode; in the hard
-        modes a constant built once per ``(width, device)`` and reused (callers never write
+        modes a constant built once per ``(width, window, device)`` and reused (callers never write
         into it), so a sub-net pays no mask-building kernels after its first run. (Not under
-        ``inference_mode``: autograd could not save such a tensor later.)"""
+        ``inference_mode``: autograd could not save such a tensor later.)
+
+        With a ``window`` (hard modes only), the mask has shape ``(window,)``: the full mask at
+        ``kept_indices(window)``, for tensors that a runner sliced to those channels."""
         if self.mode in ("max", "off"):
             return None
-        hard = self.mode != "expected" and not torch.is_inference_mode_enabled()  # an inference tensor
-        key = (self.current_width(), self.alpha.device)
-        if hard and key in self._hard_masks:
+        hard = self.mode != "expected"
+        window = self.window if hard else None
+        cache = hard and not torch.is_inference_mode_enabled()  # an inference tensor
+        key = (self.current_width(), window, self.alpha.device)
+        if cache and key in self._hard_masks:
             return self._hard_masks[key]
         mask = self.logical_mask()
         physical = torch.empty_like(mask).index_copy(0, self.order.to(mask.device), mask)
-        if hard:
+        if window is not None:
+            physical = physical[self.kept_indices(window).to(mask.device)]
+        if cache:
             self._hard_masks[key] = physical
         return physical
 

@@ -46,6 +46,12 @@ def _divisor(key: str, value: Any) -> None:
         fail(key, "an integer >= 1, 'auto' or null", value)
 
 
+def _buckets(key: str, value: Any) -> None:
+    """0 (exact widths) or an integer >= 2 (min and full are always buckets)."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and (value == 0 or 2 <= value <= 1000)):
+        fail(key, "0 (slice to the exact widths) or an integer from 2 to 1000 (buckets per gate)", value)
+
+
 def _target(key: str, value: Any) -> None:
     """A ratio/absolute number > 0 or a string like ``"50%"``, ``"2G"`` (parsed against the model later)."""
     if isinstance(value, str) and value.strip():
@@ -82,6 +88,9 @@ class SearchOptions(Options):
     ``bn_stats``: max | all (which weight-step forwards update the BN statistics).
     ``slimmable``: run the min/random sub-nets with sliced weights where possible (true), with
     masks (false), or auto: sliced on the CPU, masked on CUDA (the faster of the two as measured).
+    ``slice_buckets``: 0 slices each sub-net to its exact widths; ``k >= 2`` slices to the smallest
+    of ``k`` widths of each gate's candidate grid that holds the width and masks the rest of the
+    bucket (the same function; at most ``k * k`` shapes per convolution, for cached GPU plans).
     ``amp``: null | bf16 | fp16. ``seed``: everything random. ``log_interval``: steps per
     ``step`` record of metrics.jsonl.
     """
@@ -118,6 +127,7 @@ class SearchOptions(Options):
     alpha_init: str = "budget"
     bn_stats: str = "max"
     slimmable: Union[bool, str] = "auto"
+    slice_buckets: int = 0
     amp: Union[str, None] = None
     channels_last: bool = False
     seed: int = 0
@@ -147,7 +157,8 @@ class SearchOptions(Options):
             ("label_smoothing", float_in(0.0, 1.0, high_open=True)), ("calib_batches", int_in(0)),
             ("markov_schedule", one_of(MARKOV_SCHEDULES)), ("markov_decay", float_in(0.0, 1.0, low_open=True)),
             ("markov_prob_final", float_in(0.0, 1.0)), ("alpha_init", one_of(ALPHA_INITS)),
-            ("bn_stats", one_of(BN_STATS)), ("slimmable", one_of(SLIMMABLE_CHOICES)), ("amp", one_of(AMP_CHOICES)),
+            ("bn_stats", one_of(BN_STATS)), ("slimmable", one_of(SLIMMABLE_CHOICES)),
+            ("slice_buckets", _buckets), ("amp", one_of(AMP_CHOICES)),
             ("channels_last", boolean), ("seed", int_in(0)), ("log_interval", int_in(1)),
         ]
 

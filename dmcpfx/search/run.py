@@ -95,7 +95,7 @@ class SearchRun:
             device=self.device, budget_weight=o.budget_weight, budget_band=o.budget_band,
             budget_metric=self.metric, num_random=o.num_random, distill_temperature=o.distill_temperature,
             label_smoothing=o.label_smoothing, amp=o.amp, generator=self.generator, world_size=self.ctx.world_size,
-            slimmable=o.slimmable, bn_stats=o.bn_stats,
+            slimmable=o.slimmable, slice_buckets=o.slice_buckets, bn_stats=o.bn_stats,
         )
         self.stateful = {
             "space": space, "weight_optimizer": self.weight_opt, "arch_optimizer": self.arch_opt, **self.scheds,

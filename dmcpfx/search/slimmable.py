@@ -17,6 +17,14 @@ recompiled per sub-net. The result equals the masked sub-net on the kept channel
 (the test suite checks outputs and parameter gradients). :meth:`SlicedRunner.check`
 compares the sliced and masked outputs once on the example input before first use;
 a mismatch or an error turns slicing off, with the reason.
+
+Buckets (``SlicedRunner(space, buckets=k)``, the ``slice_buckets`` search option): every
+tensor is sliced to the smallest of ``k`` widths of the gate's candidate grid (:func:`bucket_grid`)
+that holds the sub-net's width, and the gate masks the channels in between (its hard mask
+restricted to the sliced channels, ``MarkovGate.window``). Removing channels ``B..C`` and masking
+``w..B`` removes ``w..C``: the same function, with at most ``k * k`` weight shapes per
+convolution instead of one per pair of candidate widths, so that a GPU's cached convolution
+plans are reused rather than built anew at almost every step.
 """
 from __future__ import annotations
 
@@ -34,6 +42,19 @@ from ..passes.weight_slicing import update_attributes
 #: module attributes that :func:`~dmcpfx.passes.weight_slicing.update_attributes` may change
 _ATTRIBUTES = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
                "normalized_shape", "num_channels", "num_groups", "num_parameters")
+
+
+def bucket_grid(candidates: list[int], buckets: int) -> list[int]:
+    """The widths tensors are sliced to: ``buckets`` of the ascending ``candidates``, evenly spaced
+    by index, always the first (the min net's width) and the last (full); every candidate
+    when ``buckets`` is 0 or at least ``len(candidates)``."""
+    n = len(candidates)
+    if buckets <= 0 or buckets >= n:
+        return list(candidates)
+    if buckets == 1:
+        return [candidates[-1]]
+    picks = sorted({round(i * (n - 1) / (buckets - 1)) for i in range(buckets)})
+    return [candidates[i] for i in picks]
 
 
 class _Slot:
@@ -75,9 +96,12 @@ class SlicedRunner:
     block (the autograd graph holds the slices).
     """
 
-    def __init__(self, space) -> None:
+    def __init__(self, space, buckets: int = 0) -> None:
         self.space = space
         self.graph = space.graph
+        self.buckets = int(buckets)
+        #: per group, the ascending widths its tensors may be sliced to (see :func:`bucket_grid`)
+        self.grids = {gid: bucket_grid(list(info.candidates), self.buckets) for gid, info in space.groups.items()}
         self.reason: str | None = None
         self._slots: dict[str, list[_Slot]] = {}
         self._edits: dict[str, list[tuple[nn.Module, object]]] = {}
@@ -121,6 +145,14 @@ class SlicedRunner:
             self._slots[tag], self._edits[tag] = slots, edits
         return self._slots[tag], self._edits[tag]
 
+    def sliced_widths(self, widths: Mapping[str, int]) -> dict[str, int]:
+        """The widths the tensors are cut to: each group's smallest grid width ``>= widths[gid]``."""
+        out = {}
+        for gid, w in widths.items():
+            grid = self.grids.get(gid)
+            out[gid] = next((b for b in grid if b >= w), grid[-1]) if grid else w
+        return out
+
     @contextlib.contextmanager
     def widths(self, widths: Mapping[str, int]) -> Iterator[None]:
         """Within the block, ``space(x)`` runs the sub-net ``widths`` (missing groups: full)."""
@@ -133,23 +165,32 @@ class SlicedRunner:
             edits += more_edits
         gates = self.space.gates()
         modes = {gid: (g.mode, g.hard_width) for gid, g in gates.items()}
+        cut_to = self.sliced_widths(widths)
         saved_attrs = [(m, {a: m.__dict__[a] for a in _ATTRIBUTES if a in m.__dict__}) for m, _ in edits]
         swapped: list[tuple[_Slot, torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
         saved_constants: list[tuple[ChannelConstants, list[int]]] = []
         try:
-            for gate in gates.values():
-                gate.set_mode("max")  # no masks: the tensors themselves are narrow
+            windowed = any(widths[gid] < cut_to[gid] for gid in widths)
+            for gid, gate in gates.items():
+                if windowed and gid in widths and widths[gid] < gate.width:
+                    # masks inside the buckets; a sliced group whose width IS its bucket gets an
+                    # all-ones mask of its sliced length too, as a mask that concatenates it with
+                    # a masked group (a concat's consumer) would otherwise fill in its full length
+                    gate.set_mode("width", widths[gid])
+                    gate.window = cut_to[gid] if cut_to[gid] < gate.width else None
+                else:
+                    gate.set_mode("max")  # no masks: the tensors themselves are narrow
             for slot in slots:
-                full, idx, cut = slot.cut(self.graph, widths)
+                full, idx, cut = slot.cut(self.graph, cut_to)
                 if cut.shape == full.shape:
                     continue
                 store = slot.owner._parameters if slot.is_param else slot.owner._buffers
                 store[slot.attr] = cut
                 swapped.append((slot, full, idx, cut))
             for module, edit in edits:
-                update_attributes(module, edit, self.graph, widths)
+                update_attributes(module, edit, self.graph, cut_to)
             for table in self._constants:
-                saved_constants.append((table, table.set(table.values(widths))))
+                saved_constants.append((table, table.set(table.values(cut_to))))
             yield
         finally:
             for table, values in saved_constants:
@@ -163,6 +204,7 @@ class SlicedRunner:
             for module, attrs in saved_attrs:
                 module.__dict__.update(attrs)
             for gid, (mode, width) in modes.items():
+                gates[gid].window = None
                 gates[gid].set_mode(mode, width if mode == "width" else None)
 
     @torch.no_grad()

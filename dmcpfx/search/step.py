@@ -83,7 +83,9 @@ class SearchStep:
     :class:`~dmcpfx.search.metric.BudgetMetric`, e.g. a latency table's ms per batch).
     ``bn_stats``: which weight-step forwards update the BatchNorm running statistics
     (``"max"``: the max net only, default; ``"all"``: every sub-net, as the official code).
-    The architecture step never updates them.
+    The architecture step never updates them. ``slice_buckets``: 0 cuts sliced sub-nets to their
+    exact widths, ``k >= 2`` to ``k`` bucket widths per gate with a mask inside the bucket
+    (:class:`~dmcpfx.search.slimmable.SlicedRunner`).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class SearchStep:
         generator: torch.Generator | None = None,
         world_size: int = 1,
         slimmable: bool | str = "auto",
+        slice_buckets: int = 0,
         bn_stats: str = "max",
     ):
         if bn_stats not in BN_STATS:
@@ -133,6 +136,9 @@ class SearchStep:
         self._groups = {gid: list(info.candidates) for gid, info in space.groups.items()}
         self._min_widths = {gid: cands[0] for gid, cands in self._groups.items()}
         use_slices, self.slimmable_reason = slimmable_choice(slimmable, device)
+        if isinstance(slice_buckets, bool) or not isinstance(slice_buckets, int) or slice_buckets < 0:
+            raise ConfigError(f"slice_buckets must be 0 or an integer >= 2, got {slice_buckets!r}")
+        self.slice_buckets = slice_buckets
         self.runner = self._sliced_runner() if use_slices else None
         self.bn_stats = bn_stats
         self.frozen_bn = FrozenStats(space)
@@ -157,12 +163,14 @@ class SearchStep:
 
     def _sliced_runner(self) -> SlicedRunner | None:
         """A checked :class:`SlicedRunner`, or None (masks) with the reason in ``slimmable_reason``."""
-        runner = SlicedRunner(self.space)
+        runner = SlicedRunner(self.space, buckets=self.slice_buckets)
         mixed = {gid: c[(3 * i + 1) % len(c)] for i, (gid, c) in enumerate(self._groups.items())}
+        inside = {gid: next((w for w in c if w not in runner.grids[gid]), c[0]) for gid, c in self._groups.items()}
         if not self._groups:
             self.slimmable_reason = "no prunable group"
             return None
-        if runner.supported and runner.check(self._min_widths) and runner.check(mixed):
+        checks = [self._min_widths, mixed] + ([inside] if inside != self._min_widths else [])
+        if runner.supported and all(runner.check(w) for w in checks):
             self.slimmable_reason = None
             return runner
         self.slimmable_reason = runner.reason
