@@ -88,6 +88,12 @@ def module_matches(module: nn.Module, inputs: tuple[torch.Tensor, ...], referenc
         out = run_eval(module, inputs)
     except Exception:  # noqa: BLE001 - a crash is a mismatch; the caller falls back or raises
         return False
+    return nested_outputs_match(out, reference, rtol)
+
+
+def nested_outputs_match(out: Any, reference: Any, rtol: float) -> bool:
+    """Whether ``out`` and ``reference`` (tensors, or nested tuples / lists / dicts of them) have
+    the same structure and shapes and every tensor matches within ``rtol`` (floor 1e-6)."""
     got, want = _flatten(out), _flatten(reference)
     if len(got) != len(want):
         return False
