@@ -118,12 +118,34 @@ def spatial(ctx: RuleContext, call: Call):
         if xi.dim >= x.ndim - k or result.ndim != x.ndim:
             ctx.b.freeze(xi, f"aten.{call.op} {ctx.where(call)} pools or pads across the channel dimension")
             return opaque_like(call.result)
-        if isinstance(call.result, tuple):  # (values, indices)
-            return (xi, OPAQUE)
+        if isinstance(call.result, tuple):  # (values, indices): the indices are per channel too
+            return (xi, xi)
         return xi
     if isinstance(xi, ParamRef):
         ctx.b.pin(xi.target, f"pooled by aten.{call.op} {ctx.where(call)}")
     return opaque_like(call.result)
+
+
+#: max-unpooling: trailing spatial dims it scatters into, per op
+UNPOOL_OPS = {"max_unpool2d": 2, "max_unpool3d": 3}
+
+
+def unpool(ctx: RuleContext, call: Call):
+    """``max_unpool(values, indices)``: each channel's values go to the positions its own plane of
+    indices names, so values and indices share their channels (coupled); anything else (an
+    untracked operand, channels among the spatial dims) freezes."""
+    x = call.v["self"]
+    operands = [call.i.get("self"), call.i.get("indices")]
+    layouts = [info for info in operands if isinstance(info, Layout)]
+    if not layouts:
+        return opaque_like(call.result)
+    k = UNPOOL_OPS[call.op]
+    if len(layouts) != 2 or any(info.dim >= x.ndim - k for info in layouts) or layouts[0].dim != layouts[1].dim:
+        for info in layouts:
+            ctx.b.freeze(info, f"aten.{call.op} {ctx.where(call)} pairs these channels with untracked ones")
+        return opaque_like(call.result)
+    ctx.b.unify(layouts[0], layouts[1], f"aten.{call.op} {ctx.where(call)} (values and their indices)")
+    return layouts[0]
 
 
 def _dims_arg(call: Call, ndim: int) -> list[int] | None:
@@ -194,6 +216,7 @@ def rules() -> dict:
     table.update({op: new_tensor for op in NEW_OPS})
     table.update({op: like_tensor for op in LIKE_OPS})
     table.update({op: spatial for op in SPATIAL_OPS})
+    table.update({op: unpool for op in UNPOOL_OPS})
     table.update({op: reduce for op in REDUCE_OPS})
     table.update({op: along_dims for op in SOFTMAX_OPS + ("roll", "flip")})
     return table
