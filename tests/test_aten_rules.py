@@ -277,10 +277,28 @@ class PoolIndices(nn.Module):
         return self.head(torch.cat([F.interpolate(peak, size=16), other], 1))
 
 
+class PReLUs(nn.Module):
+    """PReLU with one slope per channel (sliced with the channels), with one shared slope, and
+    a per-channel PReLU after a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.act1 = nn.Conv2d(3, 16, 3, padding=1), nn.PReLU(16)
+        self.c2, self.act2 = nn.Conv2d(16, 24, 3, padding=1), nn.PReLU()
+        self.c3, self.act3 = nn.Conv2d(24, 24, 1), nn.PReLU(24)
+        self.head = nn.Conv2d(24, 5, 1)
+        for act in (self.act1, self.act2, self.act3):
+            nn.init.uniform_(act.weight, -0.5, 0.5)
+
+    def forward(self, x):
+        a = self.act2(self.c2(self.act1(self.c1(x))))
+        return self.head(self.act3(a + self.c3(a)))
+
+
 @pytest.mark.parametrize(
     "factory", [BNActNet, SplitBranches, ChunkAndSlice, ParamMatmulAndGroupNorm, StackedHeads, SizeReadElsewhere,
                 ExpandAsGates, ExpandAsFromOther, LiftedConstants, ActivationProducts, ChannelsLastPad, PatchMerging,
-                FreshTensors, LiteralScale, PoolIndices],
+                FreshTensors, LiteralScale, PoolIndices, PReLUs],
     ids=lambda f: f.__name__)
 def test_aten_wiring_is_equivalent(factory):
     torch.manual_seed(0)
@@ -398,3 +416,13 @@ def test_pool_indices_carry_their_channels():
     assert graph.groups["mid"].prunable
     c3 = graph.groups["c3"]
     assert c3.frozen and "untracked" in c3.frozen_reasons[0]
+
+
+def test_per_channel_prelu_slopes_are_sliced_with_their_channels():
+    """Before: aten.prelu was an unsupported op and froze both groups."""
+    graph = dmcpfx.analyze(PReLUs(), X)
+    for gid, slope in (("c1", "act1.weight"), ("c2", "act3.weight")):
+        group = graph.groups[gid]
+        assert group.prunable, group.frozen_reasons
+        assert any(m.tensor == slope for m in group.members)
+    assert not any(m.tensor == "act2.weight" for g in graph.groups.values() for m in g.members)  # one shared slope

@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import torch
+
 from ..records import SliceSpec
 from ..layout import OPAQUE, Layout, ParamRef
 from .common import Call, RuleContext, norm_dim, opaque_like
@@ -126,6 +128,23 @@ def spatial(ctx: RuleContext, call: Call):
     return opaque_like(call.result)
 
 
+def prelu(ctx: RuleContext, call: Call):
+    """``prelu(x, weight)``: ``weight`` (one value, or one per element of dim 1) broadcasts along
+    dim 1 of ``x``; coupled like an elementwise product with ``weight`` viewed as ``(1, C, 1, ...)``."""
+    x, w = call.v["self"], call.v["weight"]
+    xi, wi = call.i.get("self"), call.i.get("weight")
+    if not hasattr(x, "ndim") or x.ndim < 2 or w.ndim != 1 or w.numel() not in (1, x.shape[1]):
+        return pointwise(ctx, call)  # whatever broadcasting rules apply: the generic coupling
+    shape = [1] * x.ndim
+    shape[1] = w.numel()
+    virtual = torch.empty(shape, device="meta")  # only its shape is read
+    if isinstance(wi, ParamRef):
+        wi = ParamRef(wi.target, tuple(wi.dims[0] if d == 1 else None for d in range(x.ndim)))
+    elif isinstance(wi, Layout):
+        wi = wi.at(1)
+    return pointwise_operands(ctx, call, [(x, xi), (virtual, wi)], call.result)
+
+
 #: max-unpooling: trailing spatial dims it scatters into, per op
 UNPOOL_OPS = {"max_unpool2d": 2, "max_unpool3d": 3}
 
@@ -217,6 +236,7 @@ def rules() -> dict:
     table.update({op: like_tensor for op in LIKE_OPS})
     table.update({op: spatial for op in SPATIAL_OPS})
     table.update({op: unpool for op in UNPOOL_OPS})
+    table["prelu"] = prelu
     table.update({op: reduce for op in REDUCE_OPS})
     table.update({op: along_dims for op in SOFTMAX_OPS + ("roll", "flip")})
     return table
