@@ -147,7 +147,10 @@ def resolve_arch(arch, graph) -> dict[str, int]:
                     f"group '{gid}': the arch was made for {of} channels but the model has {group.width} "
                     f"(is {arch.source} for another model?)"
                 )
-        widths = validate_widths(arch.widths, graph)
+        try:
+            widths = validate_widths(arch.widths, graph)
+        except ArchError as exc:  # name the file too
+            raise ArchError(f"{arch.source}: {exc}" if arch.source else str(exc)) from None
         check_arch_counts(arch, graph, widths)
         return widths
     if isinstance(arch, Mapping):

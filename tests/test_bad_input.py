@@ -92,6 +92,11 @@ def test_arch_yaml_round_trip_and_format_errors(tmp_path, resnext):
     (tmp_path / "notyaml.yaml").write_text("groups: [1, 2")
     with pytest.raises(dmcpfx.ArchError, match="not valid YAML"):
         load_arch(tmp_path / "notyaml.yaml")
+    for name, edit in (("wide", ("channels: 32", "channels: 999")), ("stranger", ("conv1:", "conv9:"))):
+        broken = tmp_path / f"{name}.yaml"  # a width out of range, an unknown group: the file is named too
+        broken.write_text(path.read_text().replace(*edit, 1))
+        with pytest.raises(dmcpfx.ArchError, match=rf"{name}.yaml: (group 'conv1': width 999|unknown group 'conv9')"):
+            resolve_arch(broken, graph)
 
 
 def test_failed_save_writes_nothing(tmp_path, resnext):
