@@ -15,9 +15,10 @@ run says FAIL with the reason, and the script goes on):
    ``compact.onnx``: the recipe with only the data, the length (no lr warm-up steps) and the
    retrain lr shortened (a few hundred random images cannot carry the official retrain lr).
 4. ``step cost <model>``: ``benchmarks/search_overhead.py`` at 224 px, batch 64, bf16,
-   channels_last, the default TF32, sub-nets masked, sliced and sliced to 4 buckets per gate
-   (``slice_buckets: 4``); the best of the three against the goals: arch-phase step / plain step
-   <= 3.5 (ResNet-50) or 4 (MobileNetV2), warm-up step / plain step <= 2.5 (ResNet-50).
+   channels_last, the default TF32, sub-nets masked and sliced to 4 buckets per gate
+   (``slice_buckets: 4``; exact slices, 11x and 66x on the issue's H200, are left out to save
+   time); the better of the two against the goals: arch-phase step / plain step <= 3.5
+   (ResNet-50) or 4 (MobileNetV2), warm-up step / plain step <= 2.5 (ResNet-50).
 5. ``latency budget``: ``benchmarks/latency_budget.py --backend cuda`` on ResNet-50, bf16, batch
    256, a 50% latency budget: the table built on the GPU, then dmcp-lat / dmcp-macs / uniform
    measured; PASS when its speed-up goal line (issue 20: >= 1.8x) says MET.
@@ -64,11 +65,11 @@ GPU = Settings(
                       "search.lr_warmup_steps=0",
                       "retrain.epochs=1", "retrain.lr=0.01", "retrain.warmup_epochs=0", "run.latency_runs=5"),
     overhead=("--size", "224", "--batch", "64", "--amp", "bf16", "--device", "cuda", "--channels-last",
-              "--steps", "25", "--warmup", "40", "--slice-buckets", "4"),
+              "--steps", "25", "--warmup", "40", "--modes", "masked,bucketed", "--slice-buckets", "4"),
     latency=("--device", "cuda", "--amp", "bf16", "--models", "resnet50,mobilenet_v2", "--batches", "256",
              "--arms", "full,dmcp d8,uniform d8", "--repeats", "10"),
     budget=("--backend", "cuda", "--batch", "256", "--models", "resnet50", "--targets", "0.5", "--rounds", "3"),
-    limits={"recipe": 150, "overhead": 150, "latency": 150, "budget": 300},
+    limits={"recipe": 150, "overhead": 120, "latency": 150, "budget": 300},
 )
 CPU_SMOKE = Settings(
     device="cpu", models=("resnet18",), size=32, batches=(1, 2),
@@ -80,7 +81,7 @@ CPU_SMOKE = Settings(
                       "retrain.epochs=1", "retrain.lr=0.01", "retrain.warmup_epochs=0", "run.latency_runs=2",
                       "run.threads=1"),
     overhead=("--size", "32", "--batch", "2", "--device", "cpu", "--steps", "2", "--warmup", "1", "--threads", "1",
-              "--slice-buckets", "4"),
+              "--modes", "masked,sliced,bucketed"),
     latency=None,
     budget=("--smoke",),
     limits={"recipe": 300, "overhead": 300, "latency": 0, "budget": 300},

@@ -8,18 +8,17 @@ Prints one table (seconds per step, images per second, cost relative to plain tr
   (gates in expected mode, CE + budget loss, alpha SGD step) -- what every step of
   the second half of a search costs.
 
-Each search step is timed twice: ``masked`` runs the min and random sub-nets with
-channel masks (full-width compute), ``sliced`` with physically sliced weights
-(slimmable execution, :mod:`dmcpfx.search.slimmable`), and with ``--slice-buckets K`` a third
-time as ``bucketed``: sliced to ``K`` bucket widths per gate, masked inside the bucket (the
-``slice_buckets`` search option: fewer shapes, for cached GPU plans). The max net and the architecture
-step always run at full width. Data are synthetic (one random batch kept on the
-device), so the numbers measure compute only; the sub-net widths are drawn from the
-same seeded generator in both modes. Examples::
+Each search step is timed once per ``--modes`` entry: ``masked`` runs the min and random sub-nets
+with channel masks (full-width compute), ``sliced`` with physically sliced weights (slimmable
+execution, :mod:`dmcpfx.search.slimmable`), ``bucketed`` sliced to ``--slice-buckets`` widths per
+gate and masked inside the bucket (the ``slice_buckets`` search option: fewer shapes, for cached
+GPU plans). The max net and the architecture step always run at full width. Data are
+synthetic (one random batch kept on the device), so the numbers measure compute only; the
+sub-net widths are drawn from the same seeded generator in every mode. Examples::
 
     python benchmarks/search_overhead.py                      # CPU, small ResNet, 32x32
     python benchmarks/search_overhead.py --model resnet50 --size 224 --batch 64 \\
-        --amp bf16 --device cuda --steps 50 --channels-last --slice-buckets 4
+        --amp bf16 --device cuda --steps 50 --channels-last --modes masked,sliced,bucketed
 """
 from __future__ import annotations
 
@@ -89,6 +88,17 @@ def conv_width_costs(channels: int, size: int, batch: int, device: torch.device,
     return rows
 
 
+MODES = ("masked", "sliced", "bucketed")
+
+
+def _modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    wrong = [m for m in modes if m not in MODES]
+    if wrong or "masked" not in modes:
+        raise argparse.ArgumentTypeError(f"modes are {', '.join(MODES)} and must include masked, got {text!r}")
+    return [m for m in MODES if m in modes]  # masked first: the baseline of the ratios
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="small_resnet", help="small_resnet or a torchvision model name")
@@ -103,8 +113,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--target", default="0.5", help="budget for the arch step (ratio or MACs)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--markdown", default=None, help="also write the table to this file")
-    ap.add_argument("--slice-buckets", type=int, default=0, metavar="K",
-                    help="also time sliced sub-nets cut to K bucket widths per gate (0: not timed)")
+    ap.add_argument("--modes", default="masked,sliced", type=_modes,
+                    help="how the sub-nets run, comma-separated: masked (always), sliced, bucketed")
+    ap.add_argument("--slice-buckets", type=int, default=4, metavar="K",
+                    help="bucket widths per gate of the bucketed mode (default 4)")
     ap.add_argument("--conv-widths", type=int, default=0, metavar="C",
                     help="also time one 3x3 conv at each width of the 10%% grid of C channels "
                          "(at the input size halved twice, the last stage of the small ResNet)")
@@ -133,8 +145,8 @@ def plain_stepper(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, devi
 
 
 def search_steppers(space: Any, target: float, device: torch.device, amp: str | None,
-                    slice_buckets: int = 0) -> dict[str, SearchStep]:
-    """The search step with masked and with sliced sub-nets (and bucketed ones for ``slice_buckets > 0``)."""
+                    modes: list[str] = ("masked", "sliced"), slice_buckets: int = 4) -> dict[str, SearchStep]:
+    """The search step for each of ``modes`` (masked, sliced, bucketed at ``slice_buckets``)."""
     def stepper_for(slimmable: bool, buckets: int = 0) -> SearchStep:
         return SearchStep(
             space,
@@ -144,10 +156,9 @@ def search_steppers(space: Any, target: float, device: torch.device, amp: str | 
             target=target, device=device, amp=amp, slimmable=slimmable, slice_buckets=buckets,
             generator=torch.Generator().manual_seed(0),
         )
-    steppers = {"masked": stepper_for(False), "sliced": stepper_for(True)}
-    if slice_buckets:
-        steppers["bucketed"] = stepper_for(True, slice_buckets)
-    return steppers
+    build = {"masked": lambda: stepper_for(False), "sliced": lambda: stepper_for(True),
+             "bucketed": lambda: stepper_for(True, slice_buckets)}
+    return {mode: build[mode]() for mode in modes}
 
 
 def time_search_steps(steppers: dict[str, SearchStep], x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace,
@@ -222,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     y = torch.randint(args.num_classes, (args.batch,), device=device)
     plain_step = plain_stepper(model, x, y, device, amp_dtype(args.amp))
     steppers = search_steppers(space, parse_target(args.target, space.full_flops), device, args.amp,
-                               args.slice_buckets)
+                               args.modes, args.slice_buckets)
     for mode in ("sliced", "bucketed"):
         if mode in steppers and not steppers[mode].slimmable:
             print(f"note: {mode} execution unavailable for this model: {steppers[mode].slimmable_reason}")

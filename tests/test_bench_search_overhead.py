@@ -11,7 +11,7 @@ def test_search_overhead_prints_masked_and_sliced_rows(capsys, tmp_path):
     module = load_benchmark("search_overhead.py")
     table = tmp_path / "overhead.md"
     module.main(["--batch", "4", "--size", "16", "--steps", "1", "--warmup", "0", "--markdown", str(table),
-                 "--conv-widths", "16", "--slice-buckets", "4"])
+                 "--conv-widths", "16", "--modes", "masked,sliced,bucketed"])
     out = capsys.readouterr().out
     for row in ("| plain |", "| warm-up step | masked |", "| warm-up step | sliced |",
                 "| arch-phase step | masked |", "| arch-phase step | sliced |", "sliced / masked",
