@@ -328,3 +328,38 @@ def test_search_on_all_digits_keeps_accuracy(tmp_path, capsys):
     with capsys.disabled():
         print(f"\n[digits full, 12 epochs] derived arch {f / space.full_flops:.1%} MACs: top1 {acc['top1']:.1f}%")
     assert acc["top1"] > 85.0
+
+
+class _DictOutput(nn.Module):
+    """A segmentation-style model that returns a dict (torchvision's FCN / DeepLab do)."""
+
+    def __init__(self, wrap):
+        super().__init__()
+        self.wrap = wrap
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.head(self.body(x))
+        return self.wrap(y)
+
+
+@pytest.mark.parametrize("wrap,got", [(lambda y: {"out": y}, r"a dict with keys \['out'\]"),
+                                      (lambda y: (y, y), "a tuple of 2 values"),
+                                      (lambda y: y.mean((1, 2, 3)), r"a tensor of shape \(1,\)")])
+def test_a_model_without_one_logits_tensor_is_a_clear_error(wrap, got):
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(4, (4, 8, 8))
+    space = dmcpfx.instrument(_DictOutput(wrap), x[:1])
+    with pytest.raises(ConfigError, match=f"returns {got}; wrap it"):
+        search(space, DataLoader(TensorDataset(x, y), batch_size=2), epochs=1, progress=False)
+
+
+def test_segmentation_logits_search():
+    """(N, classes, H, W) logits with (N, H, W) labels: cross-entropy and distillation per pixel."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(4, (8, 8, 8))
+    space = dmcpfx.instrument(_DictOutput(lambda t: t), x[:1])
+    result = search(space, DataLoader(TensorDataset(x, y), batch_size=4), epochs=2, target=0.6, progress=False)
+    assert result.steps == 4 and 0 < result.expected < result.full
+    assert all(math.isfinite(v) for v in result.expected_widths.values())
