@@ -14,7 +14,7 @@ from torch import nn
 from .amp import autocast_for
 from .errors import ConfigError
 from .data import ShardSampler
-from .labels import checked_loss
+from .labels import checked_loss, logits_tensor
 
 __all__ = ["evaluate", "sum_over_ranks"]
 
@@ -64,7 +64,7 @@ def evaluate(
             labels = labels.to(device, non_blocking=True)
             with autocast_for(amp, device):
                 logits = model(images)
-            logits = logits.float()
+            logits = logits_tensor(logits, "evaluate").float()
             loss_sum += checked_loss(F.cross_entropy, logits, labels, "evaluate", host=host, reduction="sum").item()
             k = min(5, logits.shape[1])
             topk = logits.topk(k, dim=1).indices

@@ -9,7 +9,27 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["checked_loss", "host_labels"]
+__all__ = ["checked_loss", "host_labels", "logits_tensor"]
+
+
+def logits_tensor(out: object, where: str) -> torch.Tensor:
+    """``out`` when it is ONE tensor of logits ``(N, classes, ...)``; anything else (a dict such as
+    torchvision's FCN returns, a tuple, a 1-d tensor) is a :class:`ConfigError` that says what
+    the model returned and how to wrap it."""
+    if isinstance(out, torch.Tensor) and out.ndim >= 2:
+        return out
+    if isinstance(out, dict):
+        got = f"a {type(out).__name__} with keys {list(out)[:6]}"
+    elif isinstance(out, (tuple, list)):
+        got = f"a {type(out).__name__} of {len(out)} values"
+    elif isinstance(out, torch.Tensor):
+        got = f"a tensor of shape {tuple(out.shape)}"
+    else:
+        got = type(out).__name__
+    raise ConfigError(
+        f"{where} trains and scores a classifier on the model's logits, one tensor (N, classes, ...), but the "
+        f"model returns {got}; wrap it so that forward returns the logits (for example out['out'] or out[0])"
+    )
 
 
 def host_labels(batch: object) -> torch.Tensor | None:

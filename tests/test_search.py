@@ -351,7 +351,7 @@ def test_a_model_without_one_logits_tensor_is_a_clear_error(wrap, got):
     torch.manual_seed(0)
     x, y = torch.randn(4, 3, 8, 8), torch.randint(4, (4, 8, 8))
     space = dmcpfx.instrument(_DictOutput(wrap), x[:1])
-    with pytest.raises(ConfigError, match=f"returns {got}; wrap it"):
+    with pytest.raises(ConfigError, match=f"search trains .* returns {got}; wrap it"):
         search(space, DataLoader(TensorDataset(x, y), batch_size=2), epochs=1, progress=False)
 
 
@@ -363,3 +363,11 @@ def test_segmentation_logits_search():
     result = search(space, DataLoader(TensorDataset(x, y), batch_size=4), epochs=2, target=0.6, progress=False)
     assert result.steps == 4 and 0 < result.expected < result.full
     assert all(math.isfinite(v) for v in result.expected_widths.values())
+
+
+def test_evaluating_a_dict_output_model_is_a_clear_error():
+    from dmcpfx.accuracy import evaluate as evaluate_model
+
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(4, (4,))
+    with pytest.raises(ConfigError, match=r"evaluate .* returns a dict with keys \['out'\]"):
+        evaluate_model(_DictOutput(lambda t: {"out": t.mean((2, 3))}), DataLoader(TensorDataset(x, y), batch_size=2))

@@ -35,7 +35,7 @@ from dmcpfx.amp import amp_dtype, autocast_for
 from dmcpfx.errors import ConfigError
 from dmcpfx.finite import FirstBadStep, check_parameters, check_val_loss
 from dmcpfx.harness import RunFiles, epochs, steps_per_epoch
-from dmcpfx.labels import checked_loss
+from dmcpfx.labels import checked_loss, logits_tensor
 from dmcpfx.progress import bars_enabled
 from dmcpfx.product.retrain_options import RetrainOptions
 from dmcpfx.product.retrain_state import CHECKPOINT_FORMAT, CHECKPOINT_NAME, METRICS_NAME
@@ -145,7 +145,7 @@ class _EpochLoop:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             with autocast_for(self.amp, self.device):
-                logits = self.model(images)
+                logits = logits_tensor(self.model(images), desc)
                 loss = checked_loss(self.criterion, logits.float(), labels, desc, host=host)
             watch.update(loss, i + 1)
             self.optimizer.zero_grad(set_to_none=True)

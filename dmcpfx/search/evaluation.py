@@ -18,7 +18,7 @@ from .bn import FrozenStats, batchnorm_sites, recalibrate_bn
 from ..errors import ConfigError
 from ..amp import amp_dtype, autocast, to_device
 from .step import gate_state, restore_gate_state
-from ..labels import checked_loss, host_labels
+from ..labels import checked_loss, host_labels, logits_tensor
 
 __all__ = ["evaluate_space"]
 
@@ -90,7 +90,7 @@ def evaluate_space(
             x, y = to_device(batch, device, channels_last)
             with autocast(device, dtype):
                 out = space(x)
-            out = out.float()
+            out = logits_tensor(out, "evaluate").float()
             loss_sum += checked_loss(F.cross_entropy, out, y, "evaluate", host=host_labels(batch),
                                      reduction="sum").double()
             correct += (out.argmax(1) == y).sum()

@@ -31,7 +31,7 @@ from .metric import BudgetMetric
 from .metric import budget_metric as resolve_metric
 from ..errors import ConfigError
 from ..compare import run_eval
-from ..labels import checked_loss
+from ..labels import checked_loss, logits_tensor
 from .slimmable import SlicedRunner
 
 __all__ = ["SearchStep", "distill_loss", "gate_state", "restore_gate_state"]
@@ -50,24 +50,8 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
 def check_logits_output(space: Any, device: torch.device) -> None:
     """The search trains a classifier (cross-entropy, distillation over dim 1): ``space`` must
     return ONE tensor of logits ``(N, classes, ...)``. Runs the example input once (eval mode);
-    anything else (a dict, a tuple, a 1-d tensor) is a :class:`ConfigError` that says what came
-    back and how to wrap the model."""
-    inputs = tuple(t.to(device) for t in space.example_inputs)
-    out = run_eval(space, inputs)
-    if isinstance(out, torch.Tensor) and out.ndim >= 2:
-        return
-    if isinstance(out, dict):
-        got = f"a {type(out).__name__} with keys {list(out)[:6]}"
-    elif isinstance(out, (tuple, list)):
-        got = f"a {type(out).__name__} of {len(out)} values"
-    elif isinstance(out, torch.Tensor):
-        got = f"a tensor of shape {tuple(out.shape)}"
-    else:
-        got = type(out).__name__
-    raise ConfigError(
-        f"search trains a classifier on the model's logits, one tensor (N, classes, ...), but the model "
-        f"returns {got}; wrap it so that forward returns the logits (for example out['out'] or out[0])"
-    )
+    anything else is a :class:`ConfigError` (:func:`~dmcpfx.labels.logits_tensor`)."""
+    logits_tensor(run_eval(space, tuple(t.to(device) for t in space.example_inputs)), "search")
 
 
 def gate_state(space: Any) -> dict[str, tuple[str, int]]:
