@@ -7,13 +7,13 @@ and run sections here, those of the stage sections by their options objects
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
 from .amp import amp_dtype
 from .errors import ConfigError
+from .memory import available_memory
 from .models import check_input_shape
 from .options import MAX_EPOCHS, fail, int_in, one_of
 
@@ -85,21 +85,6 @@ def validate_config(cfg) -> None:
     _int("run.latency_runs", u.latency_runs, 1)
     _int("run.threads", u.threads, 1, optional=True)
     check_memory(cfg)
-
-
-def available_memory() -> int:
-    """Bytes of memory available to a new allocation (MemAvailable; else physical memory)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return 1 << 62
 
 
 def check_memory(cfg) -> None:

@@ -13,7 +13,8 @@ autocast) on the CPU, on the first two rows of the example input. Float32 agreem
 ``rtol`` (default 1e-6), where rounding cannot hide a small real difference (a channel count
 that the forward code uses as a number, ``/ math.sqrt(q.shape[1])``, changes a softmax
 attention's output by ~1e-4: within float32 noise of a deep net, 100 times ``rtol`` in
-float64). A model that cannot run in float64 keeps the float32 verdict at
+float64). A model that cannot run in float64, or whose float64 copy would take more than a
+quarter of the memory available (ViT-H on a 24 GB machine), keeps the float32 verdict at
 :data:`FLOAT32_FALLBACK_RTOL`. A model on another device (CUDA) or in
 float16/bfloat16 is sliced as a CPU float32 copy of itself, and the result is moved back
 to the model's device and dtypes, so neither the device nor TF32 can fail a correct model.
@@ -29,6 +30,7 @@ from .analysis import analyze
 from .arch import resolve_arch
 from .compare import module_matches, nested_outputs_match, run_eval
 from .errors import DmcpfxError
+from .memory import available_memory
 from .analysis.channel_graph import ChannelGraph
 from .search.gates import MarkovGate, split_channels
 from .passes.gate_insertion import gate_key, insert_gates
@@ -128,6 +130,8 @@ def _confirmed_match(module: nn.Module, masked: nn.Module, inputs, reference, rt
     float32 at :data:`FLOAT32_FALLBACK_RTOL`."""
     if module_matches(module, inputs, reference, min(rtol, FLOAT32_AGREEMENT)):
         return True
+    if not _float64_fits(masked, module):  # a huge model: no float64 copy, the float32 verdict
+        return module_matches(module, inputs, reference, max(rtol, FLOAT32_FALLBACK_RTOL))
     try:
         wide = tuple(t.double() if t.is_floating_point() else t for t in inputs)
         want = run_eval(copy.deepcopy(masked).double(), wide)
@@ -135,6 +139,15 @@ def _confirmed_match(module: nn.Module, masked: nn.Module, inputs, reference, rt
     except Exception:  # noqa: BLE001 - a model that cannot run in float64: the float32 verdict
         return module_matches(module, inputs, reference, max(rtol, FLOAT32_FALLBACK_RTOL))
     return nested_outputs_match(got, want, rtol)
+
+
+def _float64_fits(*modules: nn.Module) -> bool:
+    """True when a float64 copy of the largest of ``modules`` (8 bytes per floating-point
+    parameter and buffer; the copies are made one at a time) takes at most a quarter of the
+    memory available, leaving room for everything the caller holds."""
+    largest = max(sum(t.numel() for t in list(m.parameters()) + list(m.buffers()) if t.is_floating_point())
+                  for m in modules)
+    return 8 * largest * 4 <= available_memory()
 
 
 def _made_on(graph: ChannelGraph, model: nn.Module) -> bool:

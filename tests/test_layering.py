@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 #: layer rank of each module, lowest first; a module may import its own layer or lower ones
 SHARED = ("errors", "fileio", "yamlio", "progress", "finite", "compare", "inputs", "amp", "training", "harness",
           "arch", "plots", "accuracy", "counting", "version", "numerics", "api_checks", "labels", "image_files", "data", "data_fashion", "idx", "models", "demo_models",
-          "options")
+          "options", "memory")
 LAYERS = {
     "shared": 0,        # contracts below every stage: the modules of SHARED
     "analysis": 1,      # dmcpfx.analysis: channel groups of an exported graph
