@@ -129,13 +129,19 @@ def test_materialize_confirms_a_float32_mismatch_in_float64(monkeypatch):
     model, x = _model()
     widths = _half_widths(dmcpfx.analyze(model, x))
     module = importlib.import_module("dmcpfx.materialize")
-    real_matches, real_slice, seen = module.module_matches, module.slice_model, []
+    real_outputs_match, real_slice, seen = module.nested_outputs_match, module.slice_model, []
 
     def float32_fails(m, inputs, reference, rtol):
         seen.append(inputs[0].dtype)
-        return inputs[0].dtype == torch.float64 and real_matches(m, inputs, reference, rtol)
+        return False
+
+    def float64_compare(got, want, rtol):
+        seen.append(got.dtype)
+        assert rtol == 1e-6  # materialize's float64 tolerance
+        return real_outputs_match(got, want, rtol)
 
     monkeypatch.setattr(module, "module_matches", float32_fails)
+    monkeypatch.setattr(module, "nested_outputs_match", float64_compare)
     compact = dmcpfx.materialize(model, widths, x)
     assert seen == [torch.float32, torch.float64]
     assert not isinstance(compact, torch.fx.GraphModule)
