@@ -46,7 +46,7 @@ def _divisor(key: str, value: Any) -> None:
         fail(key, "an integer >= 1, 'auto' or null", value)
 
 
-def _buckets(key: str, value: Any) -> None:
+def check_slice_buckets(key: str, value: Any) -> None:
     """0 (exact widths) or an integer >= 2 (min and full are always buckets)."""
     if not (isinstance(value, int) and not isinstance(value, bool) and (value == 0 or 2 <= value <= 1000)):
         fail(key, "0 (slice to the exact widths) or an integer from 2 to 1000 (buckets per gate)", value)
@@ -158,7 +158,7 @@ class SearchOptions(Options):
             ("markov_schedule", one_of(MARKOV_SCHEDULES)), ("markov_decay", float_in(0.0, 1.0, low_open=True)),
             ("markov_prob_final", float_in(0.0, 1.0)), ("alpha_init", one_of(ALPHA_INITS)),
             ("bn_stats", one_of(BN_STATS)), ("slimmable", one_of(SLIMMABLE_CHOICES)),
-            ("slice_buckets", _buckets), ("amp", one_of(AMP_CHOICES)),
+            ("slice_buckets", check_slice_buckets), ("amp", one_of(AMP_CHOICES)),
             ("channels_last", boolean), ("seed", int_in(0)), ("log_interval", int_in(1)),
         ]
 

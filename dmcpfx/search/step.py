@@ -32,6 +32,7 @@ from .metric import budget_metric as resolve_metric
 from ..errors import ConfigError
 from ..compare import run_eval
 from ..labels import checked_loss, logits_tensor
+from .options import check_slice_buckets
 from .slimmable import SlicedRunner
 
 __all__ = ["SearchStep", "distill_loss", "gate_state", "restore_gate_state"]
@@ -145,8 +146,7 @@ class SearchStep:
         self._groups = {gid: list(info.candidates) for gid, info in space.groups.items()}
         self._min_widths = {gid: cands[0] for gid, cands in self._groups.items()}
         use_slices, self.slimmable_reason = slimmable_choice(slimmable, device)
-        if isinstance(slice_buckets, bool) or not isinstance(slice_buckets, int) or slice_buckets < 0:
-            raise ConfigError(f"slice_buckets must be 0 or an integer >= 2, got {slice_buckets!r}")
+        check_slice_buckets("slice_buckets", slice_buckets)  # the option's own rule
         self.slice_buckets = slice_buckets
         self.runner = self._sliced_runner() if use_slices else None
         self.bn_stats = bn_stats
