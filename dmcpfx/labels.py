@@ -1,6 +1,13 @@
-"""Labels out of the model's class range: one line naming ``num_classes``, not torch's
-``IndexError: Target 9 is out of bounds`` -- nor, on CUDA, a device-side assert that kills the
-process's CUDA context (the labels are checked before the loss kernel is launched)."""
+"""Logits and labels that a classifier's loss cannot take, each a one-line :class:`ConfigError`:
+
+- a model output that is not one tensor of logits ``(N, K, ...)`` with ``K >= 2`` classes (a
+  dict, a tuple, a 1-d tensor, or one output, where cross-entropy is always 0 and nothing learns);
+- labels that are not integer class indices of the logits' shape without the class dimension
+  (float, one-hot or soft labels, a wrong shape), not torch's ``expected target dtype`` from
+  inside the loss; other integer dtypes are cast to int64;
+- labels out of the model's class range: the message names ``num_classes``, not torch's
+  ``IndexError: Target 9 is out of bounds`` -- nor, on CUDA, a device-side assert that kills the
+  process's CUDA context (the labels are checked before the loss kernel is launched)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -17,6 +24,11 @@ def logits_tensor(out: object, where: str) -> torch.Tensor:
     torchvision's FCN returns, a tuple, a 1-d tensor) is a :class:`ConfigError` that says what
     the model returned and how to wrap it."""
     if isinstance(out, torch.Tensor) and out.ndim >= 2:
+        if out.shape[1] < 2:
+            raise ConfigError(
+                f"{where} trains and scores a classifier, but the model returns {out.shape[1]} output per "
+                f"example (shape {tuple(out.shape)}); cross-entropy needs at least 2 classes in dimension 1"
+            )
         return out
     if isinstance(out, dict):
         got = f"a {type(out).__name__} with keys {list(out)[:6]}"
@@ -44,14 +56,26 @@ def host_labels(batch: object) -> torch.Tensor | None:
 def _out_of_range(labels: torch.Tensor, k: int, where: str, ignore_index: int) -> ConfigError | None:
     """The error for the first label outside ``[0, k)`` (``ignore_index`` is allowed); None if all fit.
     A device tensor is copied to the host for this (a sync)."""
-    if labels.is_floating_point() or labels.dtype == torch.bool:  # class probabilities: torch checks the shape
-        return None
     flat = labels.reshape(-1).cpu()
     bad = flat[((flat < 0) | (flat >= k)) & (flat != ignore_index)]
     if bad.numel() == 0:
         return None
     return ConfigError(f"{where}: label {int(bad[0])} is out of range for the model's {k} outputs (num_classes={k}); "
                        f"build the model with num_classes >= the number of classes in the data")
+
+
+def _check_label_kind(logits: torch.Tensor, labels: torch.Tensor, where: str) -> torch.Tensor:
+    """``labels`` as int64 class indices of shape ``logits.shape`` without dimension 1; else a
+    ConfigError that shows both shapes and the labels' dtype. Shapes and dtypes only: no sync."""
+    want = tuple(logits.shape[:1]) + tuple(logits.shape[2:])
+    integer = not labels.is_floating_point() and not labels.is_complex() and labels.dtype != torch.bool
+    if not integer or tuple(labels.shape) != want:
+        hint = " (one-hot or soft labels: pass labels.argmax(1))" if tuple(labels.shape) == tuple(logits.shape) else ""
+        raise ConfigError(
+            f"{where}: labels must be integer class indices of shape {want} for logits of shape "
+            f"{tuple(logits.shape)}, got {str(labels.dtype).replace('torch.', '')} of shape {tuple(labels.shape)}{hint}"
+        )
+    return labels if labels.dtype == torch.int64 else labels.long()
 
 
 def checked_loss(loss_fn: Callable[..., torch.Tensor], logits: torch.Tensor, labels: torch.Tensor, where: str,
@@ -63,6 +87,7 @@ def checked_loss(loss_fn: Callable[..., torch.Tensor], logits: torch.Tensor, lab
     would trip a device-side assert): on ``host``, the same labels still on the CPU (no sync),
     or else on ``labels`` themselves (one host copy)."""
     k = logits.shape[1] if logits.dim() > 1 else 1
+    labels = _check_label_kind(logits, labels, where)
     ignore_index = int(kwargs.get("ignore_index", getattr(loss_fn, "ignore_index", -100)))
     if labels.device.type != "cpu":
         ref = host if host is not None and host.device.type == "cpu" and host.shape == labels.shape else labels

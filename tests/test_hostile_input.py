@@ -159,6 +159,39 @@ def test_labels_off_the_cpu_are_checked_before_the_loss_runs():
         checked_loss(torch.nn.functional.cross_entropy, torch.zeros(2, 4), torch.tensor([1, -3]), "evaluate")
 
 
+@pytest.mark.parametrize("labels,said", [
+    (torch.tensor([0.0, 1.0]), r"labels must be integer class indices of shape \(2,\) .* got float32 of shape \(2,\)$"),
+    (torch.tensor([[1, 0], [2, 3]]), r"got int64 of shape \(2, 2\)$"),
+    (torch.eye(4)[[1, 2]], r"got float32 of shape \(2, 4\) \(one-hot or soft labels: pass labels.argmax\(1\)\)$"),
+    (torch.tensor([True, False]), r"got bool of shape \(2,\)$"),
+])
+def test_labels_that_are_not_class_indices_are_one_line(tiny, labels, said):
+    """Float, one-hot, bool or mis-shaped labels: the stage names the shapes, not torch's loss."""
+    import copy
+
+    batches = _Loader([(torch.randn(2, 3, 8, 8), labels)])
+    with pytest.raises(ConfigError, match=r"^retrain .*: .*" + said):
+        dmcpfx.retrain(copy.deepcopy(tiny), batches, epochs=1, progress=False)
+    space = dmcpfx.instrument(copy.deepcopy(tiny).train(), X)
+    with pytest.raises(ConfigError, match=r"^search: .*" + said):
+        dmcpfx.search(space, batches, target=0.7, epochs=1, device="cpu", calib_batches=0, progress=False)
+
+
+def test_integer_labels_of_any_width_are_cast_and_one_output_is_refused():
+    """int32 / uint8 class indices give int64's loss; a model with one output (cross-entropy
+    over one class is always 0: nothing would learn) is refused by name."""
+    from dmcpfx.labels import checked_loss, logits_tensor
+
+    logits = torch.randn(3, 4)
+    ref = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 3, 1]))
+    for dtype in (torch.int32, torch.uint8, torch.int16):
+        got = checked_loss(torch.nn.functional.cross_entropy, logits, torch.tensor([0, 3, 1], dtype=dtype), "evaluate")
+        assert torch.equal(got, ref)
+    with pytest.raises(ConfigError, match=r"^search trains .* returns 1 output per example \(shape \(3, 1\)\)"):
+        logits_tensor(torch.zeros(3, 1), "search")
+    assert logits_tensor(logits, "search") is logits
+
+
 class NanInEval(nn.Module):
     """Finite while training, NaN in eval mode (like BatchNorm statistics gone bad)."""
 
