@@ -5,6 +5,7 @@ torch.distributed with a sharded loader the counts are summed over the ranks.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Iterable
 
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .amp import autocast_for
+from .batches import model_fails_on, unpack
 from .errors import ConfigError
 from .data import ShardSampler
 from .labels import checked_loss, logits_tensor
@@ -58,11 +60,13 @@ def evaluate(
     model.eval()
     correct1 = correct5 = loss_sum = count = 0.0
     try:
-        for images, labels in loader:
+        for i, batch in enumerate(loader):
+            images, labels = unpack(batch)
             host = labels
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            with autocast_for(amp, device):
+            first = model_fails_on("evaluate", images, None) if i == 0 else contextlib.nullcontext()
+            with autocast_for(amp, device), first:
                 logits = model(images)
             logits = logits_tensor(logits, "evaluate").float()
             loss_sum += checked_loss(F.cross_entropy, logits, labels, "evaluate", host=host, reduction="sum").item()

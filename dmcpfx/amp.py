@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .batches import unpack
 from .errors import ConfigError
 
 __all__ = ["AMP_CHOICES", "amp_dtype", "autocast", "autocast_for", "to_device"]
@@ -42,9 +43,7 @@ def autocast_for(amp: str | None, device: torch.device):
 def to_device(batch: Any, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs, labels)`` of a loader batch on ``device``; 4-d inputs ``(N, C, H, W)`` in
     channels-last memory format when ``channels_last``."""
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise ConfigError(f"the loaders must yield (inputs, labels) pairs, got {type(batch).__name__}")
-    x, y = batch[0], batch[1]
+    x, y = unpack(batch)  # a one-line ConfigError for a dict, numpy arrays or an empty batch
     x = x.to(device, non_blocking=True)
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -61,7 +61,8 @@ def _out_of_range(labels: torch.Tensor, k: int, where: str, ignore_index: int) -
     if bad.numel() == 0:
         return None
     return ConfigError(f"{where}: label {int(bad[0])} is out of range for the model's {k} outputs (num_classes={k}); "
-                       f"build the model with num_classes >= the number of classes in the data")
+                       f"build the model with num_classes >= the number of classes in the data "
+                       f"(a label to ignore, such as a void 255, must be {ignore_index})")
 
 
 def _check_label_kind(logits: torch.Tensor, labels: torch.Tensor, where: str) -> torch.Tensor:

@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 #: layer rank of each module, lowest first; a module may import its own layer or lower ones
-SHARED = ("errors", "fileio", "yamlio", "progress", "finite", "compare", "inputs", "amp", "training", "harness",
+SHARED = ("errors", "fileio", "yamlio", "progress", "finite", "compare", "inputs", "batches", "amp", "training", "harness",
           "arch", "plots", "accuracy", "counting", "version", "numerics", "api_checks", "labels", "image_files", "data", "data_fashion", "idx", "models", "demo_models",
           "options", "memory")
 LAYERS = {

@@ -21,6 +21,7 @@ Accuracies are percentages in [0, 100]; losses are mean per-sample nats.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from torch import nn
 
 from dmcpfx.accuracy import evaluate, sum_over_ranks
 from dmcpfx.amp import amp_dtype, autocast_for
+from dmcpfx.batches import model_fails_on, unpack
 from dmcpfx.errors import ConfigError
 from dmcpfx.finite import FirstBadStep, check_parameters, check_val_loss
 from dmcpfx.harness import RunFiles, epochs, steps_per_epoch
@@ -140,11 +142,13 @@ class _EpochLoop:
         bar = tqdm(loader, total=steps, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
         loss = torch.zeros(())
         watch = FirstBadStep(self.device)  # NaN/inf losses, found without a sync per step
-        for i, (images, labels) in enumerate(bar):
+        for i, batch in enumerate(bar):
+            images, labels = unpack(batch)
             host = labels
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-            with autocast_for(self.amp, self.device):
+            first = model_fails_on(desc, images, None) if i == 0 else contextlib.nullcontext()
+            with autocast_for(self.amp, self.device), first:
                 logits = logits_tensor(self.model(images), desc)
                 loss = checked_loss(self.criterion, logits.float(), labels, desc, host=host)
             watch.update(loss, i + 1)

@@ -31,6 +31,7 @@ import torch
 from torch import fx, nn
 
 from ..amp import amp_dtype, autocast, to_device
+from ..batches import model_fails_on
 from ..passes.batchnorm_args import BN_CALLS, cumulative_batch_norm
 from ..errors import ConfigError
 
@@ -187,7 +188,7 @@ def recalibrate_bn(space: nn.Module, loader: Iterable, batches: int, *, device: 
                 x, _ = to_device(batch, device, channels_last)
                 if graph_sites:
                     set_momentum(1.0 / (seen + 1))  # the running mean of the batch statistics
-                with autocast(device, dtype):
+                with autocast(device, dtype), model_fails_on("BN calibration", x, space.example_inputs[0]):
                     space(x)
                 seen += 1
     finally:

@@ -17,6 +17,7 @@ from torch import nn
 from .bn import FrozenStats, batchnorm_sites, recalibrate_bn
 from ..errors import ConfigError
 from ..amp import amp_dtype, autocast, to_device
+from ..batches import model_fails_on
 from .step import gate_state, restore_gate_state
 from ..labels import checked_loss, host_labels, logits_tensor
 
@@ -88,7 +89,7 @@ def evaluate_space(
             if max_batches is not None and i >= max_batches:
                 break
             x, y = to_device(batch, device, channels_last)
-            with autocast(device, dtype):
+            with autocast(device, dtype), model_fails_on("evaluate", x, space.example_inputs[0]):
                 out = space(x)
             out = logits_tensor(out, "evaluate").float()
             loss_sum += checked_loss(F.cross_entropy, out, y, "evaluate", host=host_labels(batch),

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..amp import to_device
+from ..batches import model_fails_on
 from ..errors import ConfigError
 from ..finite import check_search_step
 from ..harness import RunFiles, steps_per_epoch
@@ -195,11 +196,12 @@ class SearchRun:
         lr_now = self.weight_opt.param_groups[0]["lr"]
         arch_lr_now = self.arch_opt.param_groups[0]["lr"] if in_arch else None
         host = host_labels(batch)
-        stats = self.stepper.weight_step(x, y, markov_prob=p, host_labels=host)
-        self.scheds["weight_scheduler"].step()
-        if in_arch:
-            stats.update(self.stepper.arch_step(x, y, host_labels=host))
-            self.scheds["arch_scheduler"].step()
+        with model_fails_on("search", x, self.space.example_inputs[0]):
+            stats = self.stepper.weight_step(x, y, markov_prob=p, host_labels=host)
+            self.scheds["weight_scheduler"].step()
+            if in_arch:
+                stats.update(self.stepper.arch_step(x, y, host_labels=host))
+                self.scheds["arch_scheduler"].step()
         check_search_step(  # NaN/inf loss or alpha: stop, naming epoch and step
             stats, self.space, epoch=epoch + 1, step=self.step + 1, lr=lr_now, arch_lr=arch_lr_now)
         self.step += 1
