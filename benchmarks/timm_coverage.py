@@ -10,7 +10,7 @@ For every model of ``tests/zoo_models.py`` (``pretrained=False``, ``num_classes=
 - **prunable share**: of the conv / linear output channels, counted once per module,
   the share whose channel group is prunable (ours) or that Torch-Pruning shrank
   (its ``BasePruner`` with L1 magnitude, ratio 0.5, classifier ignored, and its own
-  zeroed-channel oracle from ``zoo_vs_torch_pruning.py``);
+  zeroed-channel oracle from ``zoo_vs_tp_arms.py``);
 - the most frequent freeze reason, and ``torch.fx.symbolic_trace`` time (the tracer
   the export replaced), or its one-line failure.
 
@@ -43,7 +43,8 @@ from dmcpfx.counting import count_flops  # noqa: E402
 from dmcpfx.fileio import write_text_atomic  # noqa: E402
 from equivalence import TOL, first_tensor, randomize_norms, random_widths, rel_diff  # noqa: E402
 from zoo_models import FAMILY_OF, TIMM_MODELS, build_timm  # noqa: E402
-from zoo_vs_torch_pruning import one_line, run_torch_pruning, time_limit  # noqa: E402
+from zoo_vs_torch_pruning import time_limit  # noqa: E402
+from zoo_vs_tp_arms import one_line, run_torch_pruning  # noqa: E402
 
 CHANNEL_MODULES = (nn.modules.conv._ConvNd, nn.Linear)
 
