@@ -13,6 +13,7 @@ import torch
 
 from .amp import amp_dtype
 from .errors import ConfigError
+from .harness import checked_device
 from .memory import available_memory
 from .models import check_input_shape
 from .options import MAX_EPOCHS, fail, int_in, one_of
@@ -36,22 +37,13 @@ def _choice(key: str, value: Any, choices) -> None:
 
 
 def check_device(device: str | None, key: str = "run.device") -> None:
-    """``device`` is null, ``cpu``, or a CUDA device that exists here (else ConfigError)."""
+    """``device`` is null, ``cpu``, or a CUDA device that exists here (else ConfigError):
+    :func:`~dmcpfx.harness.checked_device`'s rule, restricted to the CPU and CUDA."""
     if device is None:
         return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
+    if not isinstance(device, str) or device.split(":")[0] not in ("cpu", "cuda"):
         _fail(key, "null, 'cpu', 'cuda' or 'cuda:N'", device)
-    if dev.type == "cpu":
-        return
-    if dev.type != "cuda":
-        _fail(key, "null, 'cpu', 'cuda' or 'cuda:N'", device)
-    if not torch.cuda.is_available():
-        raise ConfigError(f"config key {key!r} is {device!r} but CUDA is not available here; use cpu or null")
-    if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"config key {key!r} is {device!r} but this machine has {torch.cuda.device_count()} "
-                          f"CUDA device(s)")
+    checked_device(device, f"config key {key!r}")
 
 
 def validate_config(cfg) -> None:

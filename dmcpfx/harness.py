@@ -23,19 +23,38 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
 from .fileio import write_text_atomic
 from .training import (
     DistContext, MetricsWriter, check_resume_config, gather_rng_states, load_checked, save_checkpoint,
 )
 
-__all__ = ["RunFiles", "epochs", "resolve_device", "steps_per_epoch"]
+__all__ = ["RunFiles", "checked_device", "epochs", "resolve_device", "steps_per_epoch"]
 
 
-def resolve_device(device: str | torch.device | None, ctx: DistContext) -> torch.device:
-    """``device`` when given; under torchrun the rank's device; else CUDA when available, else CPU."""
+def checked_device(device: str | torch.device, key: str) -> torch.device:
+    """``device`` as a :class:`torch.device` that this machine has; else a ConfigError naming ``key``
+    (a misspelled device, CUDA asked where there is none, a CUDA index past the last device)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{key} must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key} is {str(dev)!r} but CUDA is not available here (torch {torch.__version__}); "
+                              f"use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"{key} is {str(dev)!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{key} is 'mps' but MPS is not available here; use 'cpu'")
+    return dev
+
+
+def resolve_device(device: str | torch.device | None, ctx: DistContext, key: str = "device") -> torch.device:
+    """``device`` when given (checked: :func:`checked_device`); under torchrun the rank's device;
+    else CUDA when available, else CPU."""
     if device is not None:
-        return torch.device(device)
+        return checked_device(device, key)
     if ctx.distributed:
         return ctx.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -74,6 +93,8 @@ class RunFiles:
     def __init__(self, run_dir: str | os.PathLike | None, *, checkpoint: str, metrics: str, fmt: str,
                  what: str, ctx: DistContext):
         self.run_path = Path(run_dir) if run_dir is not None else None
+        if self.run_path is not None and self.run_path.exists() and not self.run_path.is_dir():
+            raise OutputError(f"{what.split()[0]}: run_dir {self.run_path} exists and is not a directory")
         self.checkpoint_path = self.run_path / checkpoint if self.run_path is not None else None
         self.metrics_path = self.run_path / metrics if self.run_path is not None else None
         self.fmt, self.what, self.ctx = fmt, what, ctx

@@ -159,3 +159,42 @@ def test_arch_model_is_checked(tiny_arch, tmp_path, capsys):
     assert main(["materialize", "dmcpfx.demo_models:custom_net", str(path), "--input-shape", "1,3,8,8",
                  "--output", str(out)]) == 2
     assert "made for model" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("device,said", [
+    ("tpu", r"must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got 'tpu'"),
+    (7, r"is 'cuda:7' but (CUDA is not available here|this machine has \d CUDA device)"),
+])
+def test_a_device_this_machine_lacks_is_one_line_naming_the_stage(device, said):
+    """search and retrain check ``device`` before anything: not torch's parser or driver error."""
+    import torch
+
+    import dmcpfx
+    from dmcpfx.demo_models import small_resnet
+
+    batches = [(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))]
+    model = small_resnet(num_classes=4, width=4)
+    with pytest.raises(ConfigError, match=r"^retrain.device " + said):
+        dmcpfx.retrain(model, batches, epochs=1, device=device, progress=False)
+    space = dmcpfx.instrument(model, torch.randn(1, 3, 8, 8))
+    with pytest.raises(ConfigError, match=r"^search.device " + said):
+        dmcpfx.search(space, batches, target=0.7, epochs=1, device=device, progress=False)
+
+
+def test_a_run_dir_that_is_a_file_is_one_line(tmp_path):
+    import torch
+
+    import dmcpfx
+    from dmcpfx.demo_models import small_resnet
+    from dmcpfx.errors import OutputError
+
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    batches = [(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))]
+    model = small_resnet(num_classes=4, width=4)
+    with pytest.raises(OutputError, match=rf"^retrain: run_dir {taken} exists and is not a directory$"):
+        dmcpfx.retrain(model, batches, epochs=1, run_dir=taken, progress=False)
+    space = dmcpfx.instrument(model, torch.randn(1, 3, 8, 8))
+    with pytest.raises(OutputError, match=rf"^search: run_dir {taken} exists and is not a directory$"):
+        dmcpfx.search(space, batches, target=0.7, epochs=1, run_dir=taken, progress=False)
+    assert taken.read_text() == "not a directory"

@@ -36,7 +36,7 @@ from dmcpfx.amp import amp_dtype, autocast_for
 from dmcpfx.batches import model_fails_on, unpack
 from dmcpfx.errors import ConfigError
 from dmcpfx.finite import FirstBadStep, check_parameters, check_val_loss
-from dmcpfx.harness import RunFiles, epochs, steps_per_epoch
+from dmcpfx.harness import RunFiles, checked_device, epochs, steps_per_epoch
 from dmcpfx.labels import checked_loss, logits_tensor
 from dmcpfx.progress import bars_enabled
 from dmcpfx.product.retrain_options import RetrainOptions
@@ -216,7 +216,7 @@ def retrain(
     check_module(model, "retrain")
     o = RetrainOptions.build(options, option_values, "retrain")
     ctx = distributed_context()
-    device = torch.device(device) if device is not None else torch.device(ctx.device)
+    device = checked_device(device, "retrain.device") if device is not None else torch.device(ctx.device)
     steps = steps_per_epoch(train_loader, "retrain")
     if resume and run_dir is None:
         raise ConfigError("retrain: resume=True needs run_dir (where the checkpoint lives)")

@@ -107,7 +107,7 @@ def search(
     check_space(space, "search")
     opts = SearchOptions.build(options, option_values, "search")
     ctx = distributed_context()
-    device = resolve_device(device, ctx)
+    device = resolve_device(device, ctx, "search.device")
     target, metric = resolve_budget(space, opts.target, opts.budget_metric, opts.latency_table)
     run = SearchRun(space, train_loader, opts, ctx, device, target, metric)
     run.start_or_resume(run_dir, resume)
