@@ -52,10 +52,14 @@ def check_path(value: Any, func: str, name: str) -> None:
         raise TypeError(f"{func}(): {name} must be a path (str or os.PathLike), got {_kind(value)}")
 
 
-def check_number(value: Any, func: str, name: str, *, low: float, integer: bool = False, low_open: bool = False) -> None:
-    """``value`` is a finite number (an int when ``integer``) ``>= low`` (``> low`` when ``low_open``)."""
+def check_number(value: Any, func: str, name: str, *, low: float, integer: bool = False, low_open: bool = False,
+                 high: float | None = None) -> None:
+    """``value`` is a finite number (an int when ``integer``) ``>= low`` (``> low`` when ``low_open``),
+    and ``<= high`` when given."""
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         raise TypeError(f"{func}(): {name} must be {'an integer' if integer else 'a number'}, got {_kind(value)}")
     if not math.isfinite(value) or (value <= low if low_open else value < low):
         raise InputError(f"{func}(): {name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise InputError(f"{func}(): {name} must be <= {high}, got {value!r}")

@@ -99,6 +99,8 @@ def test_wrong_argument_types_name_the_argument(tiny, call, match):
 
 @pytest.mark.parametrize("call,match", [
     (lambda m: dmcpfx.instrument(m, X, divisor=-4), r"instrument\(\): divisor must be >= 1, got -4"),
+    (lambda m: dmcpfx.instrument(m, X, min_ratio=2), r"instrument\(\): min_ratio must be <= 1.0, got 2$"),
+    (lambda m: dmcpfx.instrument(m, X, step=1.5), r"instrument\(\): step must be <= 1.0, got 1.5$"),
     (lambda m: dmcpfx.export_onnx(m, X, "m.onnx", rtol=-1), r"export_onnx\(\): rtol must be >= 0.0, got -1"),
     (lambda m: dmcpfx.materialize(m, {}, torch.full((1, 3, 8, 8), float("nan"))),
      r"materialize\(\): example_inputs holds NaN or inf"),
@@ -157,6 +159,17 @@ def test_labels_off_the_cpu_are_checked_before_the_loss_runs():
     assert checked_loss(lambda lo, la: "ran", logits, on_device, "search", host=fine) == "ran"
     with pytest.raises(ConfigError, match=r"evaluate: label -3 is out of range"):  # CPU: torch's IndexError, named
         checked_loss(torch.nn.functional.cross_entropy, torch.zeros(2, 4), torch.tensor([1, -3]), "evaluate")
+
+
+def test_set_widths_says_what_is_wrong_with_a_width(tiny):
+    space = dmcpfx.instrument(tiny, X)
+    gid = next(iter(space.groups))
+    with pytest.raises(dmcpfx.ArchError, match=rf"^group '{gid}': width must be an integer, got 3.3$"):
+        space.set_widths({gid: 3.3})
+    with pytest.raises(dmcpfx.ArchError, match=rf"^group '{gid}': width 99 is outside \[1, 4\]$"):
+        space.set_widths({gid: 99})
+    space.set_widths({gid: torch.tensor(2)})
+    assert space.current_widths()[gid] == 2
 
 
 @pytest.mark.parametrize("labels,said", [

@@ -46,8 +46,8 @@ def instrument(
     check_module(model, "instrument")
     check_example(example_inputs, "instrument")
     check_number(divisor, "instrument", "divisor", low=1, integer=True)
-    check_number(min_ratio, "instrument", "min_ratio", low=0.0, low_open=True)
-    check_number(step, "instrument", "step", low=0.0, low_open=True)
+    check_number(min_ratio, "instrument", "min_ratio", low=0.0, low_open=True, high=1.0)
+    check_number(step, "instrument", "step", low=0.0, low_open=True, high=1.0)
     if submodule:
         inputs = capture_inputs(model, example_inputs, submodule)
         return instrument(resolve_submodule(model, submodule), inputs, min_ratio=min_ratio, step=step,

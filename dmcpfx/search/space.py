@@ -108,10 +108,12 @@ class SearchSpace(nn.Module):
                 w = int(w.item())
             elif hasattr(w, "__index__") and not isinstance(w, bool):
                 w = int(w.__index__())  # numpy integers
-            if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= gate.width:
-                raise ArchError(f"group '{gid}': width {w!r} is outside [1, {gate.width}]")
+            if isinstance(w, bool) or not isinstance(w, int):
+                raise ArchError(f"group '{gid}': width must be an integer, got {w!r}")
+            if not 1 <= w <= gate.width:
+                raise ArchError(f"group '{gid}': width {w} is outside [1, {gate.width}]")
             if w % self.graph.groups[gid].divisor:
-                raise ArchError(f"group '{gid}': width {w} is not a multiple of {self.graph.groups[gid].divisor}")
+                raise ArchError(f"group '{gid}': width {w} is not a multiple of its divisor {self.graph.groups[gid].divisor}")
             gate.set_mode("width", w)
 
     def current_widths(self) -> dict[str, int]:
