@@ -71,7 +71,8 @@ def _check_label_kind(logits: torch.Tensor, labels: torch.Tensor, where: str) ->
     want = tuple(logits.shape[:1]) + tuple(logits.shape[2:])
     integer = not labels.is_floating_point() and not labels.is_complex() and labels.dtype != torch.bool
     if not integer or tuple(labels.shape) != want:
-        hint = " (one-hot or soft labels: pass labels.argmax(1))" if tuple(labels.shape) == tuple(logits.shape) else ""
+        hint = (" (one-hot labels: pass labels.argmax(1); soft or multi-label targets are not supported, the loss is "
+                "cross-entropy over classes)") if tuple(labels.shape) == tuple(logits.shape) else ""
         raise ConfigError(
             f"{where}: labels must be integer class indices of shape {want} for logits of shape "
             f"{tuple(logits.shape)}, got {str(labels.dtype).replace('torch.', '')} of shape {tuple(labels.shape)}{hint}"
