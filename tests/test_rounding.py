@@ -65,7 +65,9 @@ def test_the_divisor_grid_and_the_bounds_hold():
 def test_real_models_random_alphas_derive_tracks_expectation(seed):
     """Properties on a real model, random gates (fixed seeds): every width is a valid neighbour of
     its E[c]; the rounded count is at least as close to the aim as the official nearest rounding;
-    derive(expected) never exceeds the budget and lands in the band."""
+    derive(expected) never exceeds the budget and lands in the band: the target band, whose lower
+    edge drops to 0.99 E when the search ended inside its budget band [0.95 T, T] (then the arch
+    stays within 2% of E); a search below that band is filled up to the target band."""
     torch.manual_seed(seed)
     space = dmcpfx.instrument(small_resnet(width=10), (torch.randn(1, 3, 28, 28),))
     gen = torch.Generator().manual_seed(seed)
@@ -75,7 +77,7 @@ def test_real_models_random_alphas_derive_tracks_expectation(seed):
     e = expected_width_values(space)
     expected = float(expected_flops(space))
     valid = valid_widths(space)
-    for ratio in (0.95, 0.98, 1.0):
+    for ratio in (0.9, 0.95, 0.98, 1.0):
         target = expected / ratio
         aim = min(max(expected, 0.99 * target), 1.01 * target)
         band = (0.99 * target, 1.01 * target)
@@ -92,7 +94,11 @@ def test_real_models_random_alphas_derive_tracks_expectation(seed):
             warnings.simplefilter("ignore")
             widths = dmcpfx.derive(space, "expected", target=target)
         f = exact_flops(space, widths)
-        assert band[0] <= f <= band[1], (ratio, f / target)
+        reached = expected >= 0.95 * target
+        lo = min(band[0], 0.99 * expected) if reached else band[0]
+        assert lo <= f <= band[1], (ratio, f / target)
+        if reached:
+            assert abs(f / expected - 1.0) <= 0.02, (ratio, f / expected)
 
 
 def test_the_official_nearest_rounding_stays_an_option():

@@ -10,7 +10,9 @@ budget (exact count ``<= target * (1 + tolerance)``):
   nearest width (``round(E[c])``), which on small widths moved the count up to 4.4% from E;
   this rounding keeps it at E up to the grid's granularity (``rounding="nearest"``: the official
   one). When the exact count misses the band
-  ``[target * (1 - tolerance), target * (1 + tolerance)]``, make the SMALLEST change that
+  ``[target * (1 - tolerance), target * (1 + tolerance)]`` -- whose lower edge drops to
+  ``E * (1 - tolerance)`` when the search ended inside its budget band ``[budget_band * T, T]``
+  (it reached its budget: the arch stays at E, derive only rounds) -- make the SMALLEST change that
   meets it: moves of one divisor step in one group, each time the move that lands in the
   band (closest to E clamped into the band, then to the rounded widths) or else the one that brings
   the count furthest towards the band without jumping over it -- so as few channels as
@@ -114,9 +116,11 @@ class _SmallestChange:
     """Moves of one divisor step in one group towards the band (see the module docstring)."""
 
     def __init__(self, space: Any, count: Callable[[Any, Mapping[str, int]], int], target: float, tolerance: float,
-                 aim: float | None = None):
+                 aim: float | None = None, floor: float | None = None):
         self.space, self.count, self.target = space, count, target
         self.lo, self.hi = target * (1.0 - tolerance), target * (1.0 + tolerance)
+        if floor is not None:  # a lower edge below the target band (derive(expected) at a searched E)
+            self.lo = min(self.lo, floor)
         self.aim = target if aim is None else min(max(aim, self.lo), self.hi)  # in-band landing point
         self.valid = valid_widths(space)
         self.full = {gid: int(info.width) for gid, info in space.groups.items()}
@@ -225,11 +229,12 @@ def derive(
     if o.mode == "expected":
         with torch.no_grad():
             expected = float(metric.expected(space))
-        fill = _SmallestChange(space, count, target, o.tolerance, aim=expected)
+        floor = expected * (1.0 - o.tolerance) if o.budget_band * target <= expected else None
+        fill = _SmallestChange(space, count, target, o.tolerance, aim=expected, floor=floor)
         rounded = (round_expected(space, preferred) if o.rounding == "nearest"
                    else round_to_count(space, preferred, count, fill.aim, (fill.lo, fill.hi)))
         widths, derived = fill.run(rounded)
-        _warn_far_from_expected(expected, derived, target, metric)
+        _warn_far_from_expected(expected, derived, target, metric, reached=floor is not None)
     else:
         widths = _direct(space, count, adjuster, samples=o.samples, max_draws=o.max_draws, seed=o.seed,
                          val_loader=val_loader, val_batches=o.val_batches, calib_loader=calib_loader,
@@ -257,16 +262,19 @@ def _latency_block(space: Any, metric: BudgetMetric, widths: Mapping[str, int], 
             "threads": meta.get("threads")}
 
 
-def _warn_far_from_expected(expected: float, derived: float, target: float, metric: BudgetMetric) -> None:
+def _warn_far_from_expected(expected: float, derived: float, target: float, metric: BudgetMetric,
+                            reached: bool) -> None:
     """Warn when the derived count lies more than 2% from the searched expectation: the widths then
-    come from the band fill, not from the marginals (the search did not reach its budget)."""
+    come from the band fill, not from the marginals. ``reached``: E was inside the search's budget
+    band (then only coarse candidate widths can move the count that far)."""
     move = derived / expected - 1.0
     if abs(move) > EXPECTED_MOVE_LIMIT:
+        why = ("the groups' candidate widths are too coarse to land nearer" if reached else
+               "the search did not reach its budget band (longer search, or search.alpha_init=budget)")
         warnings.warn(
             f"derive(expected): the search ended at E = {human(expected)} {metric.unit} ({expected / target:.1%} of the "
-            f"target) and "
-            f"meeting the band moved the count by {move:+.1%}; the widths come from that fill more than from the "
-            f"search (longer search, or search.alpha_init=budget)",
+            f"target) and meeting the band moved the count by {move:+.1%}; the widths come from that fill more "
+            f"than from the search: {why}",
             stacklevel=3,
         )
 

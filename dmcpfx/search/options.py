@@ -188,8 +188,12 @@ class DeriveOptions(Options):
     batches of that held-out loader per sample, null: all). ``rounding`` (expected): count (each
     ``E[c]`` down or up to a neighbouring valid width so that the count tracks the search's E;
     deviation) | nearest (each to its nearest valid width, the official ``round(E[c])``).
-    ``tolerance``: relative band around the target. ``target``, ``seed``, ``calib_batches``,
-    ``budget_metric``, ``latency_table``: null takes the search's (``SearchOptions``) value.
+    ``tolerance``: relative band around the target. ``budget_band`` (expected): a search that
+    ended inside its budget band ``[budget_band * T, T]`` reached its budget, so the arch stays at
+    its E (the band's lower edge drops to ``E * (1 - tolerance)``): derive only rounds, as the
+    official code does; below it, derive fills up to the target band and warns. ``target``,
+    ``seed``, ``calib_batches``, ``budget_metric``, ``latency_table``, ``budget_band``: null takes
+    the search's (``SearchOptions``) value.
     """
 
     mode: str = "expected"
@@ -204,6 +208,7 @@ class DeriveOptions(Options):
     calib_batches: Union[int, None] = None
     budget_metric: Union[str, None] = None
     latency_table: Union[str, None] = None
+    budget_band: Union[float, None] = None
 
     section = "derive"
     aliases = {"target_flops": "target"}
@@ -217,6 +222,7 @@ class DeriveOptions(Options):
             ("target", lambda k, v: None if v is None else _target(k, v)),
             ("seed", int_in(0, optional=True)), ("calib_batches", int_in(0, optional=True)),
             ("budget_metric", one_of((None, *BUDGET_METRICS))), ("latency_table", _table_path(None)),
+            ("budget_band", lambda k, v: None if v is None else float_in(0.0, 1.0, low_open=True)(k, v)),
         ]
 
     def resolved(self, search: SearchOptions | None = None) -> "DeriveOptions":
@@ -231,4 +237,5 @@ class DeriveOptions(Options):
             calib_batches=s.calib_batches if self.calib_batches is None else self.calib_batches,
             budget_metric=s.budget_metric if self.budget_metric is None else self.budget_metric,
             latency_table=s.latency_table if self.latency_table is None else self.latency_table,
+            budget_band=s.budget_band if self.budget_band is None else self.budget_band,
         )
