@@ -70,8 +70,8 @@ from accuracy_arms import (  # noqa: E402
 )
 from accuracy_latency import ADDON_SETTINGS, add_latency_arm, latency_arm, latency_share, measure_latency_table  # noqa: E402
 from accuracy_report import (  # noqa: E402
-    ARMS, PROTOCOLS, TOLERANCE, Arm, fashion_goal_lines, gap_rows, latency_lines, plot_wider, random_lines,
-    supernet_lines, table, verdict,
+    ARMS, PROTOCOLS, Arm, fashion_goal_lines, gap_rows, latency_lines, plot_wider, random_lines,
+    supernet_lines, table, tolerance_text, verdict,
 )
 from dmcpfx.fileio import write_text_atomic  # noqa: E402
 from dmcpfx.search.holdout import split_holdout  # noqa: E402
@@ -334,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     full_macs, ids = int(space.full_flops), list(space.groups)
     ordered = sorted(arms.values(), key=lambda a: (a.target is not None, -(a.target or 0), ARMS.index(a.kind)
                                                      if a.kind in ARMS else -1))
-    warn = [f"WARNING: {a.label} NOT within {TOLERANCE[a.kind]:.0%} of its target" for a in ordered
+    warn = [f"WARNING: {a.label} NOT within {tolerance_text(a.kind)} of its target" for a in ordered
             if not a.within(full_macs)]
     for line in warn:
         warnings.warn(line, stacklevel=2)
