@@ -175,18 +175,28 @@ def test_set_widths_says_what_is_wrong_with_a_width(tiny):
 @pytest.mark.parametrize("labels,said", [
     (torch.tensor([0.0, 1.0]), r"labels must be integer class indices of shape \(2,\) .* got float32 of shape \(2,\)$"),
     (torch.tensor([[1, 0], [2, 3]]), r"got int64 of shape \(2, 2\)$"),
-    (torch.eye(4)[[1, 2]], r"got float32 of shape \(2, 4\) \(one-hot labels: pass labels.argmax\(1\); soft or multi-label .*\)$"),
+    (torch.eye(4)[[1, 2]],
+     r"got float32 of shape \(2, 4\) \(one-hot labels: pass labels.argmax\(1\); soft or multi-label .*\)$"),
     (torch.tensor([True, False]), r"got bool of shape \(2,\)$"),
 ])
-def test_labels_that_are_not_class_indices_are_one_line(tiny, labels, said):
-    """Float, one-hot, bool or mis-shaped labels: the stage names the shapes, not torch's loss."""
+def test_labels_that_are_not_class_indices_are_one_line(labels, said):
+    """Float, one-hot, bool or mis-shaped labels: the loss names the shapes, not torch's loss."""
+    from dmcpfx.labels import checked_loss
+
+    with pytest.raises(ConfigError, match=r"^evaluate: .*" + said):
+        checked_loss(torch.nn.functional.cross_entropy, torch.randn(2, 4), labels, "evaluate")
+
+
+def test_float_labels_stop_search_and_retrain_in_one_line(tiny):
+    """End to end: both stages go through that check before their first step."""
     import copy
 
-    batches = _Loader([(torch.randn(2, 3, 8, 8), labels)])
-    with pytest.raises(ConfigError, match=r"^retrain .*: .*" + said):
+    batches = _Loader([(torch.randn(2, 3, 8, 8), torch.tensor([0.0, 1.0]))])
+    said = r"labels must be integer class indices of shape \(2,\) for logits of shape \(2, 4\), got float32"
+    with pytest.raises(ConfigError, match=r"^retrain .*: " + said):
         dmcpfx.retrain(copy.deepcopy(tiny), batches, epochs=1, progress=False)
     space = dmcpfx.instrument(copy.deepcopy(tiny).train(), X)
-    with pytest.raises(ConfigError, match=r"^search: .*" + said):
+    with pytest.raises(ConfigError, match=r"^search: " + said):
         dmcpfx.search(space, batches, target=0.7, epochs=1, device="cpu", calib_batches=0, progress=False)
 
 

@@ -28,6 +28,12 @@ def tiny():
     return small_resnet(num_classes=4, width=4).eval()
 
 
+@pytest.fixture(scope="module")
+def space(tiny):
+    """One search space for the tests below: each stage fails on its first batch, before any step."""
+    return dmcpfx.instrument(copy.deepcopy(tiny), X)
+
+
 @pytest.mark.parametrize("batch,said", [
     ({"pixel_values": torch.randn(2, 3, 8, 8), "labels": Y}, r"must yield \(inputs, labels\) pairs, got dict"),
     (torch.randn(2, 3, 8, 8), r"pairs, got Tensor"),
@@ -35,14 +41,13 @@ def tiny():
      r"must yield tensors \(inputs, labels\), got \(ndarray, ndarray\)"),
     ((torch.randn(0, 3, 8, 8), Y[:0]), r"a batch without examples \(inputs float32 of shape \(0, 3, 8, 8\)\)"),
 ])
-def test_batches_that_are_not_pairs_of_tensors_are_one_line_in_every_stage(tiny, batch, said):
+def test_batches_that_are_not_pairs_of_tensors_are_one_line_in_every_stage(tiny, space, batch, said):
     with pytest.raises(ConfigError, match=said):
         unpack(batch)
     with pytest.raises(ConfigError, match=said):
         evaluate(tiny, [batch])
     with pytest.raises(ConfigError, match=said):
         dmcpfx.retrain(copy.deepcopy(tiny), [batch], epochs=1, progress=False)
-    space = dmcpfx.instrument(copy.deepcopy(tiny), X)
     with pytest.raises(ConfigError, match=said):
         dmcpfx.search(space, [batch], target=0.7, epochs=1, device="cpu", calib_batches=0, progress=False)
 
@@ -60,9 +65,8 @@ def test_extra_batch_items_are_ignored_by_every_stage(tiny):
     (torch.randint(0, 255, (2, 3, 8, 8), dtype=torch.uint8), r"differ in dtype"),
     (torch.randn(2, 3, 8), r"differ in number of dimensions"),
 ])
-def test_inputs_the_model_cannot_take_name_the_example_inputs(tiny, images, differ):
+def test_inputs_the_model_cannot_take_name_the_example_inputs(tiny, space, images, differ):
     shown = str(images.dtype).replace("torch.", "")
-    space = dmcpfx.instrument(copy.deepcopy(tiny), X)
     pattern = (rf"^{{}}: the model fails on the loader's inputs \({shown} of shape \({images.shape[0]}, .*\)\), "
                rf"which {differ} from the example inputs it was analyzed with \(float32 of shape \(1, 3, 8, 8\)\): ")
     with pytest.raises(ConfigError, match=pattern.format("search")):
