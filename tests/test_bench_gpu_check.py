@@ -43,3 +43,23 @@ def test_cpu_smoke_runs_every_check(tmp_path):
     assert proc.stdout.count("PASS ") == 6 and "6 of 6 checks passed" in proc.stdout
     for recipe in ("imagenet_resnet50", "imagenet_mobilenet_v2"):
         assert (tmp_path / recipe / "report.md").is_file() and (tmp_path / recipe / "compact.onnx").is_file()
+
+
+def test_the_gpu_settings_are_arguments_their_scripts_accept():
+    """The GPU run's arguments of search_overhead.py, latency.py and latency_budget.py parse there
+    (a CPU machine parses them with the device swapped: those scripts refuse cuda without CUDA)."""
+    gpu_check = load_benchmark("gpu_check.py")
+    gpu = gpu_check.GPU
+
+    def on_cpu(args):
+        return ["cpu" if a == "cuda" else a for a in args]
+
+    overhead = load_benchmark("search_overhead.py").parse_args(["--model", "resnet50", *on_cpu(gpu.overhead)])
+    assert overhead.batch == 64 and overhead.size == 224
+    latency = load_benchmark("latency.py").parse_args(on_cpu(gpu.latency))
+    assert latency.arms == ["dmcp-d8", "uniform-d8"] and latency.batches == [256] and latency.targets == [0.5]
+    budget = load_benchmark("latency_budget.py").parse_args([*on_cpu(gpu.budget)[:1], "ort-cpu", *gpu.budget[2:]])
+    assert budget.batch == 256
+    assert gpu_check.DEFAULT_CHECKS == {"strict", "analysis", "recipes", "steps", "latency"}
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--cpu-smoke", "--only", "strict,bogus"])
