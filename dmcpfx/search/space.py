@@ -113,7 +113,8 @@ class SearchSpace(nn.Module):
             if not 1 <= w <= gate.width:
                 raise ArchError(f"group '{gid}': width {w} is outside [1, {gate.width}]")
             if w % self.graph.groups[gid].divisor:
-                raise ArchError(f"group '{gid}': width {w} is not a multiple of its divisor {self.graph.groups[gid].divisor}")
+                divisor = self.graph.groups[gid].divisor
+                raise ArchError(f"group '{gid}': width {w} is not a multiple of its divisor {divisor}")
             gate.set_mode("width", w)
 
     def current_widths(self) -> dict[str, int]:
