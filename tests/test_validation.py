@@ -198,3 +198,19 @@ def test_a_run_dir_that_is_a_file_is_one_line(tmp_path):
     with pytest.raises(OutputError, match=rf"^search: run_dir {taken} exists and is not a directory$"):
         dmcpfx.search(space, batches, target=0.7, epochs=1, run_dir=taken, progress=False)
     assert taken.read_text() == "not a directory"
+
+
+def test_a_space_without_a_prunable_group_says_why_in_instrument_and_search():
+    """instrument warns (every group frozen or too narrow, one example of each); search refuses in
+    one line instead of 'the target is below the smallest sub-net'."""
+    import torch
+
+    import dmcpfx
+    from dmcpfx.demo_models import small_resnet
+
+    with pytest.warns(UserWarning, match=r"^instrument\(\): no prunable group: of 10 channel groups, 1 frozen "
+                                         r"\(e.g. 'fc': model output\), 9 too narrow to prune \(e.g. 'conv1'"):
+        space = dmcpfx.instrument(small_resnet(num_classes=4, width=4), torch.randn(1, 3, 8, 8), divisor=64)
+    assert not space.groups
+    with pytest.raises(ConfigError, match=r"^search: no prunable group: .*; there is nothing to search$"):
+        dmcpfx.search(space, [(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))], target=0.5, epochs=1, progress=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from ..analysis import analyze
 from ..analysis.submodule import capture_inputs, resolve_submodule
 from ..inputs import as_tuple
 from .gates import MarkovGate, split_channels
-from .space import SearchSpace
+from .space import SearchSpace, no_group_reason
 from ..analysis.device import cpu_copy, model_device, on_cpu
 
 __all__ = ["instrument"]
@@ -70,5 +71,8 @@ def instrument(
         order = torch.tensor(group.order) if group.order is not None else None
         gates[gid] = MarkovGate(split, order)
     space = SearchSpace(work, graph, gates, inputs, skipped)
+    if not gates:
+        warnings.warn(f"instrument(): {no_group_reason(graph, skipped)}; a search has nothing to choose",
+                      stacklevel=2)
     space.train(model.training)
     return space.to(device)

@@ -44,13 +44,14 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..harness import epochs, resolve_device
 from ..training import distributed_context
 from .options import SearchOptions
 from .metric import resolve_budget
 from .result import SearchResult
 from .run import SearchRun
-from .space import check_space
+from .space import check_space, no_group_reason
 
 __all__ = ["search"]
 
@@ -105,6 +106,8 @@ def search(
         A :class:`SearchResult`; the space is left with its gates in ``max`` mode.
     """
     check_space(space, "search")
+    if not space.gates():
+        raise ConfigError(f"search: {no_group_reason(space.graph, space.skipped)}; there is nothing to search")
     opts = SearchOptions.build(options, option_values, "search")
     ctx = distributed_context()
     device = resolve_device(device, ctx, "search.device")

@@ -167,6 +167,19 @@ class SearchSpace(nn.Module):
         return model
 
 
+def no_group_reason(graph: ChannelGraph, skipped: Mapping[str, str]) -> str:
+    """Why a space has no gate: how many groups are frozen or too narrow, with one example of each."""
+    frozen = graph.frozen
+    parts = []
+    if frozen:
+        gid, group = next(iter(frozen.items()))
+        parts.append(f"{len(frozen)} frozen (e.g. '{gid}': {group.frozen_reasons[0]})")
+    if skipped:
+        gid, why = next(iter(skipped.items()))
+        parts.append(f"{len(skipped)} {why.split(' (')[0]} (e.g. '{gid}': {why})")
+    return f"no prunable group: of {len(graph.groups)} channel groups, " + (", ".join(parts) or "none was found")
+
+
 def check_space(value: Any, func: str, name: str = "space") -> None:
     """``value`` is a :class:`SearchSpace` (``dmcpfx.instrument``'s result)."""
     if not isinstance(value, SearchSpace):
