@@ -5,18 +5,17 @@ torch.distributed with a sharded loader the counts are summed over the ranks.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .amp import autocast_for
-from .batches import model_fails_on, unpack
+from .amp import autocast_for, to_device
+from .batches import first_batch_fails_on
 from .errors import ConfigError
 from .data import ShardSampler
-from .labels import checked_loss, logits_tensor
+from .labels import checked_loss, host_labels, logits_tensor
 
 __all__ = ["evaluate", "sum_over_ranks"]
 
@@ -61,12 +60,9 @@ def evaluate(
     correct1 = correct5 = loss_sum = count = 0.0
     try:
         for i, batch in enumerate(loader):
-            images, labels = unpack(batch)
-            host = labels
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            first = model_fails_on("evaluate", images, None) if i == 0 else contextlib.nullcontext()
-            with autocast_for(amp, device), first:
+            host = host_labels(batch)
+            images, labels = to_device(batch, device, channels_last=False)
+            with autocast_for(amp, device), first_batch_fails_on("evaluate", images, i):
                 logits = model(images)
             logits = logits_tensor(logits, "evaluate").float()
             loss_sum += checked_loss(F.cross_entropy, logits, labels, "evaluate", host=host, reduction="sum").item()

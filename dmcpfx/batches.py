@@ -6,7 +6,8 @@ empty; and a model that fails on them named in one line instead of torch's stack
 - :func:`model_fails_on` -- around a forward on a loader's inputs: a ``RuntimeError`` from the
   model (a wrong channel count, float64 or uint8 images, a spatial size a flatten cannot take)
   becomes one line that shows the inputs next to the example inputs the model was analyzed with
-  (or, without them, says it was the loader's first batch). An out-of-memory error stays itself.
+  (or, without them, says it was the loader's first batch: :func:`first_batch_fails_on`). An
+  out-of-memory error stays itself.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["describe", "model_fails_on", "unpack"]
+__all__ = ["describe", "first_batch_fails_on", "model_fails_on", "unpack"]
 
 
 def describe(t: torch.Tensor) -> str:
@@ -68,3 +69,9 @@ def model_fails_on(where: str, x: torch.Tensor, example: torch.Tensor | None) ->
             raise
         raise ConfigError(f"{where}: the model fails on the loader's inputs ({describe(x)}), which differ in "
                           f"{what} from the example inputs it was analyzed with ({describe(example)}): {said}") from exc
+
+
+def first_batch_fails_on(where: str, x: torch.Tensor, index: int):
+    """:func:`model_fails_on` without example inputs, for the loader's first batch (``index`` 0);
+    a no-op context for the later ones."""
+    return model_fails_on(where, x, None) if index == 0 else contextlib.nullcontext()

@@ -21,7 +21,6 @@ Accuracies are percentages in [0, 100]; losses are mean per-sample nats.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,12 +31,12 @@ import torch
 from torch import nn
 
 from dmcpfx.accuracy import evaluate, sum_over_ranks
-from dmcpfx.amp import amp_dtype, autocast_for
-from dmcpfx.batches import model_fails_on, unpack
+from dmcpfx.amp import amp_dtype, autocast_for, to_device
+from dmcpfx.batches import first_batch_fails_on
 from dmcpfx.errors import ConfigError
 from dmcpfx.finite import FirstBadStep, check_parameters, check_val_loss
 from dmcpfx.harness import RunFiles, checked_device, epochs, steps_per_epoch
-from dmcpfx.labels import checked_loss, logits_tensor
+from dmcpfx.labels import checked_loss, host_labels, logits_tensor
 from dmcpfx.progress import bars_enabled
 from dmcpfx.product.retrain_options import RetrainOptions
 from dmcpfx.product.retrain_state import CHECKPOINT_FORMAT, CHECKPOINT_NAME, METRICS_NAME
@@ -143,12 +142,9 @@ class _EpochLoop:
         loss = torch.zeros(())
         watch = FirstBadStep(self.device)  # NaN/inf losses, found without a sync per step
         for i, batch in enumerate(bar):
-            images, labels = unpack(batch)
-            host = labels
-            images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
-            first = model_fails_on(desc, images, None) if i == 0 else contextlib.nullcontext()
-            with autocast_for(self.amp, self.device), first:
+            host = host_labels(batch)
+            images, labels = to_device(batch, self.device, channels_last=False)
+            with autocast_for(self.amp, self.device), first_batch_fails_on(desc, images, i):
                 logits = logits_tensor(self.model(images), desc)
                 loss = checked_loss(self.criterion, logits.float(), labels, desc, host=host)
             watch.update(loss, i + 1)
