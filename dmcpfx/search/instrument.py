@@ -18,7 +18,7 @@ from ..analysis import analyze
 from ..analysis.submodule import capture_inputs, resolve_submodule
 from ..inputs import as_tuple
 from .gates import MarkovGate, split_channels
-from .space import SearchSpace, no_group_reason
+from .space import SearchSpace
 from ..analysis.device import cpu_copy, model_device, on_cpu
 
 __all__ = ["instrument"]
@@ -72,7 +72,7 @@ def instrument(
         gates[gid] = MarkovGate(split, order)
     space = SearchSpace(work, graph, gates, inputs, skipped)
     if not gates:
-        warnings.warn(f"instrument(): {no_group_reason(graph, skipped)}; a search has nothing to choose",
+        warnings.warn(f"instrument(): {space.no_group_reason()}; a search has nothing to choose",
                       stacklevel=2)
     space.train(model.training)
     return space.to(device)

@@ -51,7 +51,7 @@ from .options import SearchOptions
 from .metric import resolve_budget
 from .result import SearchResult
 from .run import SearchRun
-from .space import check_space, no_group_reason
+from .space import check_space
 
 __all__ = ["search"]
 
@@ -107,7 +107,7 @@ def search(
     """
     check_space(space, "search")
     if not space.gates():
-        raise ConfigError(f"search: {no_group_reason(space.graph, space.skipped)}; there is nothing to search")
+        raise ConfigError(f"search: {space.no_group_reason()}; there is nothing to search")
     opts = SearchOptions.build(options, option_values, "search")
     ctx = distributed_context()
     device = resolve_device(device, ctx, "search.device")

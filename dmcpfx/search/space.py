@@ -117,6 +117,19 @@ class SearchSpace(nn.Module):
                 raise ArchError(f"group '{gid}': width {w} is not a multiple of its divisor {divisor}")
             gate.set_mode("width", w)
 
+    def no_group_reason(self) -> str:
+        """Why the space has no gate: how many groups are frozen or too narrow, one example of each."""
+        frozen = self.graph.frozen
+        parts = []
+        if frozen:
+            gid, group = next(iter(frozen.items()))
+            parts.append(f"{len(frozen)} frozen (e.g. '{gid}': {group.frozen_reasons[0]})")
+        if self.skipped:
+            gid, why = next(iter(self.skipped.items()))
+            parts.append(f"{len(self.skipped)} {why.split(' (')[0]} (e.g. '{gid}': {why})")
+        found = ", ".join(parts) or "none was found"
+        return f"no prunable group: of {len(self.graph.groups)} channel groups, {found}"
+
     def current_widths(self) -> dict[str, int]:
         """Widths of the hard modes (max/min/width) for every gated group."""
         return {gid: gate.current_width() for gid, gate in self.gates().items()}
@@ -165,19 +178,6 @@ class SearchSpace(nn.Module):
         own = model.state_dict()
         model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
         return model
-
-
-def no_group_reason(graph: ChannelGraph, skipped: Mapping[str, str]) -> str:
-    """Why a space has no gate: how many groups are frozen or too narrow, with one example of each."""
-    frozen = graph.frozen
-    parts = []
-    if frozen:
-        gid, group = next(iter(frozen.items()))
-        parts.append(f"{len(frozen)} frozen (e.g. '{gid}': {group.frozen_reasons[0]})")
-    if skipped:
-        gid, why = next(iter(skipped.items()))
-        parts.append(f"{len(skipped)} {why.split(' (')[0]} (e.g. '{gid}': {why})")
-    return f"no prunable group: of {len(graph.groups)} channel groups, " + (", ".join(parts) or "none was found")
 
 
 def check_space(value: Any, func: str, name: str = "space") -> None:
