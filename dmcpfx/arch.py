@@ -18,6 +18,7 @@ holds on the machine that measured the table. Loading validates the file's struc
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,9 +98,7 @@ def load_arch(path: str | os.PathLike) -> Arch:
     fmt = doc.get("format")
     if fmt != FORMAT:
         raise ArchError(f"{p}: unsupported format {fmt!r} (expected {FORMAT!r})")
-    for block in ("flops", "params", "latency"):
-        if doc.get(block) is not None and not isinstance(doc[block], dict):
-            raise ArchError(f"{p}: key '{block}' must be a mapping (full, pruned, ...), got {type(doc[block]).__name__}")
+    _check_metadata(p, doc)
     groups = doc.get("groups")
     if not isinstance(groups, dict):
         raise ArchError(f"{p}: key 'groups' must be a mapping of group id -> {{channels, of}}")
@@ -133,6 +132,53 @@ def load_arch(path: str | os.PathLike) -> Arch:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_count(value) -> bool:
+    """A finite number >= 0 (not a bool): a MACs, params or milliseconds figure."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+#: what each metadata block of an arch file may hold: key -> (check, what it must be)
+_COUNT = (_is_count, "a finite number >= 0")
+METADATA_KEYS = {
+    "flops": {"full": _COUNT, "pruned": _COUNT, "target": _COUNT},
+    "params": {"full": _COUNT, "pruned": _COUNT},
+    "latency": {"full": _COUNT, "pruned": _COUNT, "target": _COUNT,
+                "backend": (lambda v: isinstance(v, str), "a string"),
+                "batch": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+                "threads": (lambda v: _is_int(v) and v >= 1, "an integer >= 1")},
+}
+
+
+def _is_shape(value) -> bool:
+    """One input's shape: a list of integers >= 1 (empty for a scalar input)."""
+    return isinstance(value, list) and all(_is_int(v) and v >= 1 for v in value)
+
+
+def _check_metadata(p: Path, doc: Mapping) -> None:
+    """The informative keys of an arch file (``model``, ``input_shape``, ``flops``, ``params``,
+    ``latency``): each absent, null or of its type; a figure is finite (a NaN count is an error,
+    not a pass)."""
+    if doc.get("model") is not None and not isinstance(doc["model"], str):
+        raise ArchError(f"{p}: key 'model' must be a string (the model spec), got {doc['model']!r}")
+    shape = doc.get("input_shape")
+    if shape is not None and not (_is_shape(shape) or (isinstance(shape, list) and shape and all(map(_is_shape, shape)))):
+        raise ArchError(f"{p}: key 'input_shape' must be a list of positive integers (or a list of such lists), "
+                        f"got {shape!r}")
+    for block, rules in METADATA_KEYS.items():
+        entries = doc.get(block)
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            raise ArchError(f"{p}: key '{block}' must be a mapping ({', '.join(rules)}), got {type(entries).__name__}")
+        unknown = sorted(str(k) for k in entries if k not in rules)
+        if unknown:
+            raise ArchError(f"{p}: '{block}' has unknown key(s) {unknown} (it may hold {', '.join(rules)})")
+        for key, value in entries.items():
+            check, what = rules[key]
+            if value is not None and not check(value):
+                raise ArchError(f"{p}: {block}.{key} must be {what} or null, got {value!r}")
 
 
 def resolve_arch(arch, graph) -> dict[str, int]:

@@ -99,6 +99,40 @@ def test_arch_yaml_round_trip_and_format_errors(tmp_path, resnext):
             resolve_arch(broken, graph)
 
 
+ARCH = {"format": "dmcpfx-arch/1", "model": "m:f", "input_shape": [1, 3, 8, 8],
+        "flops": {"full": 100, "pruned": 50, "target": 50.0}, "params": {"full": 10, "pruned": 5},
+        "latency": {"full": 2.0, "pruned": 1.0, "target": 1.0, "backend": "ort-cpu", "batch": 16, "threads": 1},
+        "groups": {"conv1": {"channels": 4, "of": 8}}}
+
+
+@pytest.mark.parametrize("block,key,value,match", [
+    ("flops", "pruned", float("nan"), r"flops\.pruned must be a finite number >= 0 or null, got nan"),
+    ("flops", "full", float("inf"), r"flops\.full must be a finite number"),
+    ("params", "pruned", -5, r"params\.pruned must be a finite number >= 0"),
+    ("flops", "target", "half", r"flops\.target must be a finite number"),
+    ("flops", "pruned", True, r"flops\.pruned must be a finite number"),
+    ("flops", "macs", 3, r"'flops' has unknown key\(s\) \['macs'\]"),
+    ("latency", "batch", 0, r"latency\.batch must be an integer >= 1"),
+    ("latency", "backend", 7, r"latency\.backend must be a string"),
+    (None, "input_shape", [1, "3", 8, 8], r"key 'input_shape' must be a list of positive integers"),
+    (None, "input_shape", 224, r"key 'input_shape' must be a list"),
+    (None, "model", 12, r"key 'model' must be a string"),
+    (None, "params", [1, 2], r"key 'params' must be a mapping \(full, pruned\)"),
+])
+def test_arch_metadata_is_checked_on_load(tmp_path, block, key, value, match):
+    """The informative keys of an arch file: a NaN or a string where a count belongs is an error
+    that names the file and the key (before: accepted, and a NaN compares as 'within 1%')."""
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(ARCH))
+    assert load_arch(good).flops["pruned"] == 50
+    doc = yaml.safe_load(good.read_text())
+    (doc[block] if block else doc)[key] = value
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    with pytest.raises(dmcpfx.ArchError, match=rf"bad\.yaml: {match}"):
+        load_arch(bad)
+
+
 def test_failed_save_writes_nothing(tmp_path, resnext):
     graph = dmcpfx.analyze(resnext, X)
     target = tmp_path / "arch.yaml"
