@@ -371,3 +371,21 @@ def test_evaluating_a_dict_output_model_is_a_clear_error():
     x, y = torch.randn(4, 3, 8, 8), torch.randint(4, (4,))
     with pytest.raises(ConfigError, match=r"evaluate .* returns a dict with keys \['out'\]"):
         evaluate_model(_DictOutput(lambda t: {"out": t.mean((2, 3))}), DataLoader(TensorDataset(x, y), batch_size=2))
+
+
+def test_distillation_of_a_dense_prediction_is_a_mean_over_positions():
+    """A segmentation map's distillation weighs each pixel as cross-entropy does: the mean of the
+    per-pixel KLs, not their sum over H * W (which outweighed the max net's loss 256 to 1 on a
+    16x16 map and blew the supernet up); for (N, classes) it is kl_div's batchmean, bit for bit."""
+    from dmcpfx.search.step import distill_loss
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 4, 5, 3, generator=g), torch.randn(2, 4, 5, 3, generator=g)
+    as_rows = lambda t: t.permute(0, 2, 3, 1).reshape(-1, 4)  # noqa: E731  one row per pixel
+    for temperature in (1.0, 2.0):
+        dense = distill_loss(student, teacher, temperature)
+        rows = distill_loss(as_rows(student), as_rows(teacher), temperature)
+        assert abs(dense.item() - rows.item()) <= 1e-6 * rows.item()
+    flat_s, flat_t = as_rows(student), as_rows(teacher)
+    batchmean = F.kl_div(F.log_softmax(flat_s, 1), F.softmax(flat_t, 1), reduction="batchmean")
+    assert torch.equal(distill_loss(flat_s, flat_t), batchmean)

@@ -38,14 +38,19 @@ from .slimmable import SlicedRunner
 __all__ = ["SearchStep", "distill_loss", "gate_state", "restore_gate_state"]
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``KL(softmax(teacher/T) || softmax(student/T)) * T^2``, mean over the batch.
+    """``KL(softmax(teacher/T) || softmax(student/T)) * T^2`` over the classes (dim 1), mean over
+    the batch AND every other position, as cross-entropy averages a dense prediction.
 
-    ``student``/``teacher``: logits of shape ``(N, classes)``; ``teacher`` must be detached.
+    ``student``/``teacher``: logits of shape ``(N, classes)`` or ``(N, classes, *positions)``
+    (a segmentation map); ``teacher`` must be detached. For ``(N, classes)`` this is
+    ``kl_div(..., reduction="batchmean")``; summing over the positions instead would weigh the
+    sub-nets' distillation ``H * W`` times the max net's cross-entropy.
     """
     t = float(temperature)
     log_p = F.log_softmax(student.float() / t, dim=1)
     q = F.softmax(teacher.float() / t, dim=1)
-    return F.kl_div(log_p, q, reduction="batchmean") * (t * t)
+    predictions = student.numel() // max(1, student.shape[1])  # N * positions
+    return F.kl_div(log_p, q, reduction="sum") / predictions * (t * t)
 
 
 def check_logits_output(space: Any, device: torch.device) -> None:
