@@ -4,7 +4,8 @@ MACs (multiply-accumulates) PER IMAGE, the papers' convention, counted at the AT
 dispatch level while the model runs, so they measure whatever module is passed (the
 original class, a compact model or a GraphModule) without using the analysis:
 
-- every convolution: ``out.numel() * (in_channels / groups) * prod(kernel)``;
+- every convolution: ``out.numel() * (in_channels / groups) * prod(kernel)``; a transposed one:
+  ``input.numel() * (out_channels / groups) * prod(kernel)``;
 - every matrix product (``mm`` / ``addmm`` / ``bmm``, which ``linear`` dispatches to)
   with an operand stored in one of the model's parameters or buffers:
   ``out.numel() * contracted_dim``.
@@ -43,8 +44,10 @@ class _MacCounter(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         if func in _CONVS:
             weight = args[1]
-            if not args[6]:  # not transposed
+            if not args[6]:  # (out, in / groups, *kernel): per output element, in / groups * kernel
                 self.total += out.numel() * weight.shape[1] * math.prod(weight.shape[2:])
+            else:  # transposed, (in, out / groups, *kernel): per INPUT element, out / groups * kernel
+                self.total += args[0].numel() * weight.shape[1] * math.prod(weight.shape[2:])
         elif func is _aten._native_multi_head_attention.default:  # nn.MultiheadAttention's fast path
             tokens, embed = args[0].shape[-2] * args[0].shape[0], args[3]
             self.total += tokens * 4 * embed * embed

@@ -81,6 +81,9 @@ def update_attributes(m: nn.Module, edit, channel_graph, widths) -> None:
     if edit.kind == "conv":
         m.out_channels = m.weight.shape[0]
         m.in_channels = m.weight.shape[1] * m.groups
+    elif edit.kind == "tconv":  # a transposed conv's weight is (in, out / groups, *kernel)
+        m.in_channels = m.weight.shape[0]
+        m.out_channels = m.weight.shape[1] * m.groups
     elif edit.kind == "dwconv":
         c = m.weight.shape[0]
         m.in_channels = m.out_channels = m.groups = c

@@ -15,6 +15,7 @@ from dmcpfx.search.budget import expected_flops, expected_params
 from dmcpfx.search.count_poly import CountPolynomial, Poly
 from dmcpfx.search.gates import StackedExpectedWidths
 from test_rules import ChannelsLastMLP, ConcatSEDepthwise, GroupNormNet, LiteralFlatten
+from test_transposed_conv import TransposedUNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _space(name: str) -> dmcpfx.SearchSpace:
     torch.manual_seed(0)
     hand_written = {"concat_se_depthwise": ConcatSEDepthwise, "channels_last_mlp": ChannelsLastMLP,
-                    "literal_flatten": LiteralFlatten, "group_norm": GroupNormNet}
+                    "literal_flatten": LiteralFlatten, "group_norm": GroupNormNet,
+                    "transposed_unet": TransposedUNet}
     if name in hand_written:
         return dmcpfx.instrument(hand_written[name]().eval(), torch.randn(1, 3, 16, 16))
     return dmcpfx.instrument(torchvision.models.get_model(name).eval(), torch.randn(1, 3, 32, 32))
@@ -46,7 +48,7 @@ def _per_gate_float64(space) -> dict[str, torch.Tensor]:
 
 
 MODELS = ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "concat_se_depthwise", "channels_last_mlp",
-          "literal_flatten", "group_norm"]
+          "literal_flatten", "group_norm", "transposed_unet"]
 
 
 @pytest.mark.parametrize("name", MODELS)

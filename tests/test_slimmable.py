@@ -42,6 +42,10 @@ def _build(name: str) -> tuple[nn.Module, torch.Tensor]:
         from examples.models import custom_net
 
         model = custom_net()
+    elif name == "transposed_unet":
+        from test_transposed_conv import TransposedUNet
+
+        model = TransposedUNet()
     else:
         model = torchvision.models.get_model(name, weights=None, num_classes=10)
     size = INPUT_SIZE.get(name, 64)
@@ -120,7 +124,7 @@ def check_sliced_equals_masked(name: str, seed: int, buckets: int = 0) -> None:
     assert any((b != init_buffers[n]).any() for n, b in sliced.named_buffers() if id(b) in stats) or not stats
 
 
-@pytest.mark.parametrize("name", FAST + ["custom_net"])
+@pytest.mark.parametrize("name", FAST + ["custom_net", "transposed_unet"])
 def test_sliced_subnet_equals_masked(name):
     check_sliced_equals_masked(name, seed=3)
 
@@ -133,7 +137,8 @@ def test_bucketed_subnet_equals_masked(name):
     check_sliced_equals_masked(name, seed=4, buckets=3)
 
 
-@pytest.mark.parametrize("buckets,seed", [(3, 0), (4, 1), (5, 2)])
+@pytest.mark.parametrize("buckets,seed", [(3, 0), pytest.param(4, 1, marks=pytest.mark.slow),
+                                          pytest.param(5, 2, marks=pytest.mark.slow)])
 def test_bucketed_concat_equals_masked(buckets, seed):
     """Inception concats mix groups cut to their bucket with groups masked inside one."""
     check_sliced_equals_masked("googlenet", seed=seed, buckets=buckets)

@@ -4,8 +4,9 @@ A conv or dense op whose weight is a parameter read as it is opens a new channel
 space (its output channels, the group id is the weight's owner module) and
 CONSUMES its input channels: the input side of the weight is sliced with the input
 layout and the instrumented graph masks that input. Depthwise convs carry the input
-space through; grouped convs keep both sides with a divisor. A weight that is
-computed (weight standardization, a reshaped parameter) freezes both sides.
+space through; grouped convs keep both sides with a divisor. A transposed conv with one group
+prunes both sides too (its weight is ``(in, out, *kernel)``); a grouped one freezes. A weight that
+is computed (weight standardization, a reshaped parameter) freezes both sides.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def _edit(ctx: RuleContext, weight: str, kinds: tuple[type, ...], kind: str, lay
 def conv(ctx: RuleContext, call: Call):
     x, xi, w, wi = call.v["input"], call.i["input"], call.v["weight"], call.i["weight"]
     if call.v.get("transposed"):
-        return unknown(ctx, call, "transposed convolution")
+        return transposed_conv(ctx, call)
     if not is_whole_param(wi, w):
         return _computed_weight_conv(ctx, call, x, w)
     groups = int(call.v["groups"])
@@ -98,6 +99,49 @@ def conv(ctx: RuleContext, call: Call):
     _edit(ctx, wi.target, convs, "conv")
     if ctx.tag == "eval":
         ctx.b.macs.append(MacRecord(gid, kind, spatial, kernel, groups, in_ch, out_ch, lin, out))
+    return out
+
+
+def transposed_conv(ctx: RuleContext, call: Call):
+    """A transposed convolution (``aten.conv_transpose{1,2,3}d``, ``convolution(transposed=True)``):
+    its weight is ``(in, out / groups, *kernel)``, so the input channels are weight dim 0 and the
+    output channels weight dim 1. With one group and a parameter weight it consumes its input and
+    opens its output space like a convolution; grouped or with a computed weight, both sides
+    freeze. MACs per image: ``input elements per channel * kernel * in * out / groups`` (every
+    input element meets ``out / groups`` filters of ``kernel`` taps), counted either way."""
+    x, xi, w, wi = call.v["input"], call.i["input"], call.v["weight"], call.i["weight"]
+    groups = int(call.v.get("groups") or 1)
+    in_ch, out_ch = w.shape[0], w.shape[1] * groups
+    cdim = x.ndim - (w.ndim - 2) - 1
+    kernel = math.prod(w.shape[2:])
+    owner = _producer_id(ctx, wi.target) if isinstance(wi, ParamRef) else module_path(call.node)
+    spatial_in = _per_image(ctx, x.numel(), in_ch, call.node)
+    if groups > 1 or not is_whole_param(wi, w):
+        why = "grouped transposed convolution" if groups > 1 else "transposed convolution with a computed weight"
+        out = unknown(ctx, call, f"{why} aten.{call.op}")
+        if ctx.tag == "eval":
+            ctx.b.macs.append(MacRecord(owner, "gconv" if groups > 1 else "conv", spatial_in, kernel, groups,
+                                        in_ch, out_ch, None, None))
+        return out
+    lin = layout_of(xi)
+    if isinstance(xi, ParamRef):
+        ctx.b.pin(xi.target, f"the input of a transposed convolution {ctx.where(call)}")
+    if lin is not None and lin.dim != cdim:
+        ctx.b.freeze(lin, f"transposed convolution {ctx.where(call)} slides over the channel dimension")
+        lin = None
+    out = ctx.b.producer_layout(owner, out_ch, cdim)
+    if lin is not None:
+        ctx.b.add_slice(SliceSpec(wi.target, 0, lin, "in"))
+        ctx.b.mask_sites.append(MaskSite(ctx.tag, call.node.name, 0, lin, "consumer"))
+    ctx.b.add_slice(SliceSpec(wi.target, 1, out, "out"))
+    bias = call.i.get("bias")
+    if isinstance(bias, ParamRef) and is_whole_param(bias, call.v["bias"]):
+        ctx.b.add_slice(SliceSpec(bias.target, 0, out, "out"))
+    elif call.v.get("bias") is not None:
+        ctx.b.freeze(out, f"the bias of {ctx.where(call)} is computed")
+    _edit(ctx, wi.target, (nn.modules.conv._ConvTransposeNd,), "tconv")
+    if ctx.tag == "eval":  # the conv formula with the INPUT's spatial size
+        ctx.b.macs.append(MacRecord(owner, "conv", spatial_in, kernel, 1, in_ch, out_ch, lin, out))
     return out
 
 
@@ -290,7 +334,6 @@ def rules() -> dict:
     table = {op: conv for op in ("conv1d", "conv2d", "conv3d", "convolution", "_convolution")}
     table.update({"linear": linear, "addmm": matmul, "mm": matmul, "matmul": matmul, "bmm": matmul})
     table["einsum"] = lambda ctx, call: _unsupported_product(ctx, call, "op aten.einsum")
-    table.update({op: (lambda ctx, call, _op=op: unknown(ctx, call, f"transposed convolution aten.{_op}"))
-                  for op in ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")})
+    table.update({op: transposed_conv for op in ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")})
     return table
 
