@@ -36,7 +36,8 @@ SLOW = {
 # model takes 20-90 s on 2 CPU cores (two exports per analysis): they run under -m slow.
 DEFAULT = {"resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "squeezenet1_1", "googlenet", "regnet_y_400mf"}
 # mnasnet0_5 (8 s; plain depthwise, which mobilenet_v3_small and shufflenet cover) runs under -m slow
-ONNX_MODELS = ["resnet18", "convnext_tiny"]
+# convnext_tiny (25 s; LayerNorm and layer scales in the compact model) runs under -m slow
+ONNX_MODELS = ["resnet18", pytest.param("convnext_tiny", marks=pytest.mark.slow)]
 
 
 def build(name: str):
