@@ -15,7 +15,7 @@ from .amp import autocast_for, to_device
 from .batches import first_batch_fails_on
 from .errors import ConfigError
 from .data import ShardSampler
-from .labels import checked_loss, host_labels, logits_tensor
+from .labels import IGNORE_INDEX, checked_loss, host_labels, logits_tensor
 
 __all__ = ["evaluate", "sum_over_ranks"]
 
@@ -69,13 +69,14 @@ def evaluate(
             k = min(5, logits.shape[1])
             topk = logits.topk(k, dim=1).indices
             hits = topk.eq(labels[:, None])
-            correct1 += hits[:, 0].sum().item()
-            correct5 += hits.any(dim=1).sum().item()
-            count += labels.numel()
+            scored = labels != IGNORE_INDEX  # a void pixel is neither a hit nor a miss
+            correct1 += (hits[:, 0] & scored).sum().item()
+            correct5 += (hits.any(dim=1) & scored).sum().item()
+            count += scored.sum().item()
     finally:
         model.train(was_training)
     if _is_sharded(loader):
         correct1, correct5, loss_sum, count = sum_over_ranks([correct1, correct5, loss_sum, count], device)
     if count == 0:
-        raise ConfigError("evaluate: the validation loader yielded no samples")
+        raise ConfigError(f"evaluate: the validation loader yielded no samples (or only labels {IGNORE_INDEX}, the ignored label)")
     return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count}

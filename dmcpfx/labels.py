@@ -16,7 +16,11 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["checked_loss", "host_labels", "logits_tensor"]
+__all__ = ["IGNORE_INDEX", "checked_loss", "host_labels", "logits_tensor"]
+
+
+#: the label cross-entropy ignores (a void pixel of a segmentation map): not scored either
+IGNORE_INDEX = -100
 
 
 def logits_tensor(out: object, where: str) -> torch.Tensor:
@@ -90,7 +94,7 @@ def checked_loss(loss_fn: Callable[..., torch.Tensor], logits: torch.Tensor, lab
     or else on ``labels`` themselves (one host copy)."""
     k = logits.shape[1] if logits.dim() > 1 else 1
     labels = _check_label_kind(logits, labels, where)
-    ignore_index = int(kwargs.get("ignore_index", getattr(loss_fn, "ignore_index", -100)))
+    ignore_index = int(kwargs.get("ignore_index", getattr(loss_fn, "ignore_index", IGNORE_INDEX)))
     if labels.device.type != "cpu":
         ref = host if host is not None and host.device.type == "cpu" and host.shape == labels.shape else labels
         error = _out_of_range(ref, k, where, ignore_index)

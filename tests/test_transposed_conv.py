@@ -2,7 +2,8 @@
 *kernel)``. With one group they consume their input and open their output space like a conv
 (both sides prunable); grouped ones freeze with the reason. Either way their MACs count
 (``input elements * out / groups * kernel`` per image), in the analysis and in the
-independent counter alike."""
+independent counter alike. Also the dense prediction such a decoder serves: a segmentation
+search end to end, and void pixels left out of the scores."""
 from __future__ import annotations
 
 import pytest
@@ -104,3 +105,22 @@ def test_a_segmentation_search_keeps_its_supernet_trained(tmp_path):
     widths = dmcpfx.derive(space, target=0.5)
     compact = dmcpfx.materialize(space, widths, data[0][0][:2])
     assert type(compact) is TransposedUNet and compact(data[0][0]).shape == (4, 4, 14, 14)
+
+
+def test_void_pixels_are_not_scored():
+    """Labels equal to cross-entropy's ignore index (-100, a void pixel) count neither as hits nor
+    as misses, in ``evaluate`` (the compact model) and in the supernet's evaluation alike."""
+    from dmcpfx.accuracy import evaluate
+    from dmcpfx.search.evaluation import evaluate_space
+
+    torch.manual_seed(0)
+    model = TransposedUNet().eval()
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        predicted = model(x).argmax(1)  # (2, 14, 14)
+    labels = (predicted + 1) % 4  # every pixel wrong ...
+    labels[0, :7] = predicted[0, :7]  # ... but 98 of them right
+    labels[1] = -100  # and one image all void
+    for got in (evaluate(model, [(x, labels)]),
+                evaluate_space(dmcpfx.instrument(model, x), [(x, labels)], calib_batches=0)):
+        assert got["top1"] == pytest.approx(100.0 * 98 / 196)

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..amp import amp_dtype, autocast, to_device
 from ..batches import model_fails_on
 from .step import gate_state, restore_gate_state
-from ..labels import checked_loss, host_labels, logits_tensor
+from ..labels import IGNORE_INDEX, checked_loss, host_labels, logits_tensor
 
 __all__ = ["evaluate_space"]
 
@@ -84,7 +84,7 @@ def evaluate_space(
         dtype = amp_dtype(amp)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
-        n = 0
+        n = torch.zeros((), dtype=torch.int64, device=device)  # scored predictions (void labels left out)
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
@@ -94,18 +94,19 @@ def evaluate_space(
             out = logits_tensor(out, "evaluate").float()
             loss_sum += checked_loss(F.cross_entropy, out, y, "evaluate", host=host_labels(batch),
                                      reduction="sum").double()
-            correct += (out.argmax(1) == y).sum()
-            n += y.numel()
+            scored = y != IGNORE_INDEX
+            correct += ((out.argmax(1) == y) & scored).sum()
+            n += scored.sum()
     finally:
         space.train(was_training)
         restore_gate_state(space, saved_gates)
         if bn_backup is not None:
             bn_backup.restore()
-    totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(n), dtype=torch.float64, device=device)])
+    totals = torch.stack([loss_sum, correct.double(), n.double()])
     if all_reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(totals)
     loss_total, correct_total, n_total = totals.tolist()
     if n_total == 0:
-        raise ConfigError("evaluate_space() got an empty loader")
+        raise ConfigError(f"evaluate_space() got an empty loader (or only labels {IGNORE_INDEX}, the ignored label)")
     return {"loss": loss_total / n_total, "top1": 100.0 * correct_total / n_total, "n": int(n_total)}
 
