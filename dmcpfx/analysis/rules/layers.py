@@ -44,6 +44,19 @@ def _edit(ctx: RuleContext, weight: str, kinds: tuple[type, ...], kind: str, lay
         ctx.b.add_edit(ModuleEdit(name, kind, layout))
 
 
+def _input_layout(ctx: RuleContext, call: Call, xi, cdim: int, what: str) -> Layout | None:
+    """The channel space a convolution consumes (its input's, on dim ``cdim``), or None: a
+    parameter read as the input is pinned, a space on another dim freezes (the kernel slides
+    over it)."""
+    lin = layout_of(xi)
+    if isinstance(xi, ParamRef):
+        ctx.b.pin(xi.target, f"the input of a {what} {ctx.where(call)}")
+    if lin is not None and lin.dim != cdim:
+        ctx.b.freeze(lin, f"{what} {ctx.where(call)} slides over the channel dimension")
+        lin = None
+    return lin
+
+
 def conv(ctx: RuleContext, call: Call):
     x, xi, w, wi = call.v["input"], call.i["input"], call.v["weight"], call.i["weight"]
     if call.v.get("transposed"):
@@ -53,12 +66,7 @@ def conv(ctx: RuleContext, call: Call):
     groups = int(call.v["groups"])
     out_ch, in_ch = w.shape[0], w.shape[1] * groups
     cdim = x.ndim - (w.ndim - 2) - 1
-    lin = layout_of(xi)
-    if isinstance(xi, ParamRef):
-        ctx.b.pin(xi.target, f"the input of a convolution {ctx.where(call)}")
-    if lin is not None and lin.dim != cdim:
-        ctx.b.freeze(lin, f"convolution {ctx.where(call)} slides over the channel dimension")
-        lin = None
+    lin = _input_layout(ctx, call, xi, cdim, "convolution")
     if lin is not None and lin.block != 1 and groups > 1:
         ctx.b.freeze(lin, f"grouped convolution {ctx.where(call)} reads flattened channels")
         lin = None
@@ -123,12 +131,7 @@ def transposed_conv(ctx: RuleContext, call: Call):
             ctx.b.macs.append(MacRecord(owner, "gconv" if groups > 1 else "conv", spatial_in, kernel, groups,
                                         in_ch, out_ch, None, None))
         return out
-    lin = layout_of(xi)
-    if isinstance(xi, ParamRef):
-        ctx.b.pin(xi.target, f"the input of a transposed convolution {ctx.where(call)}")
-    if lin is not None and lin.dim != cdim:
-        ctx.b.freeze(lin, f"transposed convolution {ctx.where(call)} slides over the channel dimension")
-        lin = None
+    lin = _input_layout(ctx, call, xi, cdim, "transposed convolution")
     out = ctx.b.producer_layout(owner, out_ch, cdim)
     if lin is not None:
         ctx.b.add_slice(SliceSpec(wi.target, 0, lin, "in"))
