@@ -124,3 +124,18 @@ def test_void_pixels_are_not_scored():
     for got in (evaluate(model, [(x, labels)]),
                 evaluate_space(dmcpfx.instrument(model, x), [(x, labels)], calib_batches=0)):
         assert got["top1"] == pytest.approx(100.0 * 98 / 196)
+
+
+@pytest.mark.slow
+def test_a_timm_model_with_transposed_convs():
+    """timm's LowFormer upsamples its attention output with ConvTranspose2d (one group): the
+    properties hold on it, its MACs include them, and the compact model keeps its class."""
+    pytest.importorskip("timm", reason="timm is a dev dependency: pip install -e '.[dev]'")
+    from zoo_models import build_timm
+
+    model, x = build_timm("lowformer_b0")
+    randomize_norms(model)
+    assert any(isinstance(m, nn.ConvTranspose2d) and m.groups == 1 for m in model.modules())
+    assert dmcpfx.analyze(model, x).full_flops == count_flops(model, x)
+    figures = check_properties(model, x, seeds=(0, 1))
+    assert all(type(compact) is type(model) for _, compact in figures["compacts"])
