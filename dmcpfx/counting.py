@@ -43,11 +43,10 @@ class _MacCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func in _CONVS:
-            weight = args[1]
-            if not args[6]:  # (out, in / groups, *kernel): per output element, in / groups * kernel
-                self.total += out.numel() * weight.shape[1] * math.prod(weight.shape[2:])
-            else:  # transposed, (in, out / groups, *kernel): per INPUT element, out / groups * kernel
-                self.total += args[0].numel() * weight.shape[1] * math.prod(weight.shape[2:])
+            # weight (out, in / groups, *kernel): each OUTPUT element takes in / groups * kernel MACs;
+            # transposed (in, out / groups, *kernel): each INPUT element gives out / groups * kernel
+            weight, elements = args[1], (args[0] if args[6] else out)
+            self.total += elements.numel() * weight.shape[1] * math.prod(weight.shape[2:])
         elif func is _aten._native_multi_head_attention.default:  # nn.MultiheadAttention's fast path
             tokens, embed = args[0].shape[-2] * args[0].shape[0], args[3]
             self.total += tokens * 4 * embed * embed

@@ -70,7 +70,6 @@ def conv(ctx: RuleContext, call: Call):
     if lin is not None and lin.block != 1 and groups > 1:
         ctx.b.freeze(lin, f"grouped convolution {ctx.where(call)} reads flattened channels")
         lin = None
-    bias_ok = call.v.get("bias") is None or is_whole_param(call.i.get("bias"), call.v["bias"])
     gid = _producer_id(ctx, wi.target)
     spatial = _per_image(ctx, call.result.numel(), out_ch, call.node)
     kernel = math.prod(w.shape[2:])
@@ -81,7 +80,7 @@ def conv(ctx: RuleContext, call: Call):
             ctx.b.freeze(out, f"depthwise convolution {ctx.where(call)} has untracked input channels")
         else:
             out = lin
-        _slice_out(ctx, call, out, "dw", bias_ok)
+        _slice_out(ctx, call, out, "dw")
         _edit(ctx, wi.target, convs, "dwconv")
         ctx.b.constant_sites.append(ConstantSite(ctx.tag, call.node.name, "literal", (ConstantEntry(arg_index(call, "groups"), None, out),)))
         if ctx.tag == "eval":
@@ -103,7 +102,7 @@ def conv(ctx: RuleContext, call: Call):
     if lin is not None:
         ctx.b.add_slice(SliceSpec(wi.target, 1, lin, "in", grouped=groups if groups > 1 else 1))
         ctx.b.mask_sites.append(MaskSite(ctx.tag, call.node.name, 0, lin, "consumer"))
-    _slice_out(ctx, call, out, "out", bias_ok)
+    _slice_out(ctx, call, out, "out")
     _edit(ctx, wi.target, convs, "conv")
     if ctx.tag == "eval":
         ctx.b.macs.append(MacRecord(gid, kind, spatial, kernel, groups, in_ch, out_ch, lin, out))
@@ -136,12 +135,7 @@ def transposed_conv(ctx: RuleContext, call: Call):
     if lin is not None:
         ctx.b.add_slice(SliceSpec(wi.target, 0, lin, "in"))
         ctx.b.mask_sites.append(MaskSite(ctx.tag, call.node.name, 0, lin, "consumer"))
-    ctx.b.add_slice(SliceSpec(wi.target, 1, out, "out"))
-    bias = call.i.get("bias")
-    if isinstance(bias, ParamRef) and is_whole_param(bias, call.v["bias"]):
-        ctx.b.add_slice(SliceSpec(bias.target, 0, out, "out"))
-    elif call.v.get("bias") is not None:
-        ctx.b.freeze(out, f"the bias of {ctx.where(call)} is computed")
+    _slice_out(ctx, call, out, "out", weight_dim=1)
     _edit(ctx, wi.target, (nn.modules.conv._ConvTransposeNd,), "tconv")
     if ctx.tag == "eval":  # the conv formula with the INPUT's spatial size
         ctx.b.macs.append(MacRecord(owner, "conv", spatial_in, kernel, 1, in_ch, out_ch, lin, out))
@@ -167,10 +161,12 @@ def _computed_weight_conv(ctx: RuleContext, call: Call, x, w):
     return out
 
 
-def _slice_out(ctx: RuleContext, call: Call, out: Layout, role: str, bias_ok: bool) -> None:
-    ctx.b.add_slice(SliceSpec(call.i["weight"].target, 0, out, role))
+def _slice_out(ctx: RuleContext, call: Call, out: Layout, role: str, weight_dim: int = 0) -> None:
+    """The output side: the weight along ``weight_dim`` (a transposed conv's is 1) and the bias;
+    a computed bias (not a parameter read as it is) freezes ``out``."""
+    ctx.b.add_slice(SliceSpec(call.i["weight"].target, weight_dim, out, role))
     bias = call.i.get("bias")
-    if isinstance(bias, ParamRef) and bias_ok:
+    if call.v.get("bias") is not None and is_whole_param(bias, call.v["bias"]):
         ctx.b.add_slice(SliceSpec(bias.target, 0, out, role))
     elif call.v.get("bias") is not None:
         ctx.b.freeze(out, f"the bias of {ctx.where(call)} is computed")
