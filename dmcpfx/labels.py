@@ -2,6 +2,7 @@
 
 - a model output that is not one tensor of logits ``(N, K, ...)`` with ``K >= 2`` classes (a
   dict, a tuple, a 1-d tensor, or one output, where cross-entropy is always 0 and nothing learns);
+  a mapping with a ``logits`` tensor (Hugging Face's ``ModelOutput``) gives that tensor;
 - labels that are not integer class indices of the logits' shape without the class dimension
   (float, one-hot or soft labels, a wrong shape), not torch's ``expected target dtype`` from
   inside the loss; other integer dtypes are cast to int64;
@@ -10,6 +11,7 @@
   process's CUDA context (the labels are checked before the loss kernel is launched)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Callable
 
 import torch
@@ -24,9 +26,12 @@ IGNORE_INDEX = -100
 
 
 def logits_tensor(out: object, where: str) -> torch.Tensor:
-    """``out`` when it is ONE tensor of logits ``(N, classes, ...)``; anything else (a dict such as
-    torchvision's FCN returns, a tuple, a 1-d tensor) is a :class:`ConfigError` that says what
-    the model returned and how to wrap it."""
+    """``out`` when it is ONE tensor of logits ``(N, classes, ...)``, or the ``logits`` entry of a
+    mapping (Hugging Face's ``ModelOutput``: ``out.logits``); anything else (a dict without
+    ``logits`` such as torchvision's FCN returns, a tuple, a 1-d tensor) is a :class:`ConfigError`
+    that says what the model returned and how to wrap it."""
+    if isinstance(out, Mapping) and isinstance(out.get("logits"), torch.Tensor):
+        out = out["logits"]
     if isinstance(out, torch.Tensor) and out.ndim >= 2:
         if out.shape[1] < 2:
             raise ConfigError(

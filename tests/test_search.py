@@ -355,6 +355,32 @@ def test_a_model_without_one_logits_tensor_is_a_clear_error(wrap, got):
         search(space, DataLoader(TensorDataset(x, y), batch_size=2), epochs=1, progress=False)
 
 
+def test_a_mapping_with_logits_is_searched_as_its_logits_tensor():
+    """Hugging Face models return a ``ModelOutput`` (a mapping) whose ``logits`` is the tensor:
+    search, evaluate and retrain use that entry, exactly as if forward returned it (same seed,
+    same alphas and weights to the bit); the other entries are ignored."""
+    from dmcpfx.accuracy import evaluate as evaluate_model
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(4, (8,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    pooled = lambda t: t.mean((2, 3))  # noqa: E731
+    spaces = []
+    for wrap in (pooled, lambda t: {"hidden": t, "logits": pooled(t)}):
+        torch.manual_seed(1)
+        space = dmcpfx.instrument(_DictOutput(wrap), x[:1])
+        result = search(space, loader, epochs=2, target=0.6, seed=3, progress=False)
+        assert result.steps == 4
+        spaces.append(space)
+    bare, mapped = (s.state_dict() for s in spaces)
+    assert list(bare) == list(mapped) and all(torch.equal(bare[k], mapped[k]) for k in bare)
+    widths = dmcpfx.derive(spaces[1], "expected", target=0.6)
+    compact = dmcpfx.materialize(spaces[1], widths, x[:1])
+    assert set(compact(x[:1])) == {"hidden", "logits"}
+    dmcpfx.retrain(compact, loader, epochs=1, progress=False)
+    assert 0.0 <= evaluate_model(compact, loader)["top1"] <= 100.0
+
+
 def test_segmentation_logits_search():
     """(N, classes, H, W) logits with (N, H, W) labels: cross-entropy and distillation per pixel."""
     torch.manual_seed(0)

@@ -259,7 +259,7 @@ class SearchStep:
                 frozen = self.frozen_bn() if (kind != "max" and self.bn_stats == "max") else contextlib.nullcontext()
                 with frozen, sliced, autocast(self.device, self.dtype):
                     out = net(x)
-                out = out.float()
+                out = logits_tensor(out, "search").float()
                 if kind == "max":
                     loss = checked_loss(F.cross_entropy, out, y, "search", host=host_labels,
                                         label_smoothing=self.label_smoothing)
@@ -299,7 +299,7 @@ class SearchStep:
             with self._clock("arch forward"), self.frozen_bn(), autocast(self.device, self.dtype):
                 out = space(x)  # the unwrapped module: no DDP hooks, alphas reduced below
             with self._clock("arch budget"):
-                ce = checked_loss(F.cross_entropy, out.float(), y, "search", host=host_labels,
+                ce = checked_loss(F.cross_entropy, logits_tensor(out, "search").float(), y, "search", host=host_labels,
                                   label_smoothing=self.label_smoothing)
                 e = self.expected(space)
                 bl = budget_loss(e, self.target, band=self.budget_band)
