@@ -17,7 +17,7 @@ def _model(name: str) -> torch.nn.Module:
 
 
 def test_reused_graph_gives_the_same_compact_model(monkeypatch):
-    model, x = _model("mobilenet_v2"), torch.randn(1, 3, 64, 64)
+    model, x = _model("mnasnet0_5"), torch.randn(1, 3, 64, 64)
     graph = dmcpfx.analyze(model, x)
     space = dmcpfx.instrument(model, x)
     widths = random_widths(space, 2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,9 +35,19 @@ SLICE_NAME = "supernet_slice.pt"   # the supernet's weights sliced to the arch, 
 ONNX_NAME = "compact.onnx"         # the retrained compact model, ONNX, dynamic batch
 
 
+def _with_versions(state: Mapping[str, torch.Tensor], versions: Any) -> OrderedDict:
+    """``state`` as a state dict carrying ``versions`` (a state dict's ``_metadata``: each
+    module's version, which a custom loader reads; torchvision's MNASNet refuses a state without)."""
+    out = OrderedDict(state)
+    if versions is not None:
+        out._metadata = versions  # type: ignore[attr-defined]
+    return out
+
+
 def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``model.state_dict()`` (CPU copies) to ``path`` atomically."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    """Write ``model.state_dict()`` (CPU copies, with the module versions) to ``path`` atomically."""
+    source = model.state_dict()
+    state = _with_versions({k: v.detach().cpu().clone() for k, v in source.items()}, getattr(source, "_metadata", None))
     torch_save_atomic(state, path)
     return Path(path)
 
@@ -47,15 +58,18 @@ def load_weights(path: str | os.PathLike, what: str = "weights file") -> dict[st
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{what} {path} is not a state dict of tensors (got {type(state).__name__}); "
                           f"{start_over_hint(Path(path))}")
-    return dict(state)
+    return _with_versions(state, getattr(state, "_metadata", None))
 
 
 def apply_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
     """``model.load_state_dict(state, strict=True)``, in eval mode; a mismatch is a ConfigError
-    naming ``source`` (the weights file)."""
+    naming ``source`` (the weights file). A state without module versions (a plain dict, a
+    safetensors file) is taken to be of the model's own versions."""
+    if getattr(state, "_metadata", None) is None:
+        state = _with_versions(state, getattr(model.state_dict(), "_metadata", None))
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:  # ValueError: a module's own loader refused the state
         detail = " ".join(str(exc).split())[:300]
         raise ConfigError(f"{source} does not fit the model rebuilt from the arch ({detail})") from exc
     return model.eval()

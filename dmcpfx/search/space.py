@@ -175,8 +175,13 @@ class SearchSpace(nn.Module):
             for key, value in gm.state_dict().items():
                 if not key.startswith("dmcpfx_gates."):
                     state[key] = value
+        # the template's own state dict, values replaced: it keeps the modules' versions
+        # (``_metadata``) that a custom loader reads (torchvision's MNASNet refuses a state without them)
         own = model.state_dict()
-        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        for key, value in state.items():
+            if key in own:
+                own[key] = value
+        model.load_state_dict(own, strict=False)
         return model
 
 
