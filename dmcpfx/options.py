@@ -20,9 +20,10 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["Options", "MAX_EPOCHS", "fail", "is_int", "int_in", "float_in", "one_of", "boolean", "closest"]
+__all__ = ["Options", "MAX_EPOCHS", "MAX_SEED", "fail", "is_int", "int_in", "float_in", "one_of", "boolean", "closest"]
 
 MAX_EPOCHS = 1_000_000  # far above any real schedule; 1e30 would never end
+MAX_SEED = 2**32 - 1  # the largest seed numpy (and the stratified subset drawn with it) accepts
 T = TypeVar("T", bound="Options")
 Check = Callable[[str, Any], None]  # (key, value) -> None or ConfigError
 
@@ -47,8 +48,10 @@ def int_in(low: int, high: int | None = None, *, optional: bool = False) -> Chec
     return check
 
 
-def float_in(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False) -> Check:
-    """A finite number in the interval (open or closed at each end; ``high`` None: no upper end)."""
+def float_in(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False,
+             high_key: str | None = None) -> Check:
+    """A finite number in the interval (open or closed at each end; ``high`` None: no upper end;
+    ``high_key``: the config key ``high`` comes from, named in the error)."""
     def check(key: str, value: Any) -> None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         ok = ok and (value > low if low_open else value >= low)
@@ -56,7 +59,8 @@ def float_in(low: float, high: float | None = None, *, low_open: bool = False, h
             ok = ok and (value < high if high_open else value <= high)
         if not ok:
             left, right = "(" if low_open else "[", ")" if high_open else "]"
-            rule = f"a finite number in {left}{low}, {high}{right}" if high is not None else \
+            upper = f"{high_key} = {high}" if high_key else f"{high}"
+            rule = f"a finite number in {left}{low}, {upper}{right}" if high is not None else \
                 f"a finite number {'>' if low_open else '>='} {low}"
             fail(key, rule, value)
     return check

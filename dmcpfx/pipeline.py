@@ -59,6 +59,7 @@ from .search.instrument import instrument
 from .product.latency import latency_table
 from .search.metric import BudgetMetric, resolve_budget
 from .search.loop import search
+from .search.run import check_lr_warmup, search_steps_per_epoch
 from .training import MetricsWriter, distributed_context, load_checked
 from .product.run_owner import run_lock
 
@@ -210,6 +211,9 @@ class _Run:
             if s.budget_metric == "latency":
                 self._latency_table()
             self.target, self.metric = self._check_target()
+            self._split_holdout()
+            if "search" in self.stages:
+                check_lr_warmup(s, search_steps_per_epoch(self.search_train, self.ctx, s.seed))
         self._check_resume_files()
         if self.path("summary.json").is_file():
             try:
@@ -264,13 +268,16 @@ class _Run:
         if self.main:
             write_text_atomic(self.path("analysis.txt"), graph.table() + "\n")
 
-    def search(self) -> None:
-        s, r = self.cfg.search, self.cfg.run
+    def _split_holdout(self) -> None:
+        """``search_train`` and ``holdout``: direct derive ranks on training images the search never sees."""
         self.search_train, self.holdout = self.bundle.train, None
-        if self.cfg.derive.mode == "direct":  # direct derive ranks on training images the search never sees
+        if self.cfg.derive.mode == "direct":
             n = len(self.bundle.train.dataset)
             held = max(1, min(self.cfg.derive.holdout_images, n // 5))  # at most a fifth of a small set
-            self.search_train, self.holdout = split_holdout(self.bundle.train, held, seed=s.seed)
+            self.search_train, self.holdout = split_holdout(self.bundle.train, held, seed=self.cfg.search.seed)
+
+    def search(self) -> None:
+        s, r = self.cfg.search, self.cfg.run
         result = search(
             self.space, self.search_train, s, val_loader=self.bundle.val, run_dir=self.dir, resume=r.resume,
             device=r.device, progress=bars_enabled(r.progress), callback=self._epoch_line(),

@@ -26,6 +26,13 @@ TINY = ["data.kind=synthetic", "data.num_classes=4", "data.image_size=8", "data.
     ("search.epochs=1000000000", "search.epochs"),
     ("retrain.epochs=1000000000", "retrain.epochs"),
     ("derive.holdout_images=-5", "derive.holdout_images"),
+    # a cosine to a final rate above its peak (this used to fail inside the schedule, after the run directory)
+    ("search.min_lr=0.5", "search.min_lr"),
+    ("search.arch_min_lr=0.9", "search.arch_min_lr"),
+    ("search.budget_band=1.0", "search.budget_band"),  # the band [T, T] is empty: log|E - T| has no minimum
+    ("search.seed=4294967296", "search.seed"),  # numpy's seeds end at 2**32 - 1
+    ("derive.seed=4294967296", "derive.seed"),
+    ("retrain.seed=4294967296", "retrain.seed"),
 ])
 def test_every_key_is_checked_with_its_range(override, key):
     with pytest.raises(ConfigError, match=rf"config key '{key}' must be"):
@@ -44,6 +51,21 @@ def test_late_keys_leave_no_run_directory(tmp_path):
     with pytest.raises(ConfigError, match="search.markov_decay"):
         run_pipeline(cfg)
     assert not run.exists()
+
+
+def test_a_final_rate_names_the_peak_it_is_bounded_by():
+    with pytest.raises(ConfigError, match=r"'search.min_lr' must be a finite number in \[0.0, search.lr = 0.001\], "
+                                          r"got 0.01"):
+        validate_config(load_config(None, ["search.lr=1e-3"]))
+
+
+def test_lr_warmup_past_the_search_is_refused_before_the_run_directory(tmp_path):
+    # TINY: 2 synthetic batches per epoch, so a 1-epoch search has 2 weight steps
+    cfg = _run(tmp_path, "search.epochs=1", "search.lr_warmup_steps=2")
+    with pytest.raises(ConfigError, match=r"'search.lr_warmup_steps' must be below the search's 2 weight steps "
+                                          r"\(1 epoch\(s\) x 2 batches\), got 2"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 def test_image_size_against_available_memory():

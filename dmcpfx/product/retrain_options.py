@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 from ..amp import AMP_CHOICES
-from ..options import MAX_EPOCHS, Options, boolean, fail, float_in, int_in, one_of
+from ..options import MAX_EPOCHS, MAX_SEED, Options, boolean, fail, float_in, int_in, one_of
 
 __all__ = ["RetrainOptions", "INIT_MODES"]
 
@@ -48,7 +48,7 @@ class RetrainOptions(Options):
             ("nesterov", _nesterov_needs_momentum(self.momentum)),
             ("weight_decay", float_in(0.0)), ("warmup_epochs", int_in(0, epochs - 1)),
             ("label_smoothing", float_in(0.0, 1.0, high_open=True)), ("amp", one_of(AMP_CHOICES)),
-            ("seed", int_in(0)),
+            ("seed", int_in(0, MAX_SEED)),
         ]
 
     def record(self) -> dict[str, Any]:

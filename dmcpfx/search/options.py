@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from ..amp import AMP_CHOICES
-from ..options import MAX_EPOCHS, Options, boolean, fail, float_in, int_in, one_of
+from ..options import MAX_EPOCHS, MAX_SEED, Options, boolean, fail, float_in, int_in, one_of
 from .alpha_init import ALPHA_INITS
 from .bn import BN_STATS
 from .latency_measure import BACKENDS
@@ -76,10 +76,13 @@ class SearchOptions(Options):
     ``divisor: auto`` is the channel multiple that the ``latency_backend`` rewards (ort-cpu: ONNX
     Runtime's NCHWc block on this CPU, probed; cuda: 8), null is ``auto`` under a latency budget
     and 1 otherwise (:attr:`resolved_divisor`).
-    Weights: SGD nesterov ``lr`` cosine to ``min_lr`` per step, ``lr_warmup_steps`` from
-    ``lr_warmup_start``, ``momentum``, ``weight_decay`` (conv/linear weights only).
-    Alphas: SGD nesterov ``arch_lr`` cosine to ``arch_min_lr`` over the architecture phase,
-    ``arch_momentum``. Loss: ``CE + budget_weight * budget_loss(E, T, budget_band)``.
+    Weights: SGD nesterov ``lr`` cosine to ``min_lr`` (at most ``lr``) per step,
+    ``lr_warmup_steps`` (fewer than the run's weight steps) from ``lr_warmup_start``,
+    ``momentum``, ``weight_decay`` (conv/linear weights only).
+    Alphas: SGD nesterov ``arch_lr`` cosine to ``arch_min_lr`` (at most ``arch_lr``) over the
+    architecture phase, ``arch_momentum``. Loss: ``CE + budget_weight * budget_loss(E, T,
+    budget_band)``, ``budget_band`` in (0, 1) (at 1 the band ``[T, T]`` is empty and the loss has
+    no minimum).
     ``num_random``: random sub-nets per weight step besides max and min; distillation at
     ``distill_temperature``; ``label_smoothing`` of the max net's CE. ``calib_batches``:
     training batches for every BatchNorm re-estimation. ``markov_schedule``: official
@@ -91,7 +94,7 @@ class SearchOptions(Options):
     ``slice_buckets``: 0 slices each sub-net to its exact widths; ``k >= 2`` slices to the smallest
     of ``k`` widths of each gate's candidate grid that holds the width and masks the rest of the
     bucket (the same function; at most ``k * k`` shapes per convolution, for cached GPU plans).
-    ``amp``: null | bf16 | fp16. ``seed``: everything random. ``log_interval``: steps per
+    ``amp``: null | bf16 | fp16. ``seed``: everything random (0 to 2**32 - 1). ``log_interval``: steps per
     ``step`` record of metrics.jsonl.
     """
 
@@ -139,17 +142,18 @@ class SearchOptions(Options):
     def rules(self) -> list:
         epochs = self.epochs if isinstance(self.epochs, int) else MAX_EPOCHS
         lr = self.lr if isinstance(self.lr, (int, float)) else math.inf
+        arch_lr = self.arch_lr if isinstance(self.arch_lr, (int, float)) else math.inf
         return [
             ("target", _target), ("epochs", int_in(1, MAX_EPOCHS)),
             ("warmup_epochs", int_in(0, epochs, optional=True)),
             ("divisor", _divisor), ("min_ratio", float_in(0.0, 1.0, low_open=True)),
             ("step", float_in(0.0, 1.0, low_open=True)),
-            ("lr", float_in(0.0, low_open=True)), ("min_lr", float_in(0.0)),
-            ("lr_warmup_steps", int_in(0)), ("lr_warmup_start", float_in(0.0, lr)),
+            ("lr", float_in(0.0, low_open=True)), ("min_lr", float_in(0.0, lr, high_key="search.lr")),
+            ("lr_warmup_steps", int_in(0)), ("lr_warmup_start", float_in(0.0, lr, high_key="search.lr")),
             ("momentum", float_in(0.0, 1.0, high_open=True)), ("weight_decay", float_in(0.0)),
-            ("arch_lr", float_in(0.0, low_open=True)), ("arch_min_lr", float_in(0.0)),
+            ("arch_lr", float_in(0.0, low_open=True)), ("arch_min_lr", float_in(0.0, arch_lr, high_key="search.arch_lr")),
             ("arch_momentum", float_in(0.0, 1.0, high_open=True)),
-            ("budget_weight", float_in(0.0)), ("budget_band", float_in(0.0, 1.0, low_open=True)),
+            ("budget_weight", float_in(0.0)), ("budget_band", float_in(0.0, 1.0, low_open=True, high_open=True)),
             ("budget_metric", one_of(BUDGET_METRICS)), ("latency_table", _table_path(self.budget_metric)),
             ("latency_backend", one_of(BACKENDS)), ("latency_batch", int_in(1, 4096)),
             ("latency_threads", int_in(1, 256)), ("num_random", int_in(0)),
@@ -159,7 +163,7 @@ class SearchOptions(Options):
             ("markov_prob_final", float_in(0.0, 1.0)), ("alpha_init", one_of(ALPHA_INITS)),
             ("bn_stats", one_of(BN_STATS)), ("slimmable", one_of(SLIMMABLE_CHOICES)),
             ("slice_buckets", check_slice_buckets), ("amp", one_of(AMP_CHOICES)),
-            ("channels_last", boolean), ("seed", int_in(0)), ("log_interval", int_in(1)),
+            ("channels_last", boolean), ("seed", int_in(0, MAX_SEED)), ("log_interval", int_in(1)),
         ]
 
     @property
@@ -220,7 +224,7 @@ class DeriveOptions(Options):
             ("samples", int_in(1)), ("holdout_images", int_in(0)), ("max_draws", int_in(1)),
             ("val_batches", int_in(1, optional=True)),
             ("target", lambda k, v: None if v is None else _target(k, v)),
-            ("seed", int_in(0, optional=True)), ("calib_batches", int_in(0, optional=True)),
+            ("seed", int_in(0, MAX_SEED, optional=True)), ("calib_batches", int_in(0, optional=True)),
             ("budget_metric", one_of((None, *BUDGET_METRICS))), ("latency_table", _table_path(None)),
             ("budget_band", lambda k, v: None if v is None else float_in(0.0, 1.0, low_open=True)(k, v)),
         ]

@@ -34,7 +34,21 @@ from .schedule import markov_prob
 from .state import CHECKPOINT_FORMAT, distributed_loader, load_state, loader_generators
 from .step import SearchStep
 
-__all__ = ["SearchRun"]
+__all__ = ["SearchRun", "check_lr_warmup", "search_steps_per_epoch"]
+
+
+def search_steps_per_epoch(train_loader: Iterable, ctx: DistContext, seed: int) -> int:
+    """Weight steps per epoch of a search on ``train_loader`` (per process under torchrun)."""
+    return steps_per_epoch(distributed_loader(train_loader, ctx, seed), "search")
+
+
+def check_lr_warmup(opts: SearchOptions, steps: int) -> None:
+    """``search.lr_warmup_steps`` must end before the search's ``opts.epochs * steps`` weight
+    steps (``steps`` per epoch); a ConfigError naming the key and the step count."""
+    total = opts.epochs * steps
+    if opts.lr_warmup_steps and opts.lr_warmup_steps >= total:
+        raise ConfigError(f"config key 'search.lr_warmup_steps' must be below the search's {total:,} weight steps "
+                          f"({opts.epochs} epoch(s) x {steps} batches), got {opts.lr_warmup_steps}")
 
 
 def _broadcast_buffers(space: nn.Module) -> None:
@@ -55,6 +69,7 @@ class SearchRun:
         self.warmup_epochs = opts.resolved_warmup_epochs
         self.loader = distributed_loader(train_loader, ctx, opts.seed)
         self.steps_per_epoch = steps_per_epoch(self.loader, "search")
+        check_lr_warmup(opts, self.steps_per_epoch)
         self.total_steps = opts.epochs * self.steps_per_epoch
         self.arch_start = self.warmup_epochs * self.steps_per_epoch
         self.arch_steps = self.total_steps - self.arch_start
