@@ -45,7 +45,6 @@ from .fileio import write_json_atomic, write_text_atomic
 from .finite import check_outputs
 from .progress import bars_enabled, derive_line, is_terminal, print_search_epoch
 from . import data
-from .arch import load_arch
 from .materialize import materialize
 from .models import check_input_shape, load_model
 from .plots import plot_search
@@ -179,9 +178,8 @@ class _Run:
             for name in needed:
                 if not self.path(name).is_file():
                     raise ConfigError(f"{self.path(name)} not found: run `dmcpfx search` with this config first")
-
-            load_arch(self.path("arch.yaml"))
-            load_weights(self.path(needed[1]), "weights file")
+            # the arch against this model and the weights against the arch, before the run directory changes
+            self.compact = self.rebuild(needed[1])
 
     def check_owner(self) -> None:
         """The run directory is new, empty, or a run of the same marker, and no other process uses it."""

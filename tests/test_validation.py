@@ -236,3 +236,27 @@ def test_a_space_without_a_prunable_group_says_why_in_instrument_and_search():
     assert not space.groups
     with pytest.raises(ConfigError, match=r"^search: no prunable group: .*; there is nothing to search$"):
         dmcpfx.search(space, [(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))], target=0.5, epochs=1, progress=False)
+
+
+def _files(run) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir())}
+
+
+@pytest.mark.parametrize("edit,said", [
+    (lambda t: t.replace("conv1: {channels: ", "conv1: {channels: 9", 1), r"group 'conv1': width 9\d* is outside \[1, 4\]"),
+    (lambda t: t + "  fc: {channels: 2, of: 4}\n", r"group 'fc' is frozen"),
+], ids=["width_above_its_of", "frozen_group"])
+def test_retrain_checks_a_hand_edited_arch_before_the_run_directory_changes(tmp_path, edit, said):
+    # retrain used to rewrite config.yaml and the marker, then fail on the arch inside materialize
+    cfg = _run(tmp_path, "search.epochs=1", "search.calib_batches=1", "retrain.epochs=1")
+    run_pipeline(cfg, ("analyze", "search", "derive", "materialize"))
+    run = tmp_path / "run"
+    arch = run / "arch.yaml"
+    arch.write_text(edit(arch.read_text()))
+    before = _files(run)
+    (run / "config.yaml").write_text("# the user's copy\n")  # a rewrite before the check would replace it
+    before["config.yaml"] = b"# the user's copy\n"
+    with pytest.raises(dmcpfx_arch.ArchError, match=said):
+        run_pipeline(_run(tmp_path, "search.epochs=1", "search.calib_batches=1", "retrain.epochs=1"),
+                     ("retrain", "report"))
+    assert _files(run) == before
