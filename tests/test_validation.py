@@ -26,6 +26,7 @@ TINY = ["data.kind=synthetic", "data.num_classes=4", "data.image_size=8", "data.
     ("search.epochs=1000000000", "search.epochs"),
     ("retrain.epochs=1000000000", "retrain.epochs"),
     ("derive.holdout_images=-5", "derive.holdout_images"),
+    ("derive.holdout_images=0 derive.mode=direct", "derive.holdout_images"),  # ranking on no image
     # a cosine to a final rate above its peak (this used to fail inside the schedule, after the run directory)
     ("search.min_lr=0.5", "search.min_lr"),
     ("search.arch_min_lr=0.9", "search.arch_min_lr"),
@@ -36,7 +37,7 @@ TINY = ["data.kind=synthetic", "data.num_classes=4", "data.image_size=8", "data.
 ])
 def test_every_key_is_checked_with_its_range(override, key):
     with pytest.raises(ConfigError, match=rf"config key '{key}' must be"):
-        validate_config(load_config(None, [override]))
+        validate_config(load_config(None, override.split()))
 
 
 def test_epochs_as_huge_float_is_refused():

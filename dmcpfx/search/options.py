@@ -187,8 +187,9 @@ class DeriveOptions(Options):
     """Concrete widths from a searched space.
 
     ``mode``: expected (``E[c]`` rounded + the smallest change that meets the band) |
-    direct (``samples`` in-band Markov samples ranked on ``holdout_images`` training images held
-    out of the search, never the reported split; at most ``max_draws`` draws; ``val_batches``:
+    direct (``samples`` in-band Markov samples ranked on ``holdout_images`` (at least 1; a run
+    holds out at most a fifth of its training set) training images held out of the search, never
+    the reported split; at most ``max_draws`` draws; ``val_batches``:
     batches of that held-out loader per sample, null: all). ``rounding`` (expected): count (each
     ``E[c]`` down or up to a neighbouring valid width so that the count tracks the search's E;
     deviation) | nearest (each to its nearest valid width, the official ``round(E[c])``).
@@ -221,7 +222,8 @@ class DeriveOptions(Options):
         return [
             ("mode", one_of(("expected", "direct"))), ("rounding", one_of(("count", "nearest"))),
             ("tolerance", float_in(0.0, 1.0, low_open=True, high_open=True)),
-            ("samples", int_in(1)), ("holdout_images", int_in(0)), ("max_draws", int_in(1)),
+            ("samples", int_in(1)), ("holdout_images", int_in(1 if self.mode == "direct" else 0)),
+            ("max_draws", int_in(1)),
             ("val_batches", int_in(1, optional=True)),
             ("target", lambda k, v: None if v is None else _target(k, v)),
             ("seed", int_in(0, MAX_SEED, optional=True)), ("calib_batches", int_in(0, optional=True)),
