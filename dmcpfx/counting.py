@@ -48,8 +48,11 @@ class _MacCounter(TorchDispatchMode):
             weight, elements = args[1], (args[0] if args[6] else out)
             self.total += elements.numel() * weight.shape[1] * math.prod(weight.shape[2:])
         elif func is _aten._native_multi_head_attention.default:  # nn.MultiheadAttention's fast path
-            tokens, embed = args[0].shape[-2] * args[0].shape[0], args[3]
-            self.total += tokens * 4 * embed * embed
+            # the q projection on the query's tokens, k and v on the key's, the output projection
+            # (proj_weight (out, embed): a compact model may have fewer outputs than embed_dim)
+            query, key, embed, qkv_weight, proj_weight = args[0], args[1], args[3], args[5], args[7]
+            q_tokens, kv_tokens = query.numel() // embed, key.numel() // embed
+            self.total += (q_tokens + 2 * kv_tokens) * qkv_weight.shape[1] * embed + q_tokens * proj_weight.numel()
         elif func in _PRODUCTS:
             a, b = (args[i] for i in _PRODUCTS[func])
             if self._is_param(a) or self._is_param(b):

@@ -73,3 +73,21 @@ def test_the_analysis_counts_what_the_counter_counts(factory):
     else:
         assert graph.groups["a"].frozen and "unsupported" in graph.groups["a"].frozen_reasons[0]
     check_properties(model, X)  # the groups after the product stay prunable, and counted exactly
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, out: int):
+        super().__init__()
+        self.att = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.att.out_proj = nn.modules.linear.NonDynamicallyQuantizableLinear(16, out)  # a compact model's
+
+    def forward(self, x):
+        return self.att(x, x, x)[0]
+
+
+@pytest.mark.parametrize("out", [16, 8])
+def test_the_counter_takes_the_attention_fast_paths_weights_as_they_are(out):
+    # eval mode, batch_first: nn.MultiheadAttention runs aten._native_multi_head_attention; a compact
+    # model whose out_proj keeps `out` of its 16 outputs costs 10 tokens x (3 x 16 x 16 + out x 16)
+    model = _SelfAttention(out).eval()
+    assert count_flops(model, torch.randn(1, 10, 16)) == 10 * (3 * 16 * 16 + out * 16)
