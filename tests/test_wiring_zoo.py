@@ -1,0 +1,31 @@
+"""DESIGN.md section 8 properties 1-3 and 6 on hand-written networks with unusual wiring
+(tests/wiring_models.py): channel reductions, permutations, pads, repeats, parametrized
+weights, recurrent and attention heads. A group the analysis cannot prove safe must be frozen;
+whatever is pruned must give a compact model equal to the masked one.
+
+The default run keeps one model per family (DEFAULT); the others, at about 1 s each on 2 CPU
+cores, run under ``-m slow``.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from equivalence import check_properties, randomize_norms
+from wiring_models import MODELS
+
+DEFAULT = {"MeanOverC", "RollOverC", "PadChannels", "PixelShuffle", "AttentionHead", "WeightNormParametrized"}
+X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("factory", [m if m.__name__ in DEFAULT else pytest.param(m, marks=pytest.mark.slow)
+                                     for m in MODELS], ids=lambda m: m.__name__)
+def test_unusual_wiring_holds_the_properties(factory):
+    torch.manual_seed(0)
+    model = randomize_norms(factory().eval())
+    figures = check_properties(model, X)
+    assert figures["groups"] >= 1
+
+
+def test_every_default_model_exists():
+    assert DEFAULT <= {m.__name__ for m in MODELS}
