@@ -7,8 +7,10 @@ original class, a compact model or a GraphModule) without using the analysis:
 - every convolution: ``out.numel() * (in_channels / groups) * prod(kernel)``; a transposed one:
   ``input.numel() * (out_channels / groups) * prod(kernel)``;
 - every matrix product (``mm`` / ``addmm`` / ``bmm``, which ``linear`` dispatches to)
-  with an operand stored in one of the model's parameters or buffers:
-  ``out.numel() * contracted_dim``.
+  with an operand stored in one of the model's parameters or buffers (or a view of one):
+  ``out.numel() * contracted_dim``;
+- the fused fast paths of ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` (eval
+  mode): their projections and feed-forward layers, from their weights' shapes.
 
 Products of two activations (attention scores), biases, norms and activations are
 not counted. One eval-mode forward runs on the first image of ``example_inputs``
@@ -53,6 +55,10 @@ class _MacCounter(TorchDispatchMode):
             query, key, embed, qkv_weight, proj_weight = args[0], args[1], args[3], args[5], args[7]
             q_tokens, kv_tokens = query.numel() // embed, key.numel() // embed
             self.total += (q_tokens + 2 * kv_tokens) * qkv_weight.shape[1] * embed + q_tokens * proj_weight.numel()
+        elif func is _aten._transformer_encoder_layer_fwd.default:  # nn.TransformerEncoderLayer's fast path
+            # qkv, the output projection and the two feed-forward layers, on every token
+            tokens = args[0].numel() // args[1]
+            self.total += tokens * sum(args[i].numel() for i in (3, 5, 14, 16))
         elif func in _PRODUCTS:
             a, b = (args[i] for i in _PRODUCTS[func])
             if self._is_param(a) or self._is_param(b):

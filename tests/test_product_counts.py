@@ -91,3 +91,19 @@ def test_the_counter_takes_the_attention_fast_paths_weights_as_they_are(out):
     # model whose out_proj keeps `out` of its 16 outputs costs 10 tokens x (3 x 16 x 16 + out x 16)
     model = _SelfAttention(out).eval()
     assert count_flops(model, torch.randn(1, 10, 16)) == 10 * (3 * 16 * 16 + out * 16)
+
+
+@pytest.mark.parametrize("factory", [
+    lambda: nn.TransformerEncoderLayer(16, 4, 32, batch_first=True, dropout=0.0),
+    lambda: _SelfAttention(8),
+], ids=["encoder_layer", "attention_with_a_narrow_out_proj"])
+def test_the_counter_gives_the_fast_path_what_it_gives_the_plain_path(factory):
+    # eval mode takes the fused kernel; with the fast path off the same model runs linear by linear
+    model, x = factory().eval(), torch.randn(1, 10, 16)
+    fused = count_flops(model, x)
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        plain = count_flops(model, x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+    assert fused == plain > 0

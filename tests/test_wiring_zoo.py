@@ -1,6 +1,7 @@
 """DESIGN.md section 8 properties 1-3 and 6 on hand-written networks with unusual wiring
 (tests/wiring_models.py): channel reductions, permutations, pads, repeats, parametrized
-weights, recurrent and attention heads. A group the analysis cannot prove safe must be frozen;
+weights, recurrent and attention heads; and torch's transformer modules on conv features
+(tests/wiring_transformers.py). A group the analysis cannot prove safe must be frozen;
 whatever is pruned must give a compact model equal to the masked one.
 
 The default run keeps one model per family (DEFAULT); the others, at about 1 s each on 2 CPU
@@ -12,9 +13,13 @@ import pytest
 import torch
 
 from equivalence import check_properties, randomize_norms
-from wiring_models import MODELS
+from wiring_models import MODELS as PLAIN
+from wiring_transformers import MODELS as TRANSFORMERS
 
-DEFAULT = {"MeanOverC", "RollOverC", "PadChannels", "PixelShuffle", "AttentionHead", "WeightNormParametrized"}
+MODELS = PLAIN + TRANSFORMERS
+
+DEFAULT = {"MeanOverC", "RollOverC", "PadChannels", "PixelShuffle", "AttentionHead", "WeightNormParametrized",
+           "CrossAttentionQueries"}
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
 

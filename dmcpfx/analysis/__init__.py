@@ -84,7 +84,9 @@ def analyze(model: nn.Module, example_inputs, *, model_name: str | None = None,
         graph_modules = export_both_modes(model, batch)
         with torch.no_grad():
             for tag in ("eval", "train"):
-                _ChannelInterpreter(graph_modules[tag], RuleContext(builder, tag, model, EXPORT_BATCH)).run(*batch)
+                gm = graph_modules[tag]
+                ctx = RuleContext(builder, tag, model, EXPORT_BATCH, graph_tensors=[*gm.parameters(), *gm.buffers()])
+                _ChannelInterpreter(gm, ctx).run(*batch)
     param_shapes = _param_shapes(model, builder)
     return builder.finalize(
         graph_modules=graph_modules,

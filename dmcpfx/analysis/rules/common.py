@@ -11,7 +11,7 @@ and the module named, and the result is opaque.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import fx, nn
@@ -100,12 +100,20 @@ def module_path(node: fx.Node) -> str:
 class RuleContext:
     """What the rules of one exported graph share: the builder, the graph tag, the model."""
 
-    def __init__(self, builder: GraphBuilder, tag: str, root: nn.Module, batch: int) -> None:
+    def __init__(self, builder: GraphBuilder, tag: str, root: nn.Module, batch: int,
+                 graph_tensors: Iterable[torch.Tensor] = ()) -> None:
         self.b = builder
         self.tag = tag
         self.batch = batch
         self.modules = dict(root.named_modules())
         self.root = root
+        self._storages = {t.untyped_storage().data_ptr() for t in graph_tensors} - {0}  # 0: no memory
+
+    def holds(self, value) -> bool:
+        """True when ``value`` is a tensor stored in one of the graph's parameters or buffers
+        (the tensor itself or a view of it: a split of ``in_proj_weight``), the test the
+        independent MAC counter applies to a product's operands."""
+        return isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() in self._storages
 
     def owns(self, target: str) -> bool:
         """True when the model holds a tensor at ``target`` (a parameter, buffer or tensor

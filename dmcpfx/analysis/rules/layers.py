@@ -219,13 +219,25 @@ def _unsupported_product(ctx: RuleContext, call: Call, what: str):
     product of the sizes of all its indices)."""
     refs = list(iter_paramrefs(call.i))
     result = call.result
-    if refs and ctx.tag == "eval" and isinstance(result, torch.Tensor) and result.numel():
+    counted = refs or any(ctx.holds(v) for v in _operands(call))  # a view of a parameter counts too
+    if counted and ctx.tag == "eval" and isinstance(result, torch.Tensor) and result.numel():
         macs = _einsum_macs(call) if call.op == "einsum" else result.numel() * _contracted(call)
         if macs:
-            ctx.b.macs.append(MacRecord(_producer_id(ctx, refs[0].target), "linear",
-                                        _per_image(ctx, macs, 1, call.node), 1, 1, 1, 1, None, None))
+            owner = _producer_id(ctx, refs[0].target) if refs else module_path(call.node)
+            ctx.b.macs.append(MacRecord(owner, "linear", _per_image(ctx, macs, 1, call.node), 1, 1, 1, 1, None, None))
     pin_refs(ctx, call, "multiplied by a tensor")
     return unknown(ctx, call, what)
+
+
+_OPERANDS = {"linear": ("input", "weight"), "addmm": ("mat1", "mat2"), "mm": ("self", "mat2"),
+             "bmm": ("self", "mat2"), "matmul": ("self", "other")}
+
+
+def _operands(call: Call) -> list:
+    """The multiplied tensors of a product (not an addmm's or linear's bias)."""
+    if call.op == "einsum":
+        return list(call.v.get("tensors") or [])
+    return [call.v.get(name) for name in _OPERANDS.get(call.op, ())]
 
 
 def _contracted(call: Call) -> int:
@@ -265,7 +277,8 @@ def matmul(ctx: RuleContext, call: Call):
         if call.op == "addmm" and (call.v.get("beta", 1) != 1 or call.v.get("alpha", 1) != 1):
             return _unsupported_product(ctx, call, "addmm with scaling factors")
         return _dense(ctx, call, x, xi, w, wi, in_dim=0, out_dim=1, bias_name=bias)
-    if call.op != "addmm" and not isinstance(xi, ParamRef) and not isinstance(wi, ParamRef) and x.ndim >= 2 and w.ndim >= 2:
+    if call.op != "addmm" and not isinstance(xi, ParamRef) and not isinstance(wi, ParamRef) and x.ndim >= 2 \
+            and w.ndim >= 2 and not (ctx.holds(x) or ctx.holds(w)):  # a view of a parameter is no activation
         return _activation_product(ctx, call, x, xi, w, wi)
     what = "with a parameter" if any(True for _ in iter_paramrefs(call.i)) else "of two activations"
     return _unsupported_product(ctx, call, f"product aten.{call.op} {what}")
