@@ -59,8 +59,22 @@ class ParamOnTheLeft(_Sandwich):
         return torch.matmul(self.w, y.flatten(2)).view(n, 8, h, w)
 
 
-@pytest.mark.parametrize("factory", [BufferLinear, EinsumParam, BmmExpandedParam, AddmmScaled, ParamOnTheLeft],
-                         ids=lambda f: f.__name__)
+class LinearOnSplitWeight(_Sandwich):  # nn.MultiheadAttention's cross-attention splits in_proj_weight so
+    def mid(self, y):
+        rows = y.permute(0, 2, 3, 1)
+        top, bottom = self.w.split(4)
+        return torch.cat([F.linear(rows, top), F.linear(rows, bottom)], -1).permute(0, 3, 1, 2)
+
+
+class MatmulWithSplitParam(_Sandwich):
+    def mid(self, y):
+        rows = y.permute(0, 2, 3, 1)
+        left, right = self.w.split(4, dim=1)
+        return torch.cat([rows @ left, rows @ right], -1).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("factory", [BufferLinear, EinsumParam, BmmExpandedParam, AddmmScaled, ParamOnTheLeft,
+                                     LinearOnSplitWeight, MatmulWithSplitParam], ids=lambda f: f.__name__)
 def test_the_analysis_counts_what_the_counter_counts(factory):
     torch.manual_seed(0)
     model = factory().eval()

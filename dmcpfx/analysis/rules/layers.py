@@ -280,7 +280,8 @@ def matmul(ctx: RuleContext, call: Call):
     if call.op != "addmm" and not isinstance(xi, ParamRef) and not isinstance(wi, ParamRef) and x.ndim >= 2 \
             and w.ndim >= 2 and not (ctx.holds(x) or ctx.holds(w)):  # a view of a parameter is no activation
         return _activation_product(ctx, call, x, xi, w, wi)
-    what = "with a parameter" if any(True for _ in iter_paramrefs(call.i)) else "of two activations"
+    held = any(True for _ in iter_paramrefs(call.i)) or ctx.holds(x) or ctx.holds(w)
+    what = "with a parameter" if held else "of two activations"
     return _unsupported_product(ctx, call, f"product aten.{call.op} {what}")
 
 
