@@ -208,8 +208,13 @@ def _dense(ctx: RuleContext, call: Call, x, xi, w, wi: ParamRef, in_dim: int, ou
     return out
 
 
+# a product's two multiplied arguments (not an addmm's or linear's bias), by op
+_OPERANDS = {"linear": ("input", "weight"), "addmm": ("mat1", "mat2"), "mm": ("self", "mat2"),
+             "bmm": ("self", "mat2"), "matmul": ("self", "other")}
+
+
 def _input_name(call: Call) -> str:
-    return {"linear": "input", "addmm": "mat1", "mm": "self", "matmul": "self", "bmm": "self"}[call.op]
+    return _OPERANDS[call.op][0]
 
 
 def _unsupported_product(ctx: RuleContext, call: Call, what: str):
@@ -219,18 +224,14 @@ def _unsupported_product(ctx: RuleContext, call: Call, what: str):
     product of the sizes of all its indices)."""
     refs = list(iter_paramrefs(call.i))
     result = call.result
-    counted = refs or any(ctx.holds(v) for v in _operands(call))  # a view of a parameter counts too
-    if counted and ctx.tag == "eval" and isinstance(result, torch.Tensor) and result.numel():
+    if ctx.tag == "eval" and isinstance(result, torch.Tensor) and result.numel() \
+            and (refs or any(ctx.holds(v) for v in _operands(call))):  # a view of a parameter counts too
         macs = _einsum_macs(call) if call.op == "einsum" else result.numel() * _contracted(call)
         if macs:
             owner = _producer_id(ctx, refs[0].target) if refs else module_path(call.node)
             ctx.b.macs.append(MacRecord(owner, "linear", _per_image(ctx, macs, 1, call.node), 1, 1, 1, 1, None, None))
     pin_refs(ctx, call, "multiplied by a tensor")
     return unknown(ctx, call, what)
-
-
-_OPERANDS = {"linear": ("input", "weight"), "addmm": ("mat1", "mat2"), "mm": ("self", "mat2"),
-             "bmm": ("self", "mat2"), "matmul": ("self", "other")}
 
 
 def _operands(call: Call) -> list:
@@ -267,8 +268,7 @@ def linear(ctx: RuleContext, call: Call):
 
 def matmul(ctx: RuleContext, call: Call):
     """``mm`` / ``matmul`` / ``bmm`` / ``addmm``: a parameter on the right acts as a linear weight."""
-    left = "mat1" if call.op == "addmm" else "self"
-    right = "mat2" if call.op in ("addmm", "mm", "bmm") else "other"
+    left, right = _OPERANDS[call.op]
     x, xi, w, wi = call.v[left], call.i[left], call.v[right], call.i[right]
     if isinstance(wi, ParamRef) and w.ndim == 2 and None not in wi.dims and not isinstance(xi, ParamRef):
         if call.op == "addmm" and isinstance(call.i.get("self"), ParamRef) and call.v["self"].ndim != 1:
@@ -277,11 +277,11 @@ def matmul(ctx: RuleContext, call: Call):
         if call.op == "addmm" and (call.v.get("beta", 1) != 1 or call.v.get("alpha", 1) != 1):
             return _unsupported_product(ctx, call, "addmm with scaling factors")
         return _dense(ctx, call, x, xi, w, wi, in_dim=0, out_dim=1, bias_name=bias)
+    viewed = ctx.holds(x) or ctx.holds(w)  # a view of a parameter is no activation
     if call.op != "addmm" and not isinstance(xi, ParamRef) and not isinstance(wi, ParamRef) and x.ndim >= 2 \
-            and w.ndim >= 2 and not (ctx.holds(x) or ctx.holds(w)):  # a view of a parameter is no activation
+            and w.ndim >= 2 and not viewed:
         return _activation_product(ctx, call, x, xi, w, wi)
-    held = any(True for _ in iter_paramrefs(call.i)) or ctx.holds(x) or ctx.holds(w)
-    what = "with a parameter" if held else "of two activations"
+    what = "with a parameter" if viewed or any(True for _ in iter_paramrefs(call.i)) else "of two activations"
     return _unsupported_product(ctx, call, f"product aten.{call.op} {what}")
 
 
@@ -305,7 +305,7 @@ def _activation_product(ctx: RuleContext, call: Call, a, ai, b, bi):
                     ctx.b.freeze(info, f"aten.{call.op} {where} contracts channels with an untracked tensor")
             return opaque_like(call.result)
         ctx.b.unify(ai, bi, f"aten.{call.op} {where}")
-        left, right = ("self", "other") if call.op == "matmul" else ("self", "mat2")
+        left, right = _OPERANDS[call.op]
         for name, info in ((left, ai), (right, bi)):  # the sum over k must not see pruned channels
             ctx.b.mask_sites.append(MaskSite(ctx.tag, call.node.name, arg_index(call, name), info, "consumer"))
     batch: dict[int, list[Layout]] = {}
