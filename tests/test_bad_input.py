@@ -52,6 +52,12 @@ def resnext():
     return torchvision.models.resnext50_32x4d().eval()
 
 
+@pytest.fixture(scope="module")
+def resnext_graph(resnext):
+    """One analysis for the module: materialize(..., graph=) reuses it (6 s a call otherwise)."""
+    return dmcpfx.analyze(resnext, X)
+
+
 @pytest.mark.parametrize(
     "widths,match",
     [
@@ -62,17 +68,17 @@ def resnext():
         ({"conv1": 3.5}, r"group 'conv1': width must be an integer"),
     ],
 )
-def test_bad_arch_names_the_group(resnext, widths, match):
+def test_bad_arch_names_the_group(resnext, resnext_graph, widths, match):
     with pytest.raises(dmcpfx.ArchError, match=match):
-        dmcpfx.materialize(resnext, widths, X)
+        dmcpfx.materialize(resnext, widths, X, graph=resnext_graph)
 
 
-def test_arch_yaml_round_trip_and_format_errors(tmp_path, resnext):
-    graph = dmcpfx.analyze(resnext, X)
+def test_arch_yaml_round_trip_and_format_errors(tmp_path, resnext, resnext_graph):
+    graph = resnext_graph
     path = save_arch(tmp_path / "a.yaml", {"conv1": 32}, graph, model="torchvision:resnext50_32x4d")
     arch = load_arch(path)
     assert arch.widths["conv1"] == 32 and arch.flops["pruned"] < arch.flops["full"]
-    compact = dmcpfx.materialize(resnext, path, X)
+    compact = dmcpfx.materialize(resnext, path, X, graph=graph)
     assert compact.conv1.out_channels == 32
     bad = tmp_path / "bad.yaml"
     bad.write_text(path.read_text().replace("dmcpfx-arch/1", "dmcpfx-arch/9"))
@@ -81,7 +87,7 @@ def test_arch_yaml_round_trip_and_format_errors(tmp_path, resnext):
     other = tmp_path / "other.yaml"
     other.write_text(path.read_text().replace("of: 64", "of: 48", 1))
     with pytest.raises(dmcpfx.ArchError, match="another model"):
-        dmcpfx.materialize(resnext, other, X)
+        dmcpfx.materialize(resnext, other, X, graph=graph)
     for block in ("flops", "params"):  # a pruned count that the widths do not give: edited by hand
         doc = yaml.safe_load(path.read_text())
         doc[block]["pruned"] = int(doc[block]["pruned"] * 1.05)
