@@ -10,7 +10,11 @@ original class, a compact model or a GraphModule) without using the analysis:
   with an operand stored in one of the model's parameters or buffers (or a view of one):
   ``out.numel() * contracted_dim``;
 - the fused fast paths of ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` (eval
-  mode): their projections and feed-forward layers, from their weights' shapes.
+  mode): their projections and feed-forward layers, from their weights' shapes;
+- recurrent layers (``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``): every weight matrix once per
+  token, ``tokens * sum(W.numel())``, whether the backend runs them as matrix products (counted
+  as such) or as one fused kernel (oneDNN's ``mkldnn_rnn_layer``, cuDNN's ``_cudnn_rnn``,
+  MIOpen's ``miopen_rnn``: counted from their weights, :func:`fused_rnn_macs`).
 
 Products of two activations (attention scores), biases, norms and activations are
 not counted. One eval-mode forward runs on the first image of ``example_inputs``
@@ -31,6 +35,23 @@ from .inputs import as_tuple
 _aten = torch.ops.aten
 _CONVS = {_aten.convolution.default, _aten._convolution.default, _aten.convolution_overrideable.default}
 _PRODUCTS = {_aten.mm.default: (0, 1), _aten.addmm.default: (1, 2), _aten.bmm.default: (0, 1)}
+#: fused recurrent kernels -> where their weight matrices are: ("each", indices) for one layer's
+#: tensors, ("list", index) for a list of every layer's weights (biases are 1-D, skipped)
+_FUSED_RNNS = {"mkldnn_rnn_layer": ("each", (1, 2)), "_cudnn_rnn": ("list", 1), "miopen_rnn": ("list", 1)}
+
+
+def fused_rnn_macs(op_name: str, args) -> int | None:
+    """MACs of one call of a fused recurrent kernel (None for another op): each 2-d weight
+    matrix ``W`` is applied once per token, ``tokens * W.numel()``, tokens being every row of
+    ``input`` (``(T, N, in)``, ``(N, T, in)`` or packed ``(tokens, in)``), as the same layer
+    computed with matrix products counts."""
+    spec = _FUSED_RNNS.get(op_name)
+    if spec is None:
+        return None
+    kind, where = spec
+    weights = [args[i] for i in where] if kind == "each" else list(args[where])
+    tokens = args[0].numel() // max(1, args[0].shape[-1])
+    return tokens * sum(w.numel() for w in weights if isinstance(w, torch.Tensor) and w.ndim == 2)
 
 
 class _MacCounter(TorchDispatchMode):
@@ -63,6 +84,8 @@ class _MacCounter(TorchDispatchMode):
             a, b = (args[i] for i in _PRODUCTS[func])
             if self._is_param(a) or self._is_param(b):
                 self.total += out.numel() * a.shape[-1]
+        else:
+            self.total += fused_rnn_macs(func.overloadpacket.__name__, args) or 0
         return out
 
 

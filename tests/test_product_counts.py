@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dmcpfx
-from dmcpfx.counting import count_flops
+from dmcpfx.counting import count_flops, fused_rnn_macs
 from equivalence import check_properties
 
 X = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
@@ -121,3 +121,60 @@ def test_the_counter_gives_the_fast_path_what_it_gives_the_plain_path(factory):
     finally:
         torch.backends.mha.set_fastpath_enabled(True)
     assert fused == plain > 0
+
+
+class _RecurrentHead(nn.Module):
+    """conv features read as a sequence (N, W, C) by a recurrent layer, then a linear head."""
+
+    def __init__(self, rnn: nn.Module, out: int):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.rnn, self.head = rnn, nn.Linear(out, 4)
+
+    def forward(self, x):
+        seq = F.relu(self.b(F.relu(self.a(x)))).mean(2).transpose(1, 2)
+        return self.head(self.rnn(seq)[0][:, -1])
+
+
+RECURRENT = {
+    "gru": (lambda: nn.GRU(8, 5, batch_first=True), 5),
+    "rnn_relu_2_layers": (lambda: nn.RNN(8, 5, num_layers=2, nonlinearity="relu", batch_first=True), 5),
+    "lstm_bidirectional": (lambda: nn.LSTM(8, 5, bidirectional=True, batch_first=True), 10),
+    "lstm_projected": (lambda: nn.LSTM(8, 5, proj_size=3, batch_first=True), 3),
+}
+
+
+def _rnn_weight_numel(rnn: nn.Module) -> int:
+    return sum(p.numel() for name, p in rnn.named_parameters() if name.startswith("weight"))
+
+
+@pytest.mark.parametrize("name", list(RECURRENT))
+def test_recurrent_layers_count_every_weight_matrix_once_per_token(name):
+    # the counter sees matrix products (GRU, RNN, a projected LSTM) or oneDNN's fused LSTM kernel;
+    # the analysis counts the aten.lstm / gru / rnn_* node from its weights: all agree with
+    # tokens x sum(W.numel()), 6 tokens (the width of the 6x6 map) per image
+    rnn, out = RECURRENT[name]
+    torch.manual_seed(0)
+    model = _RecurrentHead(rnn(), out).eval()
+    convs_and_head = count_flops(nn.Sequential(model.a, model.b), X) + out * 4
+    want = convs_and_head + 6 * _rnn_weight_numel(model.rnn)
+    assert count_flops(model, X) == want
+    with torch.backends.mkldnn.flags(enabled=False):  # every recurrent layer as matrix products
+        assert count_flops(model, X) == want
+    graph = dmcpfx.analyze(model, X)
+    assert graph.full_flops == want
+    assert graph.groups["b"].frozen and "aten." in graph.groups["b"].frozen_reasons[0]
+    check_properties(model, X)  # group 'a' stays prunable and counted exactly
+
+
+def test_fused_recurrent_kernels_are_counted_from_their_weights():
+    # the cuDNN / MIOpen / oneDNN kernels, as the counter receives their arguments (CPU tensors
+    # stand in for CUDA ones: only the shapes matter); 7 tokens, a 2-layer LSTM 4 -> 3
+    w = [torch.zeros(12, 4), torch.zeros(12, 3), torch.zeros(12), torch.zeros(12),
+         torch.zeros(12, 3), torch.zeros(12, 3), torch.zeros(12), torch.zeros(12)]
+    per_token = 12 * 4 + 12 * 3 + 12 * 3 + 12 * 3
+    seq = torch.zeros(7, 1, 4)
+    assert fused_rnn_macs("_cudnn_rnn", [seq, w, 4, None, None]) == 7 * per_token
+    assert fused_rnn_macs("miopen_rnn", [torch.zeros(1, 7, 4), w, 4, None]) == 7 * per_token
+    assert fused_rnn_macs("mkldnn_rnn_layer", [seq, *w[:4]]) == 7 * (12 * 4 + 12 * 3)
+    assert fused_rnn_macs("addmm", [seq]) is None

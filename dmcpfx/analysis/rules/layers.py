@@ -259,6 +259,23 @@ def _einsum_macs(call: Call) -> int:
     return math.prod(sizes.values())
 
 
+def recurrent(ctx: RuleContext, call: Call):
+    """``aten.lstm`` / ``gru`` / ``rnn_tanh`` / ``rnn_relu``: not pruned through (every channel
+    space among the inputs freezes, :func:`unknown`), and counted as the counter counts them:
+    each 2-d weight matrix of ``params`` once per token of ``input`` (``(T, N, in)``,
+    ``(N, T, in)`` or unbatched ``(T, in)``), ``tokens * W.numel()`` MACs per image. The packed
+    ``.data`` overload is frozen and not counted."""
+    x, weights = call.v.get("input"), call.v.get("params")
+    if ctx.tag == "eval" and isinstance(x, torch.Tensor) and x.ndim >= 2 and isinstance(weights, (list, tuple)):
+        macs = x.numel() // max(1, x.shape[-1]) * sum(w.numel() for w in weights
+                                                      if isinstance(w, torch.Tensor) and w.ndim == 2)
+        source = call.node.args[0] if call.node.args and hasattr(call.node.args[0], "meta") else None
+        if macs:
+            ctx.b.macs.append(MacRecord(module_path(call.node), "linear", _per_image(ctx, macs, 1, source),
+                                        1, 1, 1, 1, None, None))
+    return unknown(ctx, call)
+
+
 def linear(ctx: RuleContext, call: Call):
     x, xi, w, wi = call.v["input"], call.i["input"], call.v["weight"], call.i["weight"]
     if not is_whole_param(wi, w) or w.ndim != 2:
@@ -347,6 +364,7 @@ def rules() -> dict:
     table = {op: conv for op in ("conv1d", "conv2d", "conv3d", "convolution", "_convolution")}
     table.update({"linear": linear, "addmm": matmul, "mm": matmul, "matmul": matmul, "bmm": matmul})
     table["einsum"] = lambda ctx, call: _unsupported_product(ctx, call, "op aten.einsum")
+    table.update({op: recurrent for op in ("lstm", "gru", "rnn_tanh", "rnn_relu")})
     table.update({op: transposed_conv for op in ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")})
     return table
 
