@@ -42,6 +42,27 @@ def test_untraceable_model_names_the_module(capsys):
     assert "def forward" not in capsys.readouterr().err
 
 
+class _ReservedName(nn.Module):
+    """A metadata branch called ``meta``: fx.GraphModule has a ``meta`` dict of its own."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name, self.conv = name, nn.Conv2d(3, 8, 3)
+        setattr(self, name, nn.Linear(4, 8))
+
+    def forward(self, x, extra):
+        return self.conv(x).mean((2, 3)) + getattr(self, self.name)(extra)
+
+
+@pytest.mark.parametrize("name", ["meta", "graph"])
+def test_a_top_level_name_that_graph_modules_reserve_is_one_line(name):
+    with pytest.raises(dmcpfx.TraceError, match=rf"top-level submodule named '{name}'.*rename it") as failure:
+        dmcpfx.analyze(_ReservedName(name), (X, torch.randn(1, 4)))
+    assert "\n" not in str(failure.value)
+    graph = dmcpfx.analyze(_ReservedName("metadata"), (X, torch.randn(1, 4)))  # any other name is analyzed
+    assert graph.groups["conv"].width == 8
+
+
 def test_wrong_input_shape_names_the_node():
     with pytest.raises(dmcpfx.AnalysisError, match="conv1"):
         dmcpfx.analyze(torchvision.models.resnet18(), torch.randn(1, 5, 32, 32))

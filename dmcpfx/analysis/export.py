@@ -82,6 +82,32 @@ def _quiet_export():
             lg.setLevel(level)
 
 
+def _graph_module_names() -> frozenset[str]:
+    """Attribute names an ``fx.GraphModule`` has beyond a plain ``nn.Module``'s (``meta``,
+    ``graph``, ``code``, ...): a top-level submodule, parameter or buffer of one of these names
+    cannot live in the GraphModule that ``ep.module()`` builds."""
+    return frozenset(set(dir(fx.GraphModule(nn.Module(), fx.Graph()))) - set(dir(nn.Module())))
+
+
+def _rebuild_error(model: nn.Module, exc: BaseException, training: bool) -> TraceError:
+    """The one-line error of an export whose program cannot become a GraphModule: it names a
+    top-level attribute of ``model`` that ``fx.GraphModule`` reserves (a submodule called
+    ``meta``) when there is one."""
+    reserved, kinds = _graph_module_names(), {}
+    for kind, names in (("submodule", model.named_children()), ("parameter", model.named_parameters()),
+                        ("buffer", model.named_buffers())):
+        for name, _ in names:
+            kinds.setdefault(name.split(".")[0], kind)
+    clash = [(name, kind) for name, kind in kinds.items() if name in reserved]
+    if clash:
+        name, kind = clash[0]
+        return TraceError(f"{type(model).__name__} has a top-level {kind} named '{name}', a name that "
+                          "torch.fx.GraphModule reserves, so the exported graph cannot hold it: rename it, "
+                          "or prune a submodule with submodule='path' (CLI: --submodule)")
+    return TraceError(f"cannot rebuild {type(model).__name__} as a graph after torch.export "
+                      f"({'train' if training else 'eval'} mode): {_one_line(exc)}")
+
+
 def export_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...], training: bool) -> fx.GraphModule:
     """Export ``model`` in train or eval mode; returns a plain GraphModule sharing its weights.
 
@@ -102,13 +128,16 @@ def export_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...], training: b
             f"{_one_line(exc)} (in module '{where}'). Data-dependent control flow or a fixed batch size "
             "cannot be exported; prune an exportable submodule instead with submodule='path' (CLI: --submodule)."
         ) from None
-    exported = ep.module()
-    graph = copy.deepcopy(exported.graph)
-    for node in list(graph.nodes):
-        if node.op == "call_module" and node.target == "_guards_fn":  # shape guards: checked by the graph's ops
-            graph.erase_node(node)
-    graph.eliminate_dead_code()
-    gm = fx.GraphModule(exported, graph, type(model).__name__)
+    try:
+        exported = ep.module()
+        graph = copy.deepcopy(exported.graph)
+        for node in list(graph.nodes):
+            if node.op == "call_module" and node.target == "_guards_fn":  # shape guards: checked by the graph's ops
+                graph.erase_node(node)
+        graph.eliminate_dead_code()
+        gm = fx.GraphModule(exported, graph, type(model).__name__)
+    except Exception as exc:  # noqa: BLE001 - re-raised as one line naming the attribute
+        raise _rebuild_error(model, exc, training) from None
     gm.meta["dmcpfx_training"] = training
     return gm
 
