@@ -1,6 +1,7 @@
 """DESIGN.md section 8 properties 1-3 and 6 on hand-written networks with unusual wiring
 (tests/wiring_models.py): channel reductions, permutations, pads, repeats, parametrized
-weights, recurrent and attention heads; and torch's transformer modules on conv features
+weights, recurrent and attention heads; ops that slide, attend or recur over the channel
+dimension (tests/wiring_channel_mixers.py); and torch's transformer modules on conv features
 (tests/wiring_transformers.py). A group the analysis cannot prove safe must be frozen;
 whatever is pruned must give a compact model equal to the masked one.
 
@@ -13,10 +14,11 @@ import pytest
 import torch
 
 from equivalence import check_properties, randomize_norms
+from wiring_channel_mixers import MODELS as CHANNEL_MIXERS
 from wiring_models import MODELS as PLAIN
 from wiring_transformers import MODELS as TRANSFORMERS
 
-MODELS = PLAIN + TRANSFORMERS
+MODELS = PLAIN + CHANNEL_MIXERS + TRANSFORMERS
 
 DEFAULT = {"PadChannels", "WeightNormParametrized", "CrossAttentionQueries"}
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
