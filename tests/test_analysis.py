@@ -52,3 +52,19 @@ def test_convnext_residual_goes_through_width_aware_layernorm():
     stem = graph.groups["features.0.0"]
     assert stem.prunable
     assert any(site.kind == "layernorm" for site in graph.mask_sites)
+
+
+def test_a_torch_prune_mask_freezes_with_the_way_out():
+    # torch.nn.utils.prune computes weight = weight_orig * weight_mask in a forward pre-hook: a
+    # computed weight, so its channels freeze, and the reason says how to make it plain again
+    from torch import nn
+    from torch.nn.utils import prune
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    prune.l1_unstructured(model[2], "weight", amount=0.3)
+    x = torch.randn(1, 3, 12, 12)
+    graph = dmcpfx.analyze(model, x)
+    for gid in ("0", "2"):  # both sides of the masked conv
+        assert graph.groups[gid].frozen and "prune.remove(module, 'weight')" in graph.groups[gid].frozen_reasons[0]
+    prune.remove(model[2], "weight")
+    assert dmcpfx.analyze(model, x).groups["0"].prunable

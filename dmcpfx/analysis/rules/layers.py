@@ -44,6 +44,20 @@ def _edit(ctx: RuleContext, weight: str, kinds: tuple[type, ...], kind: str, lay
         ctx.b.add_edit(ModuleEdit(name, kind, layout))
 
 
+def _computed_weight_hint(ctx: RuleContext, call: Call) -> str:
+    """What computes the weight, when a hook of the calling module is torch.nn.utils.prune's
+    (``weight = weight_orig * weight_mask``): how to make it a plain weight again."""
+    from torch.nn.utils import prune
+
+    module = ctx.modules.get(module_path(call.node))
+    hooks = getattr(module, "_forward_pre_hooks", {}).values() if module is not None else ()
+    names = [h._tensor_name for h in hooks if isinstance(h, prune.BasePruningMethod)]
+    if names:
+        return (f" (a torch.nn.utils.prune mask: torch.nn.utils.prune.remove(module, '{names[0]}') "
+                "makes it a plain parameter that can be pruned)")
+    return ""
+
+
 def _input_layout(ctx: RuleContext, call: Call, xi, cdim: int, what: str) -> Layout | None:
     """The channel space a convolution consumes (its input's, on dim ``cdim``), or None: a
     parameter read as the input is pinned, a space on another dim freezes (the kernel slides
@@ -125,7 +139,7 @@ def transposed_conv(ctx: RuleContext, call: Call):
     spatial_in = _per_image(ctx, x.numel(), in_ch, call.node)
     if groups > 1 or not is_whole_param(wi, w):
         why = "grouped transposed convolution" if groups > 1 else "transposed convolution with a computed weight"
-        out = unknown(ctx, call, f"{why} aten.{call.op}")
+        out = unknown(ctx, call, f"{why} aten.{call.op}{_computed_weight_hint(ctx, call)}")
         if ctx.tag == "eval":
             ctx.b.macs.append(MacRecord(owner, "gconv" if groups > 1 else "conv", spatial_in, kernel, groups,
                                         in_ch, out_ch, None, None))
@@ -147,8 +161,9 @@ def _computed_weight_conv(ctx: RuleContext, call: Call, x, w):
     StdConv2d, ScaledStdConv2d normalize each filter over its input channels, so
     pruning inputs changes every filter). Both sides freeze; its output is a frozen
     space named after the module, and its MACs are counted."""
-    reason = f"convolution aten.{call.op} {ctx.where(call)} has a computed weight (e.g. weight standardization)"
-    unknown(ctx, call, f"convolution aten.{call.op} with a computed weight")
+    hint = _computed_weight_hint(ctx, call) or " (e.g. weight standardization)"
+    reason = f"convolution aten.{call.op} {ctx.where(call)} has a computed weight{hint}"
+    unknown(ctx, call, f"convolution aten.{call.op} with a computed weight{hint}")
     groups = int(call.v["groups"])
     out_ch, in_ch = w.shape[0], w.shape[1] * groups
     cdim = x.ndim - (w.ndim - 2) - 1
@@ -279,7 +294,7 @@ def recurrent(ctx: RuleContext, call: Call):
 def linear(ctx: RuleContext, call: Call):
     x, xi, w, wi = call.v["input"], call.i["input"], call.v["weight"], call.i["weight"]
     if not is_whole_param(wi, w) or w.ndim != 2:
-        return _unsupported_product(ctx, call, "linear with a computed weight")
+        return _unsupported_product(ctx, call, f"linear with a computed weight{_computed_weight_hint(ctx, call)}")
     return _dense(ctx, call, x, xi, w, wi, in_dim=1, out_dim=0, bias_name="bias")
 
 
