@@ -125,6 +125,7 @@ def _assert_clean_error(proc: subprocess.CompletedProcess, *words: str) -> None:
         assert w in lines[0], (w, lines[0])
 
 
+@pytest.mark.slow  # 31 s of CLI processes: test_bad_input.py and test_validation.py check the same errors by default
 def test_bad_input_through_the_cli(tmp_path):
     run = tmp_path / "bad"
     proc = _cli("search", "--config", str(REPO / "examples" / "digits_demo.yaml"), "--run-dir", str(run),

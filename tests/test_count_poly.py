@@ -47,8 +47,10 @@ def _per_gate_float64(space) -> dict[str, torch.Tensor]:
     return out
 
 
-# mobilenet_v3_small (11 s a test; depthwise + SE, the wiring concat_se_depthwise has) runs under -m slow
-MODELS = ["resnet18", pytest.param("mobilenet_v3_small", marks=pytest.mark.slow), "shufflenet_v2_x0_5",
+# mobilenet_v3_small and shufflenet_v2_x0_5 (11 s a test; depthwise + SE and concat, the wiring of
+# concat_se_depthwise) run under -m slow
+MODELS = ["resnet18", pytest.param("mobilenet_v3_small", marks=pytest.mark.slow),
+          pytest.param("shufflenet_v2_x0_5", marks=pytest.mark.slow),
           "concat_se_depthwise", "channels_last_mlp", "literal_flatten", "group_norm", "transposed_unet"]
 
 

@@ -8,12 +8,19 @@ import torchvision
 
 import dmcpfx
 from dmcpfx.counting import count_flops
+from dmcpfx.demo_models import custom_net, small_resnet
 from equivalence import randomize_norms, random_widths
 
 
 def _model(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     return randomize_norms(torchvision.models.get_model(name, weights=None, num_classes=10).eval())
+
+
+def _small(factory=small_resnet) -> torch.nn.Module:
+    """A small model for the tests of which graph is reused (the reuse logic does not depend on size)."""
+    torch.manual_seed(0)
+    return randomize_norms((factory(width=8, blocks=(1, 1)) if factory is small_resnet else factory()).eval())
 
 
 def test_reused_graph_gives_the_same_compact_model(monkeypatch):
@@ -36,11 +43,11 @@ def test_reused_graph_gives_the_same_compact_model(monkeypatch):
 
 
 def test_a_graph_of_other_inputs_or_another_model_is_not_reused():
-    model = _model("resnet18")
-    widths = random_widths(dmcpfx.instrument(model, torch.randn(1, 3, 64, 64)), 4)
-    small = dmcpfx.analyze(model, torch.randn(1, 3, 32, 32))  # other input shape
-    other = dmcpfx.analyze(_model("squeezenet1_1"), torch.randn(1, 3, 64, 64))  # other model
-    x = torch.randn(1, 3, 64, 64)
+    model = _small()
+    widths = random_widths(dmcpfx.instrument(model, torch.randn(1, 3, 16, 16)), 4)
+    small = dmcpfx.analyze(model, torch.randn(1, 3, 8, 8))  # other input shape
+    other = dmcpfx.analyze(_small(custom_net), torch.randn(1, 3, 16, 16))  # other model
+    x = torch.randn(1, 3, 16, 16)
     want = dmcpfx.materialize(model, widths, x)
     for graph in (small, other):
         got = dmcpfx.materialize(model, widths, x, graph=graph)
@@ -51,11 +58,11 @@ def test_a_graph_of_other_inputs_or_another_model_is_not_reused():
 def test_a_graph_of_a_twin_model_is_not_reused():
     """Same architecture, other weights: the twin's analysis would verify against the wrong
     weights, so materialize analyzes the model itself."""
-    model, twin = _model("resnet18"), _model("resnet18")
+    model, twin = _small(), _small()
     with torch.no_grad():
         for p in twin.parameters():
             p.mul_(1.5)
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, 3, 16, 16)
     widths = random_widths(dmcpfx.instrument(model, x), 6)
     got = dmcpfx.materialize(model, widths, x, graph=dmcpfx.analyze(twin, x))
     with torch.no_grad():

@@ -136,7 +136,7 @@ class _RecurrentHead(nn.Module):
         return self.head(self.rnn(seq)[0][:, -1])
 
 
-RECURRENT = {
+RECURRENT = {  # the GRU runs by default, the others (5-8 s each on 2 cores) under -m slow
     "gru": (lambda: nn.GRU(8, 5, batch_first=True), 5),
     "rnn_relu_2_layers": (lambda: nn.RNN(8, 5, num_layers=2, nonlinearity="relu", batch_first=True), 5),
     "lstm_bidirectional": (lambda: nn.LSTM(8, 5, bidirectional=True, batch_first=True), 10),
@@ -148,7 +148,7 @@ def _rnn_weight_numel(rnn: nn.Module) -> int:
     return sum(p.numel() for name, p in rnn.named_parameters() if name.startswith("weight"))
 
 
-@pytest.mark.parametrize("name", list(RECURRENT))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n == "gru" else [pytest.mark.slow]) for n in RECURRENT])
 def test_recurrent_layers_count_every_weight_matrix_once_per_token(name):
     # the counter sees matrix products (GRU, RNN, a projected LSTM) or oneDNN's fused LSTM kernel;
     # the analysis counts the aten.lstm / gru / rnn_* node from its weights: all agree with

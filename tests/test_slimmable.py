@@ -29,7 +29,7 @@ FAST = ["resnet18", "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf", "google
 # 10-12 s each on 2 cores; the default run has each model once, sliced or bucketed (googlenet's
 # bucketed run is test_bucketed_concat_equals_masked), and -m slow runs the pair
 SLICED_SLOW = {"regnet_y_400mf", "googlenet"}
-BUCKETED_SLOW = {"mobilenet_v2", "googlenet"}
+BUCKETED_SLOW = {"mobilenet_v2", "googlenet", "resnet18"}
 
 
 def _slow_if(name: str, slow: set[str]):

@@ -41,7 +41,9 @@ FAMILIES = {
 TIMM_MODELS = [name for names in FAMILIES.values() for name in names.split()]
 FAMILY_OF = {name: family for family, names in FAMILIES.items() for name in names.split()}
 #: the default (fast) test set: one per kind of wiring; the rest run under -m slow
-TIMM_DEFAULT = ["mobilenetv3_small_050", "convnext_atto", "deit_tiny_patch16_224"]
+# convnext_atto (11 s; channels-last LayerNorm) runs under -m slow: test_analysis.py's convnext
+# test keeps that wiring in the default run
+TIMM_DEFAULT = ["mobilenetv3_small_050", "deit_tiny_patch16_224"]
 
 
 def timm_input_size(name: str) -> int:
