@@ -93,14 +93,13 @@ def _rebuild_error(model: nn.Module, exc: BaseException, training: bool) -> Trac
     """The one-line error of an export whose program cannot become a GraphModule: it names a
     top-level attribute of ``model`` that ``fx.GraphModule`` reserves (a submodule called
     ``meta``) when there is one."""
-    reserved, kinds = _graph_module_names(), {}
-    for kind, names in (("submodule", model.named_children()), ("parameter", model.named_parameters()),
-                        ("buffer", model.named_buffers())):
-        for name, _ in names:
-            kinds.setdefault(name.split(".")[0], kind)
-    clash = [(name, kind) for name, kind in kinds.items() if name in reserved]
+    reserved = _graph_module_names()
+    tops = [*(("submodule", n) for n, _ in model.named_children()),
+            *(("parameter", n) for n, _ in model.named_parameters(recurse=False)),
+            *(("buffer", n) for n, _ in model.named_buffers(recurse=False))]
+    clash = [(kind, name) for kind, name in tops if name in reserved]
     if clash:
-        name, kind = clash[0]
+        kind, name = clash[0]
         return TraceError(f"{type(model).__name__} has a top-level {kind} named '{name}', a name that "
                           "torch.fx.GraphModule reserves, so the exported graph cannot hold it: rename it, "
                           "or prune a submodule with submodule='path' (CLI: --submodule)")

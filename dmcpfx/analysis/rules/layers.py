@@ -15,6 +15,7 @@ import math
 import torch
 
 from torch import nn
+from torch.nn.utils import prune
 
 from ..records import ConstantEntry, ConstantSite, MacRecord, MaskSite, ModuleEdit, SliceSpec
 from ..layout import Layout, ParamRef, iter_paramrefs
@@ -47,8 +48,6 @@ def _edit(ctx: RuleContext, weight: str, kinds: tuple[type, ...], kind: str, lay
 def _computed_weight_hint(ctx: RuleContext, call: Call) -> str:
     """What computes the weight, when a hook of the calling module is torch.nn.utils.prune's
     (``weight = weight_orig * weight_mask``): how to make it a plain weight again."""
-    from torch.nn.utils import prune
-
     module = ctx.modules.get(module_path(call.node))
     hooks = getattr(module, "_forward_pre_hooks", {}).values() if module is not None else ()
     names = [h._tensor_name for h in hooks if isinstance(h, prune.BasePruningMethod)]
