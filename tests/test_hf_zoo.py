@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import dmcpfx
 from equivalence import TOL, check_properties, randomize_norms
+from marks import slow_unless
 
 T = pytest.importorskip("transformers", reason="transformers is not installed (pip install -e '.[dev]')")
 
@@ -72,7 +73,7 @@ def build(name: str):
     return model, x
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n in DEFAULT else [pytest.mark.slow]) for n in MODELS])
+@pytest.mark.parametrize("name", slow_unless(MODELS, DEFAULT))
 def test_properties_hold(name):
     model, x = build(name)
     figures = check_properties(model, x)

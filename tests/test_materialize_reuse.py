@@ -12,15 +12,18 @@ from dmcpfx.demo_models import custom_net, small_resnet
 from equivalence import randomize_norms, random_widths
 
 
+def _seeded(build) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return randomize_norms(build().eval())
+
+
 def _model(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return randomize_norms(torchvision.models.get_model(name, weights=None, num_classes=10).eval())
+    return _seeded(lambda: torchvision.models.get_model(name, weights=None, num_classes=10))
 
 
-def _small(factory=small_resnet) -> torch.nn.Module:
+def _small() -> torch.nn.Module:
     """A small model for the tests of which graph is reused (the reuse logic does not depend on size)."""
-    torch.manual_seed(0)
-    return randomize_norms((factory(width=8, blocks=(1, 1)) if factory is small_resnet else factory()).eval())
+    return _seeded(lambda: small_resnet(width=8, blocks=(1, 1)))
 
 
 def test_reused_graph_gives_the_same_compact_model(monkeypatch):
@@ -46,7 +49,7 @@ def test_a_graph_of_other_inputs_or_another_model_is_not_reused():
     model = _small()
     widths = random_widths(dmcpfx.instrument(model, torch.randn(1, 3, 16, 16)), 4)
     small = dmcpfx.analyze(model, torch.randn(1, 3, 8, 8))  # other input shape
-    other = dmcpfx.analyze(_small(custom_net), torch.randn(1, 3, 16, 16))  # other model
+    other = dmcpfx.analyze(_seeded(custom_net), torch.randn(1, 3, 16, 16))  # other model
     x = torch.randn(1, 3, 16, 16)
     want = dmcpfx.materialize(model, widths, x)
     for graph in (small, other):

@@ -9,6 +9,7 @@ from torch import nn
 import dmcpfx
 from dmcpfx.counting import count_flops, fused_rnn_macs
 from equivalence import check_properties
+from marks import slow_unless
 
 X = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
 
@@ -148,7 +149,7 @@ def _rnn_weight_numel(rnn: nn.Module) -> int:
     return sum(p.numel() for name, p in rnn.named_parameters() if name.startswith("weight"))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n == "gru" else [pytest.mark.slow]) for n in RECURRENT])
+@pytest.mark.parametrize("name", slow_unless(RECURRENT, {"gru"}))
 def test_recurrent_layers_count_every_weight_matrix_once_per_token(name):
     # the counter sees matrix products (GRU, RNN, a projected LSTM) or oneDNN's fused LSTM kernel;
     # the analysis counts the aten.lstm / gru / rnn_* node from its weights: all agree with

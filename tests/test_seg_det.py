@@ -9,13 +9,13 @@ import dmcpfx
 from dmcpfx.counting import count_flops
 from dmcpfx.analysis.submodule import capture_inputs
 from equivalence import assert_untouched, check_properties, randomize_norms, random_widths, rel_diff, state_snapshot
+from marks import slow_unless
 
 SEGMENTATION = ["lraspp_mobilenet_v3_large", "fcn_resnet50", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50"]
 DETECTION = ["fasterrcnn_mobilenet_v3_large_fpn", "retinanet_resnet50_fpn", "ssdlite320_mobilenet_v3_large"]
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n == "lraspp_mobilenet_v3_large" else [pytest.mark.slow])
-                                  for n in SEGMENTATION])
+@pytest.mark.parametrize("name", slow_unless(SEGMENTATION, {"lraspp_mobilenet_v3_large"}))
 def test_segmentation_properties_hold(name):
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=3).eval()
@@ -30,8 +30,7 @@ def _detector(name):
     return randomize_norms(model), torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n == DETECTION[0] else [pytest.mark.slow])
-                                  for n in DETECTION])
+@pytest.mark.parametrize("name", slow_unless(DETECTION, {DETECTION[0]}))
 def test_detection_backbone_pruned_in_place(name):
     model, x = _detector(name)
     before = state_snapshot(model)

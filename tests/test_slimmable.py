@@ -21,6 +21,7 @@ from dmcpfx.search.step import SearchStep
 from dmcpfx.search.bn import bn_buffers
 from dmcpfx.search.slimmable import SlicedRunner
 from equivalence import first_tensor, randomize_norms, random_widths
+from marks import slow_unless
 from test_zoo import INPUT_SIZE, MODELS, SLOW
 
 EXACT = 1e-9  # float64 agreement, relative to the largest value
@@ -28,12 +29,10 @@ FAST = ["resnet18", "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf", "google
         "squeezenet1_1", "shufflenet_v2_x0_5"]  # densenet121 (20 s) and mnasnet0_5 (6 s): in the slow zoo set
 # 10-12 s each on 2 cores; the default run has each model once, sliced or bucketed (googlenet's
 # bucketed run is test_bucketed_concat_equals_masked), and -m slow runs the pair
-SLICED_SLOW = {"regnet_y_400mf", "googlenet"}
-BUCKETED_SLOW = {"mobilenet_v2", "googlenet", "resnet18"}
-
-
-def _slow_if(name: str, slow: set[str]):
-    return pytest.param(name, marks=[pytest.mark.slow] if name in slow else [], id=name)
+SLICED = FAST + ["custom_net", "transposed_unet"]
+SLICED_DEFAULT = set(SLICED) - {"regnet_y_400mf", "googlenet"}
+BUCKETED = ["resnet18", "mobilenet_v2", "regnet_y_400mf", "googlenet", "shufflenet_v2_x0_5", "custom_net"]
+BUCKETED_DEFAULT = {"regnet_y_400mf", "shufflenet_v2_x0_5", "custom_net"}
 
 
 def _no_randomness(model: nn.Module) -> nn.Module:
@@ -132,13 +131,12 @@ def check_sliced_equals_masked(name: str, seed: int, buckets: int = 0) -> None:
     assert any((b != init_buffers[n]).any() for n, b in sliced.named_buffers() if id(b) in stats) or not stats
 
 
-@pytest.mark.parametrize("name", [_slow_if(n, SLICED_SLOW) for n in FAST + ["custom_net", "transposed_unet"]])
+@pytest.mark.parametrize("name", slow_unless(SLICED, SLICED_DEFAULT))
 def test_sliced_subnet_equals_masked(name):
     check_sliced_equals_masked(name, seed=3)
 
 
-@pytest.mark.parametrize("name", [_slow_if(n, BUCKETED_SLOW) for n in ["resnet18", "mobilenet_v2", "regnet_y_400mf",
-                                                                       "googlenet", "shufflenet_v2_x0_5", "custom_net"]])
+@pytest.mark.parametrize("name", slow_unless(BUCKETED, BUCKETED_DEFAULT))
 def test_bucketed_subnet_equals_masked(name):
     """Sliced to the gate's bucket and masked inside it: still the masked sub-net, output,
     gradients and BatchNorm statistics (residual adds, SE, depthwise/grouped, concat, flatten)."""
