@@ -78,3 +78,27 @@ def test_onnx_matches_pytorch(name, tmp_path):
     path = tmp_path / f"{name}.onnx"
     diff = dmcpfx.export_onnx(compact, x, path)  # raises above 1e-4 x output scale
     assert path.is_file() and diff <= TOL * max(1.0, first_tensor(compact(x)).abs().max().item())
+
+
+QUANTIZABLE = torchvision.models.list_models(module=torchvision.models.quantization)
+
+
+def build_quantizable(name: str):
+    """The float model (``quantize=False``) of torchvision's quantizable zoo: its residual adds and
+    concats go through ``FloatFunctional`` modules, its input and output through Quant/DeQuant stubs."""
+    torch.manual_seed(0)
+    no_aux = {"aux_logits": False, "init_weights": False} if "googlenet" in name or "inception" in name else {}
+    model = torchvision.models.get_model(name, weights=None, quantize=False, **no_aux).eval()
+    randomize_norms(model)
+    size = 96 if "inception" in name else 64  # inception_v3 needs 75 px without its aux head
+    return model, torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+# slow: 12 models of 15-90 s each on 2 CPU cores; their float wiring is the float zoo's, plus the
+# FloatFunctional modules, which the default run does not meet
+@pytest.mark.slow
+@pytest.mark.parametrize("name", QUANTIZABLE)
+def test_quantizable_zoo_properties_hold(name):
+    model, x = build_quantizable(name)
+    figures = check_properties(model, x)
+    assert figures["groups"] >= 1
