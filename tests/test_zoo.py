@@ -45,11 +45,13 @@ DEFAULT = {"resnet18", "shufflenet_v2_x0_5", "squeezenet1_1"}
 ONNX_MODELS = ["resnet18", pytest.param("convnext_tiny", marks=pytest.mark.slow)]
 
 
-def build(name: str):
+def build(name: str, size: int | None = None, **kwargs):
+    """``name`` from torchvision (``kwargs`` to its builder), seeded, norms randomized, and a
+    1x3xSxS input (S: ``size``, else INPUT_SIZE or 64)."""
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None).eval()
+    model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
     randomize_norms(model)
-    size = INPUT_SIZE.get(name, 64)
+    size = size or INPUT_SIZE.get(name, 64)
     return model, torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
 
 
@@ -86,12 +88,9 @@ QUANTIZABLE = torchvision.models.list_models(module=torchvision.models.quantizat
 def build_quantizable(name: str):
     """The float model (``quantize=False``) of torchvision's quantizable zoo: its residual adds and
     concats go through ``FloatFunctional`` modules, its input and output through Quant/DeQuant stubs."""
-    torch.manual_seed(0)
     no_aux = {"aux_logits": False, "init_weights": False} if "googlenet" in name or "inception" in name else {}
-    model = torchvision.models.get_model(name, weights=None, quantize=False, **no_aux).eval()
-    randomize_norms(model)
     size = 96 if "inception" in name else 64  # inception_v3 needs 75 px without its aux head
-    return model, torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    return build(name, size, quantize=False, **no_aux)
 
 
 # slow: 12 models of 15-90 s each on 2 CPU cores; their float wiring is the float zoo's, plus the
