@@ -1,9 +1,11 @@
 """DESIGN.md section 8 properties 1-3 and 6 on hand-written networks with unusual wiring
 (tests/wiring_models.py): channel reductions, permutations, pads, repeats, parametrized
 weights, recurrent and attention heads; ops that slide, attend or recur over the channel
-dimension (tests/wiring_channel_mixers.py); and torch's transformer modules on conv features
-(tests/wiring_transformers.py). A group the analysis cannot prove safe must be frozen;
-whatever is pruned must give a compact model equal to the masked one.
+dimension (tests/wiring_channel_mixers.py); channels reversed, gathered, strided, gated or
+stacked, GroupNorm and BatchNorm without statistics (tests/wiring_indexing.py); and torch's
+transformer modules on conv features (tests/wiring_transformers.py). A group the analysis
+cannot prove safe must be frozen; whatever is pruned must give a compact model equal to the
+masked one.
 
 The default run keeps three (DEFAULT: a channel pad, a parametrized weight, cross-attention);
 the others, at about 1 s each on 2 CPU cores, run under ``-m slow``.
@@ -15,10 +17,11 @@ import torch
 
 from equivalence import check_properties, randomize_norms
 from wiring_channel_mixers import MODELS as CHANNEL_MIXERS
+from wiring_indexing import MODELS as INDEXING
 from wiring_models import MODELS as PLAIN
 from wiring_transformers import MODELS as TRANSFORMERS
 
-MODELS = PLAIN + CHANNEL_MIXERS + TRANSFORMERS
+MODELS = PLAIN + CHANNEL_MIXERS + INDEXING + TRANSFORMERS
 
 DEFAULT = {"PadChannels", "WeightNormParametrized", "CrossAttentionQueries"}
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
