@@ -2,8 +2,10 @@
 or picked by a list; GLU halves; a Gram matrix over channels; pixel_unshuffle; a per-channel
 ``where`` mask; channels stacked and flattened; a circular-padded conv; BatchNorm without running
 statistics; GroupNorm; uneven split-and-add; a difference along channels; a softmax over pooled
-channels. The same stem ``a`` / block ``b`` / head layout as tests/wiring_models.py.
-Input ``(2, 3, 8, 8)``."""
+channels; BatchNorm written out; a computed channel appended; a conv and its transpose sharing a
+weight; a channels-last layer scale; a conv weight read as a matrix; an expanded 1-channel map;
+maxout over channel pairs; an interpolation along channels. The same stem ``a`` / block ``b`` /
+head layout as tests/wiring_models.py. Input ``(2, 3, 8, 8)``."""
 from __future__ import annotations
 
 import torch
@@ -129,6 +131,87 @@ class SoftmaxOfPooledC(Base):
     def forward(s, x):
         y = s.a(x)
         return s.tail(s.b(y * y.amax(dim=(2, 3), keepdim=True).softmax(1)))
+
+
+class ManualBatchNorm(Base):  # BatchNorm written out with a parameter and buffer per channel
+    def __init__(s):
+        super().__init__()
+        s.gamma, s.beta = nn.Parameter(torch.rand(16) + 0.5), nn.Parameter(torch.randn(16))
+        s.register_buffer("mean", torch.randn(16))
+        s.register_buffer("var", torch.rand(16) + 0.5)
+
+    def forward(s, x):
+        scale = (s.gamma / torch.sqrt(s.var + 1e-5)).view(1, -1, 1, 1)
+        y = (s.b(s.a(x)) - s.mean.view(1, -1, 1, 1)) * scale + s.beta.view(1, -1, 1, 1)
+        return s.tail(y)
+
+
+class MeanChannelAppended(Base):  # CoordConv-like: one computed channel concatenated
+    def __init__(s):
+        super().__init__(b_in=17)
+
+    def forward(s, x):
+        y = s.a(x)
+        return s.tail(s.b(torch.cat([y, y.mean(1, keepdim=True)], 1)))
+
+
+class TiedTransposedConv(Base):  # a strided conv and its transpose sharing one weight
+    def __init__(s):
+        super().__init__()
+        s.down = nn.Conv2d(16, 16, 2, stride=2)
+
+    def forward(s, x):
+        y = s.a(x)
+        up = F.conv_transpose2d(F.relu(s.down(y)), s.down.weight, stride=2)
+        return s.tail(s.b(y + up))
+
+
+class LayerScaleChannelsLast(Base):
+    def __init__(s):
+        super().__init__()
+        s.norm, s.gamma = nn.LayerNorm(16), nn.Parameter(torch.rand(16) + 0.5)
+
+    def forward(s, x):
+        y = s.norm(s.a(x).permute(0, 2, 3, 1)) * s.gamma
+        return s.tail(s.b(y.permute(0, 3, 1, 2)))
+
+
+class ConvWeightAsMatrix(Base):  # a 1x1 conv's weight also read as an einsum matrix
+    def __init__(s):
+        super().__init__()
+        s.c1 = nn.Conv2d(16, 16, 1)
+
+    def forward(s, x):
+        y = s.a(x)
+        return s.tail(s.b(s.c1(y) + torch.einsum("oc,nchw->nohw", s.c1.weight.flatten(1), y)))
+
+
+class ExpandedAttention(Base):  # a 1-channel map expanded to every channel
+    def __init__(s):
+        super().__init__()
+        s.c1 = nn.Conv2d(16, 1, 1)
+
+    def forward(s, x):
+        y = s.a(x)
+        return s.tail(s.b(y * torch.sigmoid(s.c1(y)).expand(-1, 16, -1, -1)))
+
+
+class MaxoutPairs(Base):  # the max over pairs of adjacent channels
+    def __init__(s):
+        super().__init__(b_in=8)
+
+    def forward(s, x):
+        y = s.a(x)
+        return s.tail(s.b(y.view(y.shape[0], 8, 2, *y.shape[2:]).amax(2)))
+
+
+class InterpolateOverC(Base):  # a 3-d nearest interpolation doubling the channel axis
+    def __init__(s):
+        super().__init__(b_in=32)
+
+    def forward(s, x):
+        y = F.interpolate(s.a(x).unsqueeze(1), scale_factor=(2, 1, 1), mode="nearest")
+        return s.tail(s.b(y.squeeze(1)))
 
 
 MODELS = [m for m in list(globals().values())
