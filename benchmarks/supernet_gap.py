@@ -100,9 +100,13 @@ def report(a: argparse.Namespace, top1: dict[str, dict[int, float]], minutes: fl
              f"torch {torch.__version__}, device {a.device}, threads {a.threads} x jobs {a.jobs}, wall {minutes:.1f} min",
              "", "| arm (top-1 % at full width) | mean ± std | per seed |", "|---|---:|---|"]
     for arm, (label, _, _) in ARMS.items():
+        if arm not in top1:
+            continue
         row = [top1[arm][s] for s in seeds]
         lines.append(f"| {label} | {mean_std(row)} | {', '.join(f'{v:.2f}' for v in row)} |")
     for label, plus, minus in GAPS:
+        if plus not in top1 or minus not in top1:
+            continue
         row = [top1[plus][s] - top1[minus][s] for s in seeds]
         lines.append(f"| *{label}* | {mean_std(row)} | {', '.join(f'{v:+.2f}' for v in row)} |")
     return "\n".join(lines) + "\n"
@@ -115,6 +119,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--target", type=float, default=0.1, help="the search's MACs target (ratio)")
     ap.add_argument("--search-epochs", type=int, help="epochs of every arm (task's default)")
+    ap.add_argument("--width", type=int, help="small_resnet base width (task's default)")
+    ap.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=list(ARMS),
+                    help="the arms to train (default: all; a difference row needs both of its arms)")
     ap.add_argument("--lr", type=float, default=0.1, help="recipe R's lr")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--holdout", type=int, default=128)
@@ -138,8 +145,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[int, float]]:
     """Run every arm for every seed; print (and write) the table; return ``{arm: {seed: top-1}}``."""
     a = parse_args(argv)
     started = time.perf_counter()
-    jobs = [(a, seed, arm) for seed in a.seeds for arm in ARMS]
-    top1: dict[str, dict[int, float]] = {arm: {} for arm in ARMS}
+    jobs = [(a, seed, arm) for seed in a.seeds for arm in a.arms]
+    top1: dict[str, dict[int, float]] = {arm: {} for arm in a.arms}
     if a.jobs > 1:
         import multiprocessing as mp
 
