@@ -25,7 +25,6 @@ nothing here is a recommendation to change the recipe. Example (Fashion-MNIST, a
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dmcpfx  # noqa: E402
 from accuracy import TASKS  # noqa: E402
 from accuracy_arms import DEMO_SEARCH, fresh_model, make_data  # noqa: E402
+from accuracy_report import fmt  # noqa: E402
 from dmcpfx.accuracy import evaluate  # noqa: E402
 from dmcpfx.fileio import write_text_atomic  # noqa: E402
 from dmcpfx.search.evaluation import evaluate_space  # noqa: E402
@@ -87,11 +87,6 @@ def run_arm(job: tuple[argparse.Namespace, int, str]) -> tuple[int, str, float, 
     return seed, arm, top1, seconds
 
 
-def mean_std(values: Sequence[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {std:.2f}"
-
-
 def report(a: argparse.Namespace, top1: dict[str, dict[int, float]], minutes: float) -> str:
     seeds = sorted(next(iter(top1.values())))
     subset = f"{a.train_subset:,} images" if a.train_subset else "all images"
@@ -103,12 +98,12 @@ def report(a: argparse.Namespace, top1: dict[str, dict[int, float]], minutes: fl
         if arm not in top1:
             continue
         row = [top1[arm][s] for s in seeds]
-        lines.append(f"| {label} | {mean_std(row)} | {', '.join(f'{v:.2f}' for v in row)} |")
+        lines.append(f"| {label} | {fmt(row)} | {', '.join(f'{v:.2f}' for v in row)} |")
     for label, plus, minus in GAPS:
         if plus not in top1 or minus not in top1:
             continue
         row = [top1[plus][s] - top1[minus][s] for s in seeds]
-        lines.append(f"| *{label}* | {mean_std(row)} | {', '.join(f'{v:+.2f}' for v in row)} |")
+        lines.append(f"| *{label}* | {fmt(row)} | {', '.join(f'{v:+.2f}' for v in row)} |")
     return "\n".join(lines) + "\n"
 
 
