@@ -17,9 +17,10 @@ images: the task's subset minus ``--holdout``) as:
 Every arm is scored at full width on the held-out split, supernets after re-estimating BN on 5
 training batches (as the benchmark). The differences between rows split the gap into the recipe,
 the random sub-nets and the architecture steps. Every setting is a documented option of the search;
-nothing here is a recommendation to change the recipe. Example (Fashion-MNIST, as the benchmark)::
+nothing here is a recommendation to change the recipe. Example (Fashion-MNIST without shifts, the
+table in ``results/supernet_gap_fmnist.md``)::
 
-    python benchmarks/supernet_gap.py --task fashion-mnist --seeds 0 1 --jobs 2 \\
+    python benchmarks/supernet_gap.py --task fashion-mnist --no-augment --seeds 0 1 2 --jobs 2 \\
         --markdown benchmarks/results/supernet_gap_fmnist.md
 """
 from __future__ import annotations
@@ -90,6 +91,7 @@ def run_arm(job: tuple[argparse.Namespace, int, str]) -> tuple[int, str, float, 
 def report(a: argparse.Namespace, top1: dict[str, dict[int, float]], minutes: float) -> str:
     seeds = sorted(next(iter(top1.values())))
     subset = f"{a.train_subset:,} images" if a.train_subset else "all images"
+    subset += ", random shifts" if a.augment else ", no augmentation"
     lines = [f"Supernet gap, {a.task} {a.image_size}px ({subset} minus {a.holdout} held out), small_resnet "
              f"width {a.width}, {a.search_epochs} epochs, search target {a.target:.0%} of the MACs; seeds {seeds}; "
              f"torch {torch.__version__}, device {a.device}, threads {a.threads} x jobs {a.jobs}, wall {minutes:.1f} min",
@@ -115,6 +117,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--target", type=float, default=0.1, help="the search's MACs target (ratio)")
     ap.add_argument("--search-epochs", type=int, help="epochs of every arm (task's default)")
     ap.add_argument("--width", type=int, help="small_resnet base width (task's default)")
+    ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                    help="random shifts of the training images (task's default)")
     ap.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=list(ARMS),
                     help="the arms to train (default: all; a difference row needs both of its arms)")
     ap.add_argument("--lr", type=float, default=0.1, help="recipe R's lr")

@@ -100,7 +100,7 @@ def test_accuracy_fashion_mnist_smoke(tmp_path, one_thread):
     for rec in results["supernet"]:
         assert math.isfinite(rec["e_ratio"]) and rec["e_ratio"] > 0 and math.isfinite(rec["derive_change"])
     text = out.read_text(encoding="utf-8")
-    assert text.startswith("Accuracy at equal MACs, Fashion-MNIST 28px (60 training images, 10,000 test images)")
+    assert text.startswith("Accuracy at equal MACs, Fashion-MNIST 28px (60 training images, random shifts, 10,000 test images)")
     assert "| *unpruned minus uniform 10%* |" in text and "| *DMCP expected minus uniform 25%* |" in text
     goals = [line for line in text.splitlines() if line.startswith("Goal: ")]
     assert len(goals) == 6 and all(": MET (" in g or ": NOT MET (" in g for g in goals), goals
@@ -119,6 +119,8 @@ def test_saved_seed_records_the_task(tmp_path):
     assert accuracy.seed_settings(fashion)["task"] == "fashion-mnist"
     assert "data_root" not in accuracy.seed_settings(fashion) and "device" not in accuracy.seed_settings(fashion)
     assert fashion.targets == (0.25, 0.1) and fashion.image_size == 28 and fashion.noise == 0.0
+    assert fashion.seeds == (0, 1, 2) and fashion.epochs == 20 and fashion.augment is True  # the task's defaults
+    assert digits.seeds == (0, 1, 2, 3, 4) and accuracy.parse_args(["--seeds", "7"])[0].seeds == (7,)
     path = tmp_path / "seed0.pt"
     torch.save({"arms": [], "supernet": [], "settings": accuracy.seed_settings(fashion)}, path)
     with pytest.raises(SystemExit, match=r"seed0\.pt: run with "):
