@@ -40,8 +40,8 @@ import dmcpfx  # noqa: E402
 from accuracy import TASKS  # noqa: E402
 from accuracy_arms import DEMO_SEARCH, fresh_model, make_data  # noqa: E402
 from accuracy_report import fmt  # noqa: E402
+from bench_common import add_common_args, map_jobs, publish  # noqa: E402
 from dmcpfx.accuracy import evaluate  # noqa: E402
-from dmcpfx.fileio import write_text_atomic  # noqa: E402
 from dmcpfx.search.evaluation import evaluate_space  # noqa: E402
 from dmcpfx.search.holdout import split_holdout  # noqa: E402
 
@@ -111,25 +111,14 @@ def report(a: argparse.Namespace, top1: dict[str, dict[int, float]], minutes: fl
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--task", choices=tuple(TASKS), default="fashion-mnist")
-    ap.add_argument("--data-root", default=None, help="fashion-mnist: the idx files' folder (default: Debian's)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    add_common_args(ap, "arms run in that many processes")
     ap.add_argument("--target", type=float, default=0.1, help="the search's MACs target (ratio)")
     ap.add_argument("--search-epochs", type=int, help="epochs of every arm (task's default)")
-    ap.add_argument("--width", type=int, help="small_resnet base width (task's default)")
     ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                     help="random shifts of the training images (task's default)")
     ap.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=list(ARMS),
                     help="the arms to train (default: all; a difference row needs both of its arms)")
-    ap.add_argument("--lr", type=float, default=0.1, help="recipe R's lr")
-    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--holdout", type=int, default=128)
-    ap.add_argument("--data-seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--jobs", type=int, default=1, help="arms run in that many processes")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--markdown", type=Path, default=None, help="also write the table there")
-    ap.add_argument("--smoke", action="store_true", help="tiny run for the test")
     a = ap.parse_args(argv)
     for key, value in TASKS[a.task].items():
         if getattr(a, key, None) is None:
@@ -146,19 +135,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[int, float]]:
     started = time.perf_counter()
     jobs = [(a, seed, arm) for seed in a.seeds for arm in a.arms]
     top1: dict[str, dict[int, float]] = {arm: {} for arm in a.arms}
-    if a.jobs > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(a.jobs) as pool:
-            results = pool.map(run_arm, jobs, chunksize=1)
-    else:
-        results = [run_arm(job) for job in jobs]
+    results = map_jobs(run_arm, jobs, a.jobs)
     for seed, arm, score, _ in results:
         top1[arm][seed] = score
-    text = report(a, top1, (time.perf_counter() - started) / 60)
-    print(text)
-    if a.markdown is not None:
-        write_text_atomic(a.markdown, text)
+    publish(report(a, top1, (time.perf_counter() - started) / 60), a.markdown)
     return top1
 
 

@@ -35,7 +35,7 @@ import dmcpfx  # noqa: E402
 from accuracy import TASKS  # noqa: E402
 from accuracy_arms import fresh_model, make_data, train_and_score, uniform_compact  # noqa: E402
 from accuracy_report import fmt  # noqa: E402
-from dmcpfx.fileio import write_text_atomic  # noqa: E402
+from bench_common import add_common_args, map_jobs, publish  # noqa: E402
 
 Setting = tuple[int, int, bool]  # (training images kept, 0: all; epochs; random shifts)
 
@@ -97,20 +97,9 @@ def report(a: argparse.Namespace, top1: dict[Setting, dict[int, dict[str, float]
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--task", choices=tuple(TASKS), default="fashion-mnist")
-    ap.add_argument("--data-root", default=None, help="fashion-mnist: the idx files' folder (default: Debian's)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    add_common_args(ap, "(seed, setting) runs in that many processes")
     ap.add_argument("--settings", type=parse_setting, nargs="+", help="SUBSET:EPOCHS:aug|plain (default: the task's)")
     ap.add_argument("--targets", type=float, nargs="+", help="ratios of the full MACs (task's default)")
-    ap.add_argument("--width", type=int, help="small_resnet base width (task's default)")
-    ap.add_argument("--lr", type=float, default=0.1, help="recipe R's lr")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--data-seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--jobs", type=int, default=1, help="(seed, setting) runs in that many processes")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--markdown", type=Path, default=None, help="also write the table there")
-    ap.add_argument("--smoke", action="store_true", help="tiny run for the test")
     a = ap.parse_args(argv)
     task = TASKS[a.task]
     for key in ("targets", "width", "image_size", "noise"):
@@ -130,20 +119,11 @@ def main(argv: Sequence[str] | None = None) -> dict[Setting, dict[int, dict[str,
     a = parse_args(argv)
     started = time.perf_counter()
     jobs = [(a, seed, setting) for setting in a.settings for seed in a.seeds]
-    if a.jobs > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(a.jobs) as pool:
-            results = pool.map(run_job, jobs, chunksize=1)
-    else:
-        results = [run_job(job) for job in jobs]
+    results = map_jobs(run_job, jobs, a.jobs)
     top1: dict[Setting, dict[int, dict[str, float]]] = {setting: {} for setting in a.settings}
     for seed, setting, scores in results:
         top1[setting][seed] = scores
-    text = report(a, top1, (time.perf_counter() - started) / 60)
-    print(text)
-    if a.markdown is not None:
-        write_text_atomic(a.markdown, text)
+    publish(report(a, top1, (time.perf_counter() - started) / 60), a.markdown)
     return top1
 
 
